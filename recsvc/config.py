@@ -1,0 +1,267 @@
+"""Configuration: one dataclass tree, loaded from TOML, overridden by RECSVC_* variables and flags.
+
+Order of precedence (last wins): the defaults shipped in `recsvc/defaults/train.toml` (tuned),
+a user's `--config FILE`, `RECSVC_SECTION__KEY=value` environment variables, then CLI flags.
+Unknown keys and wrong types raise InvalidInput naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from recsvc.errors import InvalidInput
+
+
+@dataclass
+class EventsConfig:
+    """How events become interaction strength."""
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "cart": 4.0, "purchase": 8.0, "interaction": 1.0}
+    )
+    half_life_days: float = 0.0  # exponential time decay; 0 turns it off
+    use_quantity: bool = False  # multiply by quantity (log-damped)
+    rating_weight: float = 0.0  # weight *= 1 + rating_weight * (rating - 3) where a rating exists
+    cancel_prefix: str = "C"
+    max_bad_rows: str = ""  # fraction (0.01) or count (500); empty: no limit
+
+
+@dataclass
+class ALSConfig:
+    enabled: bool = True
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    alpha: float = 2.0
+    seed: int = 42
+
+
+@dataclass
+class BPRConfig:
+    enabled: bool = False
+    factors: int = 64
+    iterations: int = 100
+    learning_rate: float = 0.01
+    regularization: float = 0.01
+    seed: int = 42
+
+
+@dataclass
+class EASEConfig:
+    enabled: bool = True
+    l2: float = 300.0
+    max_items: int = 20000  # above this the dense solve is skipped (see README)
+    top_n: int = 0  # keep only the top_n weights per column (0: keep all)
+
+
+@dataclass
+class ItemKNNConfig:
+    enabled: bool = True
+    similarity: str = "cosine"  # cosine | jaccard | lift
+    neighbours: int = 100
+    shrink: float = 0.0
+
+
+@dataclass
+class SimilarConfig:
+    n: int = 50  # similar items kept per item
+
+
+@dataclass
+class RulesConfig:
+    enabled: bool = True
+    min_support: float = 0.001
+    min_confidence: float = 0.1
+    max_len: int = 3
+    window_days: float = 1.0  # for logs without order ids: a user's purchases within a window
+    max_rules: int = 2_000_000
+
+
+@dataclass
+class BuyAgainConfig:
+    enabled: bool = True
+    min_population_rate: float = 0.3  # offer once-bought items when this many buyers re-buy
+    max_items_per_user: int = 50
+
+
+@dataclass
+class PopularityConfig:
+    trending_half_life_days: float = 7.0
+    top_n: int = 500
+
+
+@dataclass
+class SegmentsConfig:
+    enabled: bool = True
+    clusters: int = 8
+    seed: int = 42
+
+
+@dataclass
+class TrainConfig:
+    """Everything `recsvc train` does."""
+
+    default_recommender: str = "ease"  # ease | als | bpr | itemknn | popular | blend
+    candidates: int = 200  # per-user top-N written for the store
+    events: EventsConfig = field(default_factory=EventsConfig)
+    als: ALSConfig = field(default_factory=ALSConfig)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
+    ease: EASEConfig = field(default_factory=EASEConfig)
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    similar: SimilarConfig = field(default_factory=SimilarConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    buyagain: BuyAgainConfig = field(default_factory=BuyAgainConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    blend: dict[str, float] = field(default_factory=dict)  # model -> weight, for "blend"
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise InvalidInput(key, "expected a table")
+        return _build(annotation, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InvalidInput(key, "expected a table")
+        _, value_type = typing.get_args(annotation)
+        return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise InvalidInput(key, f"expected true or false, got {value!r}")
+    if annotation in (int, float):
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(key, f"expected a number, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise InvalidInput(key, f"expected a whole number, got {value!r}")
+        return number
+    if annotation is str:
+        if not isinstance(value, str | int | float):
+            raise InvalidInput(key, f"expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise InvalidInput(where, f"unknown setting (known: {', '.join(sorted(names))})")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("weights", "blend"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def packaged_defaults() -> dict[str, Any]:
+    """The tuned defaults that ship in the package."""
+    text = resources.files("recsvc").joinpath("defaults/train.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput("--config", f"file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput("--config", f"{path}: not valid TOML: {exc}") from None
+
+
+def load_train_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> TrainConfig:
+    """Build the TrainConfig from the packaged defaults, a TOML file, env vars and overrides.
+
+    `overrides` maps dotted keys (`als.factors`) to values; None values are ignored.
+    """
+    data = packaged_defaults()
+    if path:
+        data = _merge(data, read_toml(path))
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith("RECSVC_TRAIN__"):
+            _set_path(data, name[len("RECSVC_TRAIN__"):].lower().replace("__", "."), value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted, value)
+    config: TrainConfig = _build(TrainConfig, data)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Serialise a nested dict of scalars and tables as TOML (enough for our configs)."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {scalar(value)}")
+
+    def emit(name: str, table: dict[str, Any]) -> None:
+        lines.append("")
+        lines.append(f"[{name}]")
+        nested = []
+        for key, value in table.items():
+            if isinstance(value, dict):
+                nested.append((f"{name}.{key}", value))
+            else:
+                key_text = key if key.replace("_", "").isalnum() else scalar(key)
+                lines.append(f"{key_text} = {scalar(value)}")
+        for nested_name, nested_table in nested:
+            emit(nested_name, nested_table)
+
+    for name, table in tables:
+        emit(name, table)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,596 @@
+"""Event schema and streaming loaders for purchase and browsing logs (CSV, JSON Lines, Parquet).
+
+A log is read in chunks; every row is either kept (mapped to dense ids and compact arrays) or
+counted as bad under a named reason, with the first few row numbers kept as examples so a
+nightly job can say where its input went wrong. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsvc.errors import InvalidInput, TooManyBadRows
+from recsvc.ids import IdMap
+
+log = logging.getLogger(__name__)
+
+CANONICAL_COLUMNS = (
+    "user_id",
+    "item_id",
+    "event_type",
+    "timestamp",
+    "order_id",
+    "quantity",
+    "price",
+    "rating",
+)
+FORMATS = ("csv", "jsonl", "parquet")
+DEFAULT_EVENT_TYPE = "interaction"  # used when a log has no event column and none is given
+MAX_ID_LENGTH = 256
+EXAMPLES_PER_REASON = 5
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """Parse `user_id=CustomerID,item_id=StockCode` into {canonical: source column}."""
+    if not spec:
+        return {}
+    mapping: dict[str, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise InvalidInput("--columns", f"'{part}' is not of the form canonical=source")
+        canonical, source = (s.strip() for s in part.split("=", 1))
+        if canonical not in CANONICAL_COLUMNS:
+            raise InvalidInput(
+                "--columns", f"unknown column '{canonical}' (one of {', '.join(CANONICAL_COLUMNS)})"
+            )
+        if not source:
+            raise InvalidInput("--columns", f"no source column given for '{canonical}'")
+        mapping[canonical] = source
+    return mapping
+
+
+def parse_max_bad_rows(spec: str | float | int | None) -> float | int | None:
+    """`0.01` (a fraction of rows read) or `500` (a count); None means no limit."""
+    if spec is None or spec == "":
+        return None
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        raise InvalidInput("--max-bad-rows", f"'{spec}' is not a number") from None
+    if value < 0:
+        raise InvalidInput("--max-bad-rows", "must not be negative")
+    if value < 1 and not float(value).is_integer():
+        return value
+    return int(value)
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise InvalidInput("--format", f"'{fmt}' is not one of {', '.join(FORMATS)}")
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".zst", ".xz"):
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".csv", ".tsv", ".txt"):
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    raise InvalidInput("--events", f"cannot tell the format of '{path.name}'; pass --format")
+
+
+@dataclass
+class LoadReport:
+    """What happened to every row of a log."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    bad_rows: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> 1-based row numbers
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_bad(self) -> int:
+        return int(sum(self.bad_rows.values()))
+
+    def add_bad(self, reason: str, row_numbers: np.ndarray) -> None:
+        if len(row_numbers) == 0:
+            return
+        self.bad_rows[reason] += int(len(row_numbers))
+        kept = self.examples.setdefault(reason, [])
+        room = EXAMPLES_PER_REASON - len(kept)
+        if room > 0:
+            kept.extend(int(r) for r in row_numbers[:room])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_bad": self.rows_bad,
+            "bad_rows": dict(sorted(self.bad_rows.items())),
+            "bad_row_examples": {k: v for k, v in sorted(self.examples.items())},
+            "notes": list(self.notes),
+        }
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"rows read {self.rows_read}, kept {self.rows_kept}, bad {self.rows_bad}"]
+        for reason, count in sorted(self.bad_rows.items(), key=lambda kv: -kv[1]):
+            rows = ", ".join(str(r) for r in self.examples.get(reason, []))
+            lines.append(f"  {count:>9}  {reason} (e.g. rows {rows})")
+        return lines
+
+    def check_limit(self, limit: float | int | None, source: str) -> None:
+        """Raise TooManyBadRows when the bad rows exceed `limit` (fraction or count)."""
+        if limit is None or self.rows_bad == 0:
+            return
+        allowed = limit * self.rows_read if isinstance(limit, float) else limit
+        if self.rows_bad > allowed:
+            worst = ", ".join(f"{r}: {c}" for r, c in self.bad_rows.most_common(3))
+            raise TooManyBadRows(
+                f"{source}: {self.rows_bad} of {self.rows_read} rows are bad, more than "
+                f"--max-bad-rows {limit} allows ({worst})"
+            )
+
+
+@dataclass
+class EventLog:
+    """A loaded log: dense ids and one compact array per column (all the same length)."""
+
+    users: IdMap
+    items: IdMap
+    orders: IdMap
+    event_types: list[str]
+    user: np.ndarray  # int32 user index
+    item: np.ndarray  # int32 item index
+    event: np.ndarray  # int16 index into event_types
+    timestamp: np.ndarray  # int64 epoch seconds (0 where the log had no time column)
+    order: np.ndarray  # int32 order index, -1 where the row has no order
+    quantity: np.ndarray  # float32, 1 where the log has none
+    price: np.ndarray  # float32, NaN where unknown
+    rating: np.ndarray  # float32, NaN where unknown
+    has_column: dict[str, bool] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def mask(self, keep: np.ndarray) -> EventLog:
+        """A copy with only the rows where `keep` is true (id maps are shared)."""
+        return EventLog(
+            users=self.users,
+            items=self.items,
+            orders=self.orders,
+            event_types=self.event_types,
+            user=self.user[keep],
+            item=self.item[keep],
+            event=self.event[keep],
+            timestamp=self.timestamp[keep],
+            order=self.order[keep],
+            quantity=self.quantity[keep],
+            price=self.price[keep],
+            rating=self.rating[keep],
+            has_column=dict(self.has_column),
+        )
+
+    def event_code(self, name: str) -> int:
+        return self.event_types.index(name) if name in self.event_types else -1
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a log."""
+
+    fmt: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    event_type: str | None = None  # a constant for logs with no event column
+    known_event_types: Sequence[str] | None = None  # None: accept any name
+    required: Sequence[str] = ("user_id", "item_id")
+    cancel_prefix: str | None = "C"  # order ids starting with this are cancellations
+    chunk_rows: int = 500_000
+    max_bad_rows: float | int | None = None
+
+
+BadLines = list[tuple[str, int]]  # (reason, 1-based line number) of lines no parser could split
+
+
+def _iter_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+    """Yield the file as DataFrames of strings (None for missing), chunk by chunk.
+
+    Lines that cannot be split into a row at all (wrong field count, broken JSON) come back
+    beside the chunk so the caller counts them.
+    """
+    if fmt == "csv":
+        yield from _csv_chunks(path, chunk_rows)
+    elif fmt == "jsonl":
+        yield from _jsonl_chunks(path, chunk_rows)
+    else:
+        yield from _parquet_chunks(path, chunk_rows)
+
+
+_SKIP_LINE = re.compile(r"Skipping line (\d+)")
+
+
+def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            reader = pd.read_csv(
+                path,
+                dtype=str,
+                sep=sep,
+                keep_default_na=False,
+                na_values=[""],
+                chunksize=chunk_rows,
+                encoding_errors="replace",
+                on_bad_lines="warn",
+            )
+            for frame in reader:
+                bad: BadLines = []
+                for warning in caught:
+                    bad += [("malformed line (wrong number of fields)", int(m)) for m in
+                            _SKIP_LINE.findall(str(warning.message))]
+                caught.clear()
+                yield frame, bad
+    except pd.errors.EmptyDataError:
+        return
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InvalidInput("--events", f"cannot parse {path.name} as CSV: {exc}") from exc
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+    records: list[dict[str, Any]] = []
+    bad: BadLines = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(("malformed JSON line", line_no))
+                continue
+            if not isinstance(record, dict):
+                bad.append(("JSON line is not an object", line_no))
+                continue
+            records.append(
+                {k: None if v is None else v if isinstance(v, str) else json.dumps(v)
+                 for k, v in record.items()}
+            )
+            if len(records) >= chunk_rows:
+                yield pd.DataFrame.from_records(records), bad
+                records, bad = [], []
+    if records or bad:
+        yield pd.DataFrame.from_records(records), bad
+
+
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            columns: dict[str, pd.Series] = {}
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if pa.types.is_timestamp(column.type):
+                    scale = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
+                    seconds = column.cast(pa.int64()).to_numpy(zero_copy_only=False) / scale
+                    series = pd.Series(seconds, dtype="float64")
+                    columns[name] = series.map(repr).where(series.notna(), None)
+                else:
+                    text = column.cast(pa.string()).to_pandas()
+                    columns[name] = text.astype(object).where(text.notna(), None)
+            yield pd.DataFrame(columns), []
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidInput("--events", f"cannot read {path.name} as Parquet: {exc}") from exc
+
+
+def parse_timestamps(values: pd.Series) -> np.ndarray:
+    """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms."""
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    out = numeric.copy()
+    millis = np.abs(numeric) > 1e11
+    out[millis] = numeric[millis] / 1000.0
+    text = np.isnan(numeric) & values.notna().to_numpy()
+    if text.any():
+        parsed = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
+        seconds = parsed.astype("int64").to_numpy() / 1e9
+        seconds[parsed.isna().to_numpy()] = np.nan
+        out[text] = seconds
+    return out
+
+
+def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[EventLog, LoadReport]:
+    """Load a log, keeping every usable row and counting the rest per reason.
+
+    Raises InvalidInput when the file or a required column is missing, and TooManyBadRows when
+    the bad rows exceed `options.max_bad_rows`.
+    """
+    from recsvc.progress import progress
+
+    options = options or LoadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInput("--events", f"file not found: {path}")
+    fmt = detect_format(path, options.fmt)
+    users, items, orders = IdMap(), IdMap(), IdMap()
+    event_types: list[str] = list(options.known_event_types or [])
+    event_index = {name: i for i, name in enumerate(event_types)}
+    report = LoadReport()
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in CANONICAL_COLUMNS}
+    has_column: dict[str, bool] = {}
+    source_of = {c: options.columns.get(c, c) for c in CANONICAL_COLUMNS}
+    checked = False
+
+    bar = progress(desc=f"loading {path.name}", unit="rows")
+    for chunk, bad_lines in _iter_chunks(path, fmt, options.chunk_rows):
+        for reason, line_no in bad_lines:
+            report.add_bad(reason, np.array([line_no]))
+        report.rows_read += len(bad_lines)
+        if not checked and len(chunk.columns) == 0:
+            continue
+        if not checked:
+            present = set(chunk.columns)
+            for canonical in options.required:
+                if canonical == "event_type" and options.event_type:
+                    continue
+                if source_of[canonical] not in present:
+                    raise InvalidInput(
+                        canonical,
+                        f"column '{source_of[canonical]}' not found in {path.name} "
+                        f"(columns: {', '.join(map(str, chunk.columns))}); map it with --columns",
+                    )
+            for canonical in CANONICAL_COLUMNS:
+                has_column[canonical] = source_of[canonical] in present
+            if options.event_type:
+                has_column["event_type"] = True
+            elif not has_column["event_type"]:
+                report.notes.append(
+                    f"no event type column: every row counts as '{DEFAULT_EVENT_TYPE}'"
+                )
+            checked = True
+
+        n = len(chunk)
+        row_numbers = np.arange(report.rows_read + 1, report.rows_read + n + 1, dtype=np.int64)
+        report.rows_read += n
+        bar.update(n)
+        ok = np.ones(n, dtype=bool)
+
+        def col(canonical: str, chunk: pd.DataFrame = chunk) -> pd.Series | None:
+            name = source_of[canonical]
+            return chunk[name] if name in chunk.columns else None
+
+        def reject(bad: np.ndarray, reason: str, ok: np.ndarray = ok) -> None:
+            bad = bad & ok
+            if bad.any():
+                report.add_bad(reason, row_numbers[bad])
+                ok &= ~bad
+
+        def clean_ids(series: pd.Series | None, name: str) -> np.ndarray:
+            if series is None:
+                return np.full(n, None, dtype=object)
+            values = series.astype(object).where(series.notna(), None)
+            stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+            if name in options.required:
+                reject((stripped.isna() | (stripped == "")).to_numpy(), f"missing {name}")
+            reject(
+                stripped.map(lambda v: isinstance(v, str) and len(v) > MAX_ID_LENGTH).to_numpy(
+                    dtype=bool
+                ),
+                f"{name} longer than {MAX_ID_LENGTH} characters",
+            )
+            return stripped.to_numpy(dtype=object)
+
+        user_raw = clean_ids(col("user_id"), "user_id")
+        item_raw = clean_ids(col("item_id"), "item_id")
+        order_raw = clean_ids(col("order_id"), "order_id")
+
+        ts_col = col("timestamp")
+        if ts_col is not None:
+            ts = parse_timestamps(ts_col)
+            missing = ts_col.isna().to_numpy()
+            if "timestamp" in options.required:
+                reject(missing, "missing timestamp")
+            reject(~missing & np.isnan(ts), "unparsable timestamp")
+            ts = np.nan_to_num(ts, nan=0.0)
+        else:
+            ts = np.zeros(n)
+
+        def numeric(canonical: str, default: float) -> np.ndarray:
+            series = col(canonical)
+            if series is None:
+                return np.full(n, default, dtype="float64")
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+            given = series.notna().to_numpy()
+            reject(given & ~np.isfinite(values), f"unparsable {canonical}")
+            values[~given] = default
+            return values
+
+        quantity = numeric("quantity", 1.0)
+        reject(quantity < 0, "negative quantity (return or cancellation)")
+        reject(quantity == 0, "zero quantity")
+        price = numeric("price", np.nan)
+        reject(price < 0, "negative price")
+        rating = numeric("rating", np.nan)
+
+        if options.cancel_prefix and has_column["order_id"]:
+            cancelled = np.fromiter(
+                (isinstance(o, str) and o.startswith(options.cancel_prefix) for o in order_raw),
+                dtype=bool,
+                count=n,
+            )
+            reject(cancelled, f"cancelled order (order_id starts with '{options.cancel_prefix}')")
+
+        if options.event_type:
+            events = np.zeros(n, dtype=np.int16)
+            if options.event_type not in event_index:
+                if options.known_event_types is not None:
+                    raise InvalidInput(
+                        "--event-type", f"'{options.event_type}' has no weight in the config"
+                    )
+                event_index[options.event_type] = len(event_types)
+                event_types.append(options.event_type)
+            events[:] = event_index[options.event_type]
+        elif has_column["event_type"]:
+            raw = col("event_type")
+            assert raw is not None
+            names = raw.astype(object).where(raw.notna(), None).map(
+                lambda v: v.strip().lower() if isinstance(v, str) else v
+            )
+            reject((names.isna() | (names == "")).to_numpy(), "missing event_type")
+            events = np.zeros(n, dtype=np.int16)
+            for name in pd.unique(names[ok]):
+                if name is None:
+                    continue
+                rows = (names == name).to_numpy()
+                if name not in event_index:
+                    if options.known_event_types is not None:
+                        reject(rows, "unknown event_type")
+                        continue
+                    event_index[name] = len(event_types)
+                    event_types.append(name)
+                events[rows] = event_index[name]
+        else:
+            if DEFAULT_EVENT_TYPE not in event_index:
+                event_index[DEFAULT_EVENT_TYPE] = len(event_types)
+                event_types.append(DEFAULT_EVENT_TYPE)
+            events = np.full(n, event_index[DEFAULT_EVENT_TYPE], dtype=np.int16)
+
+        kept = int(ok.sum())
+        report.rows_kept += kept
+        if kept == 0:
+            continue
+        parts["user_id"].append(users.encode(user_raw[ok]) if has_column["user_id"] else
+                                np.full(kept, -1, np.int32))
+        parts["item_id"].append(items.encode(item_raw[ok]))
+        parts["order_id"].append(
+            orders.encode(order_raw[ok]) if has_column["order_id"] else np.full(kept, -1, np.int32)
+        )
+        parts["event_type"].append(events[ok])
+        parts["timestamp"].append(np.round(ts[ok]).astype(np.int64))
+        parts["quantity"].append(quantity[ok].astype(np.float32))
+        parts["price"].append(price[ok].astype(np.float32))
+        parts["rating"].append(rating[ok].astype(np.float32))
+    bar.close()
+
+    if not checked:
+        raise InvalidInput("--events", f"{path.name} holds no rows")
+
+    def cat(name: str, dtype: Any) -> np.ndarray:
+        return np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype=dtype)
+
+    event_log = EventLog(
+        users=users,
+        items=items,
+        orders=orders,
+        event_types=event_types,
+        user=cat("user_id", np.int32),
+        item=cat("item_id", np.int32),
+        event=cat("event_type", np.int16),
+        timestamp=cat("timestamp", np.int64),
+        order=cat("order_id", np.int32),
+        quantity=cat("quantity", np.float32),
+        price=cat("price", np.float32),
+        rating=cat("rating", np.float32),
+        has_column=has_column,
+    )
+    log.info(
+        "events loaded",
+        extra={"source": path.name, **{k: v for k, v in report.to_dict().items() if k != "notes"}},
+    )
+    report.check_limit(options.max_bad_rows, path.name)
+    return event_log, report
+
+
+@dataclass
+class Catalog:
+    """Item metadata: category, price and stock, aligned with an item IdMap."""
+
+    category: np.ndarray  # object: category name or "" when unknown
+    price: np.ndarray  # float32, NaN when unknown
+    in_stock: np.ndarray  # bool
+    title: np.ndarray  # object
+
+    @classmethod
+    def empty(cls, n_items: int) -> Catalog:
+        return cls(
+            category=np.full(n_items, "", dtype=object),
+            price=np.full(n_items, np.nan, dtype=np.float32),
+            in_stock=np.ones(n_items, dtype=bool),
+            title=np.full(n_items, "", dtype=object),
+        )
+
+
+_TRUE = {"1", "true", "yes", "y", "t", "in_stock", "instock"}
+_FALSE = {"0", "false", "no", "n", "f", "out_of_stock", "outofstock", ""}
+
+
+def read_catalog_frame(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
+    """Read an items file (item_id, category, price, in_stock, title) as strings."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInput("--items", f"file not found: {path}")
+    fmt = detect_format(path, fmt)
+    frames = [frame for frame, _ in _iter_chunks(path, fmt, 1_000_000)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if "item_id" not in frame.columns:
+        raise InvalidInput("item_id", f"column not found in {path.name}")
+    return frame
+
+
+def load_catalog(
+    path: str | Path, items: IdMap, report: LoadReport | None = None, grow: bool = True
+) -> Catalog:
+    """Load an items catalog aligned to `items`; unknown catalog items are added when `grow`.
+
+    Unparsable prices and stock flags are counted in `report` under 'catalog: ...' reasons.
+    """
+    frame = read_catalog_frame(path)
+    report = report if report is not None else LoadReport()
+    ids = frame["item_id"].astype(object).where(frame["item_id"].notna(), None)
+    ids = ids.map(lambda v: v.strip() if isinstance(v, str) else v)
+    rows = np.arange(1, len(frame) + 1)
+    missing = (ids.isna() | (ids == "")).to_numpy()
+    report.add_bad("catalog: missing item_id", rows[missing])
+    frame = frame[~missing]
+    ids = ids[~missing]
+    rows = rows[~missing]
+    index = items.encode(ids.to_numpy(dtype=object), grow=grow)
+    known = index >= 0
+    catalog = Catalog.empty(len(items))
+    if "category" in frame.columns:
+        cat = frame["category"].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+        catalog.category[index[known]] = cat[known]
+    if "title" in frame.columns:
+        catalog.title[index[known]] = frame["title"].fillna("").astype(str).to_numpy(object)[known]
+    if "price" in frame.columns:
+        price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64")
+        bad = frame["price"].notna().to_numpy() & (~np.isfinite(price) | (price < 0))
+        report.add_bad("catalog: unparsable or negative price", rows[bad])
+        price[bad] = np.nan
+        catalog.price[index[known]] = price[known].astype(np.float32)
+    if "in_stock" in frame.columns:
+        flags = frame["in_stock"].fillna("").astype(str).str.strip().str.lower()
+        is_true = flags.isin(_TRUE).to_numpy()
+        is_false = flags.isin(_FALSE).to_numpy()
+        bad = ~(is_true | is_false)
+        report.add_bad("catalog: unparsable in_stock", rows[bad])
+        catalog.in_stock[index[known]] = (is_true | bad)[known]  # unknown flag: keep selling
+    return catalog

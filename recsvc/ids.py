@@ -1,0 +1,70 @@
+"""Stable string <-> dense index maps for users, items and orders.
+
+An index is assigned in order of first appearance and never changes while the map lives, so
+chunks of a log can be mapped one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+class IdMap:
+    """Maps external string ids to dense int32 indexes and back."""
+
+    __slots__ = ("_index", "_ids")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: list[str] = []
+        self._index: dict[str, int] = {}
+        for value in ids:
+            self.add(value)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._index
+
+    def add(self, value: str) -> int:
+        """Return the index of `value`, assigning the next one if it is new."""
+        index = self._index.get(value)
+        if index is None:
+            index = len(self._ids)
+            self._index[value] = index
+            self._ids.append(value)
+        return index
+
+    def get(self, value: str, default: int = -1) -> int:
+        return self._index.get(value, default)
+
+    def id_of(self, index: int) -> str:
+        return self._ids[index]
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return self._ids
+
+    def encode(self, values: np.ndarray | pd.Series, grow: bool = True) -> np.ndarray:
+        """Vectorised lookup: int32 indexes of `values` (-1 for unknown ones when not growing)."""
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+        if grow:
+            mapped = np.fromiter((self.add(u) for u in uniques), dtype=np.int64, count=len(uniques))
+        else:
+            mapped = np.fromiter(
+                (self._index.get(u, -1) for u in uniques), dtype=np.int64, count=len(uniques)
+            )
+        out = np.full(len(codes), -1, dtype=np.int32)
+        valid = codes >= 0
+        out[valid] = mapped[codes[valid]]
+        return out
+
+    def decode(self, indexes: np.ndarray) -> list[str]:
+        ids = self._ids
+        return [ids[i] for i in np.asarray(indexes).tolist()]
+
+    def to_array(self) -> np.ndarray:
+        return np.asarray(self._ids, dtype=object)
