@@ -21,6 +21,9 @@ from recsvc.errors import RecsvcError
 COMMAND_MODULES = (
     "recsvc.commands.synth",
     "training.commands",
+    "training.commands_rules",
+    "training.commands_commerce",
+    "training.commands_eval",
     "recsvc.commands.recommend",
     "recsvc.commands.store",
     "serving.commands",

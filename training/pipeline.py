@@ -1,0 +1,303 @@
+"""The nightly training job (`recsvc train`): events in, one model bundle out.
+
+Steps: load and validate the log (bad rows counted per reason), drop forgotten customers,
+build the weighted interaction matrix, fit the recommenders, precompute each user's top-N
+candidates through the one ranking path, similar items, association rules, buy-again lists,
+segments and popularity lists, and write everything as a versioned bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsvc.bundle import BundleWriter, fingerprint_files
+from recsvc.config import TrainConfig, to_dict
+from recsvc.errors import InvalidInput
+from recsvc.events import Catalog, EventLog, LoadOptions, LoadReport, load_catalog, load_events
+from recsvc.matrix import event_weights, interaction_matrix
+from recsvc.progress import progress
+from recsvc.ranking import top_candidates
+from recsvc.scorers import FactorScorer, save_scorer
+from training.models import build_model
+
+log = logging.getLogger(__name__)
+
+SIMILAR_BATCH = 2048
+CANDIDATE_BATCH = 1024
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    version: str
+    report: LoadReport
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def read_forget_list(path: str | Path | None) -> set[str]:
+    """Customer ids to leave out of training (one per line; '#' comments)."""
+    if not path:
+        return set()
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport) -> EventLog:
+    """Remove every event of the given customers (privacy requests); counted in the report."""
+    indexes = [event_log.users.get(u) for u in user_ids]
+    indexes = [i for i in indexes if i >= 0]
+    if not indexes:
+        return event_log
+    drop = np.isin(event_log.user, np.asarray(indexes, dtype=np.int32))
+    report.notes.append(f"{int(drop.sum())} events of {len(indexes)} forgotten customers dropped")
+    return event_log.mask(~drop)
+
+
+def similar_from_factors(item_factors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n most similar items by cosine of item factors (self excluded), -1 padded."""
+    factors = np.asarray(item_factors, dtype=np.float32)
+    norms = np.linalg.norm(factors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    unit = factors / norms
+    n_items = unit.shape[0]
+    n = min(n, max(n_items - 1, 0))
+    indices = np.full((n_items, n), -1, dtype=np.int32)
+    scores = np.zeros((n_items, n), dtype=np.float32)
+    if n == 0:
+        return indices, scores
+    for start in progress(desc="similar items", unit="batch", iterable=range(0, n_items, SIMILAR_BATCH)):
+        stop = min(start + SIMILAR_BATCH, n_items)
+        sims = unit[start:stop] @ unit.T
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        idx, val = top_candidates(sims, n)
+        indices[start:stop], scores[start:stop] = idx, val
+    return indices, scores
+
+
+def similar_from_cooccurrence(matrix: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n items by cosine of co-occurrence columns (used when no factors were trained)."""
+    binary = (matrix > 0).astype(np.float32).tocsc()
+    norms = np.sqrt(np.asarray(binary.sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    n_items = binary.shape[1]
+    n = min(n, max(n_items - 1, 0))
+    indices = np.full((n_items, n), -1, dtype=np.int32)
+    scores = np.zeros((n_items, n), dtype=np.float32)
+    transposed = binary.T.tocsr()
+    for start in range(0, n_items, SIMILAR_BATCH):
+        stop = min(start + SIMILAR_BATCH, n_items)
+        sims = (transposed[start:stop] @ binary).toarray() / norms[start:stop, None] / norms[None, :]
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        sims[sims <= 0] = -np.inf
+        idx, val = top_candidates(sims, n)
+        indices[start:stop], scores[start:stop] = idx, val
+    return indices, scores
+
+
+def user_candidates(
+    scorer: Any, matrix: sp.csr_matrix, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's best n unseen items by `scorer` (the lists the store serves)."""
+    n_users, n_items = matrix.shape
+    n = min(n, n_items)
+    items = np.full((n_users, n), -1, dtype=np.int32)
+    scores = np.zeros((n_users, n), dtype=np.float32)
+    users = np.arange(n_users, dtype=np.int32)
+    for start in progress(desc="candidates", unit="batch", iterable=range(0, n_users, CANDIDATE_BATCH)):
+        stop = min(start + CANDIDATE_BATCH, n_users)
+        history = matrix[start:stop]
+        idx, val = top_candidates(scorer.score(history, users[start:stop]), n, banned=history)
+        items[start:stop], scores[start:stop] = idx, val
+    return items, scores
+
+
+def train(
+    events: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    items: str | Path | None = None,
+    load_options: LoadOptions | None = None,
+    forget_list: str | Path | None = None,
+    now: int | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run the whole job and write one bundle under `out`; returns where and what.
+
+    Raises InvalidInput for unusable input and TooManyBadRows past the limit.
+    """
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> Callable[[], None]:
+        if on_step:
+            on_step(name)
+        started = time.perf_counter()
+
+        def done() -> None:
+            timings[name] = round(time.perf_counter() - started, 3)
+            log.info("step done", extra={"step": name, "seconds": timings[name]})
+
+        return done
+
+    options = load_options or LoadOptions()
+    options = LoadOptions(
+        fmt=options.fmt,
+        columns=options.columns,
+        event_type=options.event_type,
+        known_event_types=options.known_event_types or list(config.events.weights),
+        required=options.required,
+        cancel_prefix=config.events.cancel_prefix or None,
+        chunk_rows=options.chunk_rows,
+        max_bad_rows=options.max_bad_rows,
+    )
+    done = step("load")
+    event_log, report = load_events(events, options)
+    forgotten = read_forget_list(forget_list)
+    event_log = drop_users(event_log, forgotten, report)
+    catalog = (
+        load_catalog(items, event_log.items, report) if items else Catalog.empty(len(event_log.items))
+    )
+    if len(event_log) == 0:
+        raise InvalidInput("--events", "no usable rows: nothing to train on")
+    now = now if now is not None else int(event_log.timestamp.max())
+    done()
+
+    done = step("matrix")
+    weights = event_weights(event_log, config.events, now=now)
+    matrix = interaction_matrix(event_log, weights, shape=(len(event_log.users), len(event_log.items)))
+    done()
+
+    writer = BundleWriter(out)
+    try:
+        writer.ids(event_log.users, event_log.items, catalog)
+        writer.csr("seen", matrix)
+
+        model_names = [config.default_recommender]
+        for name, enabled in (
+            ("als", config.als.enabled),
+            ("bpr", config.bpr.enabled),
+            ("ease", config.ease.enabled and len(event_log.items) <= config.ease.max_items),
+            ("itemknn", config.itemknn.enabled),
+            ("popular", True),
+        ):
+            if enabled and name not in model_names:
+                model_names.append(name)
+        models_info: dict[str, Any] = {}
+        scorers: dict[str, Any] = {}
+        for name in model_names:
+            done = step(f"fit {name}")
+            model = build_model(name, config).fit(matrix)
+            scorers[name] = model.scorer()
+            save_scorer(writer, name, scorers[name])
+            models_info[name] = {"fit_seconds": round(model.fit_seconds, 3), "params": model.params()}
+            done()
+
+        done = step("candidates")
+        cand_items, cand_scores = user_candidates(scorers[config.default_recommender], matrix, config.candidates)
+        writer.array("candidates/items", cand_items)
+        writer.array("candidates/scores", cand_scores)
+        done()
+
+        done = step("similar items")
+        factor_scorer = next((s for s in scorers.values() if isinstance(s, FactorScorer)), None)
+        if factor_scorer is not None:
+            sim_idx, sim_scores = similar_from_factors(factor_scorer.item_factors, config.similar.n)
+        else:
+            sim_idx, sim_scores = similar_from_cooccurrence(matrix, config.similar.n)
+        writer.array("similar/indices", sim_idx)
+        writer.array("similar/scores", sim_scores)
+        done()
+
+        rules_info: dict[str, Any] = {}
+        if config.rules.enabled:
+            done = step("rules")
+            from training.baskets import baskets_from_events
+            from training.rules import mine_rules
+
+            baskets = baskets_from_events(event_log, config.rules.window_days)
+            rules = mine_rules(
+                baskets.matrix,
+                min_support=config.rules.min_support,
+                min_confidence=config.rules.min_confidence,
+                max_len=config.rules.max_len,
+                max_rules=config.rules.max_rules,
+            )
+            rules.save(writer.dir("rules"))
+            rules_info = {"rules": len(rules), "orders": int(rules.n_orders)}
+            done()
+
+        if config.buyagain.enabled:
+            done = step("buy-again")
+            from training.buyagain import fit_buyagain
+
+            fit_buyagain(event_log, config.buyagain, now).write(writer)
+            done()
+
+        segments = None
+        if config.segments.enabled:
+            done = step("segments")
+            from training.segments import fit_segments
+
+            user_factors = (
+                np.asarray(factor_scorer.user_factors) if factor_scorer is not None else None
+            )
+            segments = fit_segments(event_log, now, user_factors, config.segments)
+            segments.write(writer)
+            done()
+
+        done = step("popularity")
+        from training.popularity import fit_popularity, write_popularity
+
+        lists = fit_popularity(
+            event_log,
+            weights,
+            catalog,
+            config.popularity,
+            now,
+            segments=getattr(segments, "segment", None),
+            clusters=getattr(segments, "cluster", None),
+        )
+        write_popularity(writer, lists)
+        done()
+
+        counts = {
+            "users": len(event_log.users),
+            "items": len(event_log.items),
+            "events": len(event_log),
+            "orders": len(event_log.orders),
+            "interactions": int(matrix.nnz),
+        }
+        inputs = fingerprint_files([events, items])
+        path = writer.commit(
+            {
+                "input": inputs,
+                "counts": counts,
+                "rows": report.to_dict(),
+                "params": to_dict(config),
+                "default_recommender": config.default_recommender,
+                "models": models_info,
+                "rules": rules_info,
+                "event_types": event_log.event_types,
+                "trained_until": now,
+                "timings": timings,
+                "forgotten_users": len(forgotten),
+            }
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return TrainResult(path=path, version=writer.version, report=report, timings=timings, counts=counts)
