@@ -1,0 +1,97 @@
+"""Feature stores chosen by URL: the online cache between the trainer's bundles and the server.
+
+    memory://[name]                 embedded, in-process (recsvc.store.memory). A named store
+                                    is shared by every `open_store` of that name in the process;
+                                    `memory://` alone is a fresh private store. It lives only as
+                                    long as the process (publish into it inside `recsvc serve`).
+    redis://[:password@]host:port/db[?prefix=rs&cluster=1]
+    rediss://...                    the same over TLS
+    redis+cluster://[:password@]host:port[,host:port...][?prefix=rs]
+                                    Redis Cluster (also `redis://...?cluster=1` or cluster=True)
+
+The Redis password comes from the URL or from `RECSVC_REDIS_PASSWORD`; it is never logged
+(`mask_url` hides it). Must not import `training` or `serving`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from recsvc.errors import InvalidInput
+from recsvc.store.base import (
+    ALL,
+    PARTIAL,
+    POPULARITY_LISTS,
+    READY,
+    BuyAgainList,
+    FeatureStore,
+    ItemCatalog,
+    ItemUpdateReport,
+    PublishReport,
+    RecentEvent,
+    StoreState,
+    UserFeatures,
+    UserSegment,
+    VersionInfo,
+)
+
+SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+
+__all__ = [
+    "ALL",
+    "PARTIAL",
+    "POPULARITY_LISTS",
+    "READY",
+    "SCHEMES",
+    "BuyAgainList",
+    "FeatureStore",
+    "ItemCatalog",
+    "ItemUpdateReport",
+    "PublishReport",
+    "RecentEvent",
+    "StoreState",
+    "UserFeatures",
+    "UserSegment",
+    "VersionInfo",
+    "mask_url",
+    "open_store",
+]
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***` (safe to print and log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable store url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    masked = f"{user}:***@{hostinfo}"
+    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+
+
+def open_store(url: str, **options: Any) -> FeatureStore:
+    """Open the feature store at `url` (see the module docstring for the schemes).
+
+    options: implementation settings, e.g. `cluster=True`, `prefix="rs"`, `password=...`,
+    `socket_timeout=1.0`, `recent_max=50`, `recent_ttl=86400` (Redis); overriding URL queries.
+    Raises InvalidInput for an unknown scheme or a malformed URL, StoreUnavailable when a
+    Redis server cannot be reached.
+    """
+    if not url or "://" not in url:
+        raise InvalidInput("--store", f"'{mask_url(url)}' is not a store URL (memory:// or redis://...)")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        from recsvc.store.memory import MemoryStore
+
+        return MemoryStore.open(url, **options)
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        from recsvc.store.redis import RedisStore
+
+        return RedisStore.from_url(url, **options)
+    raise InvalidInput(
+        "--store", f"unknown store scheme '{scheme}://' (one of {', '.join(s + '://' for s in SCHEMES)})"
+    )
