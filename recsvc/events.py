@@ -304,16 +304,15 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame,
 
 def parse_timestamps(values: pd.Series) -> np.ndarray:
     """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms."""
-    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", copy=True)
     out = numeric.copy()
     millis = np.abs(numeric) > 1e11
     out[millis] = numeric[millis] / 1000.0
     text = np.isnan(numeric) & values.notna().to_numpy()
     if text.any():
         parsed = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
-        seconds = parsed.astype("int64").to_numpy() / 1e9
-        seconds[parsed.isna().to_numpy()] = np.nan
-        out[text] = seconds
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        out[text] = seconds.to_numpy(dtype="float64", na_value=np.nan)
     return out
 
 
@@ -417,7 +416,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
             series = col(canonical)
             if series is None:
                 return np.full(n, default, dtype="float64")
-            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", copy=True)
             given = series.notna().to_numpy()
             reject(given & ~np.isfinite(values), f"unparsable {canonical}")
             values[~given] = default

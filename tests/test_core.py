@@ -1,0 +1,204 @@
+"""Interaction matrix, bundle format, scorers, the ranking path and configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsvc import BUNDLE_FORMAT_VERSION
+from recsvc.bundle import Bundle, BundleWriter, RankedLists
+from recsvc.config import EventsConfig, load_train_config, to_dict, to_toml
+from recsvc.errors import BundleFormatError, InvalidInput, NotFound
+from recsvc.events import Catalog, LoadOptions, load_events
+from recsvc.ids import IdMap
+from recsvc.matrix import event_weights, interaction_matrix
+from recsvc.ranking import ItemFilter, ScoredItem, allowed_mask, finalize, top_candidates
+from recsvc.scorers import (
+    BlendScorer,
+    FactorScorer,
+    ItemItemScorer,
+    PopularityScorer,
+    load_scorer,
+    save_scorer,
+)
+
+
+def small_log(tmp_path: Path):
+    path = tmp_path / "e.csv"
+    path.write_text(
+        "user_id,item_id,event_type,timestamp,quantity\n"
+        "a,x,view,2026-01-11T00:00:00Z,1\n"
+        "a,x,purchase,2026-01-11T00:00:00Z,3\n"
+        "a,y,view,2026-01-01T00:00:00Z,1\n"
+        "b,y,cart,2026-01-11T00:00:00Z,1\n"
+    )
+    return load_events(path)[0]
+
+
+def test_event_weights_types_decay_and_quantity(tmp_path: Path) -> None:
+    log = small_log(tmp_path)
+    config = EventsConfig(weights={"view": 1.0, "cart": 4.0, "purchase": 8.0}, half_life_days=10)
+    weights = event_weights(log, config)
+    assert weights.tolist() == pytest.approx([1.0, 8.0, 0.5, 4.0])  # 10 days old: half
+    config.use_quantity = True
+    assert event_weights(log, config)[1] == pytest.approx(8.0 * (1 + np.log1p(2)))
+    matrix = interaction_matrix(log, event_weights(log, EventsConfig(weights=config.weights)))
+    assert matrix.shape == (2, 2)
+    assert matrix[0, 0] == pytest.approx(9.0)  # repeated (user, item) rows are summed
+
+
+def test_event_type_without_weight_is_named(tmp_path: Path) -> None:
+    log = small_log(tmp_path)
+    with pytest.raises(InvalidInput) as info:
+        event_weights(log, EventsConfig(weights={"view": 1.0}))
+    assert "events.weights" in info.value.field
+
+
+def write_bundle(root: Path) -> Path:
+    writer = BundleWriter(root)
+    users, items = IdMap(["u1", "u2"]), IdMap(["i1", "i2", "i3"])
+    writer.ids(users, items, Catalog.empty(3))
+    writer.csr("seen", sp.csr_matrix(np.array([[1, 0, 0], [0, 2, 0]], dtype=np.float32)))
+    save_scorer(writer, "pop", PopularityScorer(np.array([3, 2, 1], np.float32)))
+    save_scorer(writer, "ii", ItemItemScorer(sp.csr_matrix(np.eye(3, k=1, dtype=np.float32))))
+    save_scorer(
+        writer,
+        "mix",
+        BlendScorer([(PopularityScorer(np.array([1, 0, 0], np.float32)), 1.0),
+                     (ItemItemScorer(np.eye(3, dtype=np.float32)), 2.0)]),
+    )
+    RankedLists.from_dict({"all": (np.array([0, 1]), np.array([2.0, 1.0]))}).write(
+        writer, "popularity/global"
+    )
+    return writer.commit({"default_recommender": "pop"})
+
+
+def test_bundle_round_trip_and_latest(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path)
+    bundle = Bundle(tmp_path)  # the root resolves to latest
+    assert bundle.path == path.resolve()
+    assert bundle.manifest["format_version"] == BUNDLE_FORMAT_VERSION
+    assert bundle.users.ids == ["u1", "u2"] and bundle.items.get("i3") == 2
+    assert bundle.seen[1, 1] == 2
+    assert bundle.recommenders == ["ii", "mix", "pop"]
+    history = bundle.seen[[0]]
+    assert bundle.scorer("ii").score(history).tolist() == [[0, 1, 0]]
+    assert bundle.scorer().score(history).tolist() == [[3, 2, 1]]
+    assert bundle.scorer("mix").score(history).tolist() == [[3, 0, 0]]
+    items, scores = bundle.popularity("global").get("all")
+    assert items.tolist() == [0, 1]
+    with pytest.raises(NotFound, match="has: ii, mix, pop"):
+        bundle.scorer("nope")
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_bundle_from_the_future_is_refused(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = BUNDLE_FORMAT_VERSION + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="bundle format version"):
+        Bundle(path)
+    with pytest.raises(BundleFormatError, match="not a model bundle"):
+        Bundle(tmp_path / "nothing")
+
+
+def test_factor_fold_in_matches_trained_direction() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(30, 4)).astype(np.float32)
+    scorer = FactorScorer(np.zeros((1, 4), np.float32), items, regularization=0.01, alpha=1.0)
+    history = sp.csr_matrix((np.ones(3, np.float32), ([0, 0, 0], [1, 5, 7])), shape=(1, 30))
+    scores = scorer.score(history, np.array([-1]))
+    # a folded-in user scores the items they interacted with above the average item
+    assert scores[0, [1, 5, 7]].mean() > scores[0].mean()
+
+
+def test_top_candidates_bans_and_orders() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.7], [1, 2, 3, 4]], dtype=np.float32)
+    banned = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 0]]))
+    idx, val = top_candidates(scores, 3, banned, allowed=np.array([True, True, True, False]))
+    assert idx.tolist() == [[2, 0, -1], [2, 1, 0]]
+    assert val[1].tolist() == [3, 2, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    candidates=st.lists(st.integers(-1, 30), max_size=40),
+    topup=st.lists(st.integers(0, 30), max_size=40),
+    exclude=st.sets(st.integers(0, 30), max_size=10),
+    allowed_bits=st.lists(st.booleans(), min_size=31, max_size=31),
+    k=st.integers(0, 20),
+)
+def test_finalize_never_breaks_the_rules(candidates, topup, exclude, allowed_bits, k) -> None:
+    allowed = np.array(allowed_bits)
+    answer = finalize(
+        (ScoredItem(i, 1.0) for i in candidates), k, allowed, exclude, [[ScoredItem(i, 0.5) for i in topup]]
+    )
+    items = [a.item for a in answer.items]
+    assert len(items) <= k
+    assert len(set(items)) == len(items)
+    assert not set(items) & exclude
+    assert all(allowed[i] and i >= 0 for i in items)
+    eligible = {i for i in candidates + topup if i >= 0 and allowed[i] and i not in exclude}
+    assert len(items) == min(k, len(eligible))  # tops up whenever it can
+
+
+def test_allowed_mask_filters() -> None:
+    catalog = Catalog(
+        category=np.array(["a", "b", "a"], dtype=object),
+        price=np.array([5, 10, np.nan], dtype=np.float32),
+        in_stock=np.array([True, True, False]),
+        title=np.array(["", "", ""], dtype=object),
+    )
+    assert allowed_mask(catalog, ItemFilter()) is None
+    assert allowed_mask(catalog, ItemFilter(categories=frozenset({"a"}))).tolist() == [True, False, True]
+    assert allowed_mask(catalog, ItemFilter(in_stock_only=True)).tolist() == [True, True, False]
+    assert allowed_mask(catalog, ItemFilter(min_price=6)).tolist() == [False, True, False]
+
+
+def test_config_layers_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[als]\nfactors = 8\n[events.weights]\nclick = 2.0\n")
+    config = load_train_config(path, {"als.iterations": 3}, environ={"RECSVC_TRAIN__ALS__ALPHA": "7"})
+    assert (config.als.factors, config.als.iterations, config.als.alpha) == (8, 3, 7.0)
+    assert config.events.weights["click"] == 2.0
+    path.write_text("[als]\nfactorz = 8\n")
+    with pytest.raises(InvalidInput) as info:
+        load_train_config(path)
+    assert info.value.field == "als.factorz"
+    path.write_text("[als]\nfactors = 'many'\n")
+    with pytest.raises(InvalidInput, match="als.factors: expected a number"):
+        load_train_config(path)
+
+
+def test_config_toml_round_trip(tmp_path: Path) -> None:
+    config = load_train_config()
+    path = tmp_path / "round.toml"
+    path.write_text(to_toml(to_dict(config)))
+    assert load_train_config(path) == config
+
+
+def test_scorer_kinds_load_back(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path)
+    bundle = Bundle(path)
+    assert isinstance(load_scorer(bundle, "mix"), BlendScorer)
+    assert load_scorer(bundle, "ii").n_items == 3
+
+
+def test_event_log_mask(tmp_path: Path) -> None:
+    log = small_log(tmp_path)
+    kept = log.mask(log.user == 0)
+    assert len(kept) == 3 and kept.users is log.users
+
+
+def test_load_options_required_event_type(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("user_id,item_id\nu,i\n")
+    log, _ = load_events(path, LoadOptions(event_type="purchase"))
+    assert log.event_types == ["purchase"]

@@ -1,0 +1,221 @@
+"""Event loading: formats, column mapping, timestamps, and bad rows counted per reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsvc.errors import InvalidInput, TooManyBadRows
+from recsvc.events import (
+    LoadOptions,
+    load_catalog,
+    load_events,
+    parse_columns,
+    parse_max_bad_rows,
+    parse_timestamps,
+)
+
+GOOD_AND_BAD = """user_id,item_id,event_type,timestamp,order_id,quantity,price
+u1,i1,view,2026-01-01T10:00:00Z,,,
+u1,i2,purchase,1767261600,o1,2,9.5
+u2,i1,cart,1767261600000,,1,
+,i3,view,2026-01-01T10:00:00Z,,,
+u3,,view,2026-01-01T10:00:00Z,,,
+u3,i3,view,not-a-time,,,
+u3,i3,purchase,2026-01-02,o2,-1,3
+u3,i3,purchase,2026-01-02,C9,1,3
+u4,i4,teleport,2026-01-02,,,
+u4,i4,purchase,2026-01-02,o3,abc,3
+u4,i5,purchase,2026-01-03,o4,1,4
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_counts_bad_rows_per_reason_and_keeps_good_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "events.csv", GOOD_AND_BAD)
+    log, report = load_events(path, LoadOptions(known_event_types=["view", "cart", "purchase"]))
+    assert report.rows_read == 11
+    assert report.rows_kept == 4
+    assert len(log) == 4
+    assert dict(report.bad_rows) == {
+        "missing user_id": 1,
+        "missing item_id": 1,
+        "unparsable timestamp": 1,
+        "negative quantity (return or cancellation)": 1,
+        "cancelled order (order_id starts with 'C')": 1,
+        "unknown event_type": 1,
+        "unparsable quantity": 1,
+    }
+    assert report.examples["missing user_id"] == [4]
+    assert sorted(log.users.decode(log.user)) == ["u1", "u1", "u2", "u4"]
+    # ISO, epoch seconds and epoch milliseconds all land on the same instant
+    assert set(log.timestamp.tolist()) >= {1767261600}
+    assert log.quantity[log.items.get("i2") == log.item].tolist() == [2.0]
+
+
+def test_max_bad_rows_fraction_and_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "events.csv", GOOD_AND_BAD)
+    opts = dict(known_event_types=["view", "cart", "purchase"])
+    with pytest.raises(TooManyBadRows, match="7 of 11 rows are bad"):
+        load_events(path, LoadOptions(max_bad_rows=0.5, **opts))
+    with pytest.raises(TooManyBadRows):
+        load_events(path, LoadOptions(max_bad_rows=6, **opts))
+    _, report = load_events(path, LoadOptions(max_bad_rows=7, **opts))
+    assert report.rows_bad == 7
+
+
+def test_malformed_csv_line_is_counted_not_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path, "e.csv", "user_id,item_id\nu1,i1\nu2,i2,extra,fields\nu3,i3\n")
+    log, report = load_events(path)
+    assert report.rows_kept == 2
+    assert report.bad_rows["malformed line (wrong number of fields)"] == 1
+
+
+def test_column_mapping_and_constant_event_type(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "retail.csv",
+        "InvoiceNo,StockCode,CustomerID,InvoiceDate,Quantity\n"
+        "536365,85123A,17850,2010-12-01 08:26:00,6\n"
+        "C536379,D,14527,2010-12-01 09:41:00,-1\n",
+    )
+    columns = parse_columns(
+        "user_id=CustomerID,item_id=StockCode,order_id=InvoiceNo,timestamp=InvoiceDate,quantity=Quantity"
+    )
+    log, report = load_events(path, LoadOptions(columns=columns, event_type="purchase"))
+    assert len(log) == 1 and log.event_types == ["purchase"]
+    assert report.rows_bad == 1
+    assert log.orders.ids == ["536365"]
+
+
+def test_missing_required_column_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "e.csv", "customer,item_id\nu1,i1\n")
+    with pytest.raises(InvalidInput) as info:
+        load_events(path)
+    assert info.value.field == "user_id"
+    assert "--columns" in str(info.value)
+
+
+def test_bad_columns_spec() -> None:
+    with pytest.raises(InvalidInput, match="--columns"):
+        parse_columns("user_id")
+    with pytest.raises(InvalidInput, match="unknown column 'shopper'"):
+        parse_columns("shopper=x")
+
+
+def test_parse_max_bad_rows() -> None:
+    assert parse_max_bad_rows("0.01") == 0.01
+    assert parse_max_bad_rows("500") == 500
+    assert parse_max_bad_rows(None) is None
+    with pytest.raises(InvalidInput):
+        parse_max_bad_rows("lots")
+
+
+def test_jsonl_with_broken_lines(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"user_id": "u1", "item_id": "i1", "event_type": "view", "timestamp": 1700000000}),
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps({"user_id": 7, "item_id": 8, "event_type": "purchase", "timestamp": "2026-01-01T00:00:00+01:00"}),
+    ]
+    path = write(tmp_path, "e.jsonl", "\n".join(lines) + "\n")
+    log, report = load_events(path)
+    assert len(log) == 2
+    assert report.bad_rows["malformed JSON line"] == 1
+    assert report.bad_rows["JSON line is not an object"] == 1
+    assert log.users.ids == ["u1", "7"]
+    assert log.timestamp[1] == 1767222000
+
+
+def test_parquet_with_native_types(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a", "b", None],
+            "item_id": [1, 2, 3],
+            "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True),
+            "rating": [4.0, None, 3.0],
+        }
+    )
+    path = tmp_path / "e.parquet"
+    frame.to_parquet(path)
+    log, report = load_events(path)
+    assert len(log) == 2 and report.bad_rows["missing user_id"] == 1
+    assert log.items.ids == ["1", "2"]
+    assert log.timestamp[0] == 1767225600
+    assert np.isnan(log.rating[1]) and log.rating[0] == 4.0
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pd.DataFrame({"user_id": ["a"] * 100, "item_id": ["b"] * 100}).to_parquet(path)
+    path.write_bytes(path.read_bytes()[: 60])
+    with pytest.raises(InvalidInput, match="Parquet"):
+        load_events(path)
+
+
+def test_unknown_extension_needs_format(tmp_path: Path) -> None:
+    path = write(tmp_path, "events.log", "user_id,item_id\nu,i\n")
+    with pytest.raises(InvalidInput, match="--format"):
+        load_events(path)
+    log, _ = load_events(path, LoadOptions(fmt="csv"))
+    assert len(log) == 1
+
+
+def test_wrong_encoding_is_replaced_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("user_id,item_id\nJos\xe9,caf\xe9\n".encode("latin-1"))
+    log, report = load_events(path)
+    assert len(log) == 1 and report.rows_bad == 0
+
+
+def test_parse_timestamps_units() -> None:
+    values = pd.Series(["1700000000", "1700000000000", "2023-11-14T22:13:20Z", "garbage", None])
+    out = parse_timestamps(values)
+    assert out[:3].tolist() == [1700000000.0] * 3
+    assert np.isnan(out[3]) and np.isnan(out[4])
+
+
+def test_catalog_alignment_and_bad_values(tmp_path: Path) -> None:
+    events = write(tmp_path, "e.csv", "user_id,item_id\nu1,i1\nu1,i2\n")
+    items = write(
+        tmp_path,
+        "items.csv",
+        "item_id,category,price,in_stock,title\ni2,shoes,30,no,Boot\ni1,hats,-4,yes,Cap\ni9,hats,5,maybe,New\n",
+    )
+    log, report = load_events(events)
+    catalog = load_catalog(items, log.items, report)
+    assert log.items.ids == ["i1", "i2", "i9"]
+    assert catalog.category.tolist() == ["hats", "shoes", "hats"]
+    assert np.isnan(catalog.price[0]) and catalog.price[1] == 30
+    assert catalog.in_stock.tolist() == [True, False, True]
+    assert report.bad_rows["catalog: unparsable or negative price"] == 1
+    assert report.bad_rows["catalog: unparsable in_stock"] == 1
+
+
+ID = st.one_of(st.none(), st.text(alphabet="abcxyz01 ,\"", max_size=6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(ID, ID, st.sampled_from(["view", "cart", "", "zzz"]),
+                               st.sampled_from(["1700000000", "bad", "", "2026-01-01"])), max_size=30))
+def test_every_row_is_kept_or_counted(tmp_path_factory: pytest.TempPathFactory, rows: list) -> None:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"])
+    path = tmp_path_factory.mktemp("prop") / "e.csv"
+    frame.to_csv(path, index=False)
+    if not rows:
+        return
+    log, report = load_events(path, LoadOptions(known_event_types=["view", "cart"]))
+    assert report.rows_read == len(rows)
+    assert report.rows_kept + report.rows_bad == report.rows_read
+    assert len(log) == report.rows_kept
