@@ -40,7 +40,7 @@ def export_frames(
     user_ids: Sequence[str] | None,
     k: int,
     model: str | None = None,
-    flt: ItemFilter = ItemFilter(),
+    flt: ItemFilter | None = None,
     batch_size: int = 1024,
     summary: ExportSummary | None = None,
 ) -> Iterator[pd.DataFrame]:
@@ -49,6 +49,7 @@ def export_frames(
     user_ids: None for every user in the bundle.
     """
     summary = summary if summary is not None else ExportSummary()
+    flt = flt or ItemFilter()
     scorer = bundle.scorer(model)
     seen = bundle.seen
     allowed = allowed_mask(bundle.catalog, flt)
@@ -80,7 +81,7 @@ def export_frames(
                     shape=history.shape,
                 )
                 exclude = ((exclude != 0).astype(np.float32) + extra).tocsr()
-            known_names = [names[start + i] for i in np.flatnonzero(known)]
+            known_names = [names[start + int(i)] for i in np.flatnonzero(known)]
             for row, answer in rank_users(
                 scorer, history, chunk[known], k, exclude=exclude, allowed=allowed,
                 fallback=fallback, batch_size=batch_size,
@@ -97,7 +98,7 @@ def export_frames(
             summary.unknown_users += 1
             summary.short_lists += len(answer.items) < k
             for rank, item in enumerate(answer.items, start=1):
-                rows_user.append(names[start + i])
+                rows_user.append(names[start + int(i)])
                 rows_rank.append(rank)
                 rows_item.append(item.item)
                 rows_score.append(item.score)

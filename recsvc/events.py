@@ -316,6 +316,52 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
     return out
 
 
+class _Chunk:
+    """One chunk of a log being checked: which rows are still good, and why others are not."""
+
+    def __init__(self, frame: pd.DataFrame, source_of: dict[str, str], report: LoadReport) -> None:
+        self.frame = frame
+        self.source_of = source_of
+        self.report = report
+        self.n = len(frame)
+        self.row_numbers = np.arange(report.rows_read + 1, report.rows_read + self.n + 1)
+        report.rows_read += self.n
+        self.ok = np.ones(self.n, dtype=bool)
+
+    def col(self, canonical: str) -> pd.Series | None:
+        name = self.source_of[canonical]
+        return self.frame[name] if name in self.frame.columns else None
+
+    def reject(self, bad: np.ndarray, reason: str) -> None:
+        """Count the still-good rows flagged in `bad` under `reason` and drop them."""
+        bad = bad & self.ok
+        if bad.any():
+            self.report.add_bad(reason, self.row_numbers[bad])
+            self.ok &= ~bad
+
+    def ids(self, canonical: str, required: Sequence[str]) -> np.ndarray:
+        series = self.col(canonical)
+        if series is None:
+            return np.full(self.n, None, dtype=object)
+        values = series.astype(object).where(series.notna(), None)
+        stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+        if canonical in required:
+            self.reject((stripped.isna() | (stripped == "")).to_numpy(), f"missing {canonical}")
+        too_long = stripped.map(lambda v: isinstance(v, str) and len(v) > MAX_ID_LENGTH)
+        self.reject(too_long.to_numpy(dtype=bool), f"{canonical} longer than {MAX_ID_LENGTH} characters")
+        return stripped.to_numpy(dtype=object)
+
+    def numeric(self, canonical: str, default: float) -> np.ndarray:
+        series = self.col(canonical)
+        if series is None:
+            return np.full(self.n, default, dtype="float64")
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", copy=True)
+        given = series.notna().to_numpy()
+        self.reject(given & ~np.isfinite(values), f"unparsable {canonical}")
+        values[~given] = default
+        return values
+
+
 def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[EventLog, LoadReport]:
     """Load a log, keeping every usable row and counting the rest per reason.
 
@@ -366,40 +412,13 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
                 )
             checked = True
 
-        n = len(chunk)
-        row_numbers = np.arange(report.rows_read + 1, report.rows_read + n + 1, dtype=np.int64)
-        report.rows_read += n
-        bar.update(n)
-        ok = np.ones(n, dtype=bool)
-
-        def col(canonical: str, chunk: pd.DataFrame = chunk) -> pd.Series | None:
-            name = source_of[canonical]
-            return chunk[name] if name in chunk.columns else None
-
-        def reject(bad: np.ndarray, reason: str, ok: np.ndarray = ok) -> None:
-            bad = bad & ok
-            if bad.any():
-                report.add_bad(reason, row_numbers[bad])
-                ok &= ~bad
-
-        def clean_ids(series: pd.Series | None, name: str) -> np.ndarray:
-            if series is None:
-                return np.full(n, None, dtype=object)
-            values = series.astype(object).where(series.notna(), None)
-            stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
-            if name in options.required:
-                reject((stripped.isna() | (stripped == "")).to_numpy(), f"missing {name}")
-            reject(
-                stripped.map(lambda v: isinstance(v, str) and len(v) > MAX_ID_LENGTH).to_numpy(
-                    dtype=bool
-                ),
-                f"{name} longer than {MAX_ID_LENGTH} characters",
-            )
-            return stripped.to_numpy(dtype=object)
-
-        user_raw = clean_ids(col("user_id"), "user_id")
-        item_raw = clean_ids(col("item_id"), "item_id")
-        order_raw = clean_ids(col("order_id"), "order_id")
+        rows = _Chunk(chunk, source_of, report)
+        bar.update(rows.n)
+        n = rows.n
+        col, reject = rows.col, rows.reject
+        user_raw = rows.ids("user_id", options.required)
+        item_raw = rows.ids("item_id", options.required)
+        order_raw = rows.ids("order_id", options.required)
 
         ts_col = col("timestamp")
         if ts_col is not None:
@@ -412,22 +431,12 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         else:
             ts = np.zeros(n)
 
-        def numeric(canonical: str, default: float) -> np.ndarray:
-            series = col(canonical)
-            if series is None:
-                return np.full(n, default, dtype="float64")
-            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", copy=True)
-            given = series.notna().to_numpy()
-            reject(given & ~np.isfinite(values), f"unparsable {canonical}")
-            values[~given] = default
-            return values
-
-        quantity = numeric("quantity", 1.0)
+        quantity = rows.numeric("quantity", 1.0)
         reject(quantity < 0, "negative quantity (return or cancellation)")
         reject(quantity == 0, "zero quantity")
-        price = numeric("price", np.nan)
+        price = rows.numeric("price", np.nan)
         reject(price < 0, "negative price")
-        rating = numeric("rating", np.nan)
+        rating = rows.numeric("rating", np.nan)
 
         if options.cancel_prefix and has_column["order_id"]:
             cancelled = np.fromiter(
@@ -455,23 +464,24 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
             )
             reject((names.isna() | (names == "")).to_numpy(), "missing event_type")
             events = np.zeros(n, dtype=np.int16)
-            for name in pd.unique(names[ok]):
+            for name in pd.unique(names[rows.ok]):
                 if name is None:
                     continue
-                rows = (names == name).to_numpy()
+                matching = (names == name).to_numpy()
                 if name not in event_index:
                     if options.known_event_types is not None:
-                        reject(rows, "unknown event_type")
+                        reject(matching, "unknown event_type")
                         continue
                     event_index[name] = len(event_types)
                     event_types.append(name)
-                events[rows] = event_index[name]
+                events[matching] = event_index[name]
         else:
             if DEFAULT_EVENT_TYPE not in event_index:
                 event_index[DEFAULT_EVENT_TYPE] = len(event_types)
                 event_types.append(DEFAULT_EVENT_TYPE)
             events = np.full(n, event_index[DEFAULT_EVENT_TYPE], dtype=np.int16)
 
+        ok = rows.ok
         kept = int(ok.sum())
         report.rows_kept += kept
         if kept == 0:
