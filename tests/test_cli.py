@@ -1,0 +1,59 @@
+"""The CLI as a data engineer uses it: train, recommend, and clear one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsvc.cli import main
+
+
+def recsvc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.slow
+def test_movielens_train_and_recommend(ml100k_path: Path, tmp_path: Path) -> None:
+    bundles = tmp_path / "bundles"
+    trained = recsvc("train", "--events", str(ml100k_path), "--out", str(bundles))
+    assert trained.returncode == 0, trained.stderr
+    assert "rows read 100000, kept 100000, bad 0" in trained.stdout
+    out = tmp_path / "recs.csv"
+    done = recsvc("recommend", "--bundle", str(bundles / "latest"), "--users", "all", "--k", "10",
+                  "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    recs = pd.read_csv(out, dtype={"user_id": str, "item_id": str})
+    ratings = pd.read_csv(ml100k_path, dtype={"user_id": str, "item_id": str})
+    assert recs["user_id"].nunique() == 943
+    per_user = recs.groupby("user_id")["item_id"]
+    assert (per_user.nunique() == 10).all() and (per_user.size() == 10).all()
+    seen = set(zip(ratings["user_id"], ratings["item_id"], strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"], strict=True))
+    assert recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 11))).all()
+
+
+def test_bad_input_is_one_line_on_stderr(tmp_path: Path) -> None:
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,2026-01-01\n,i2,2026-01-01\nu3,i3,never\n")
+    result = recsvc("train", "--events", str(events), "--out", str(tmp_path / "b"),
+                    "--max-bad-rows", "1")
+    assert result.returncode == 5
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "e.csv: 2 of 3 rows are bad" in lines[0]
+    missing = recsvc("train", "--events", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "b"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "--events: file not found" in missing.stderr
+
+
+def test_recommend_rejects_bad_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["recommend", "--bundle", str(tmp_path), "--k", "0", "--out", str(tmp_path / "r.csv")])
+    assert code == 2
+    assert "--k: must be a positive number" in capsys.readouterr().err
