@@ -1,0 +1,189 @@
+"""`recsvc buyagain` and `recsvc segments`: read a trained bundle's buy-again lists and segments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+def register(subparsers: Any) -> None:
+    buyagain = subparsers.add_parser(
+        "buyagain",
+        help="items a customer is due to re-buy, with next due date and reason",
+        description="Rank a customer's repurchase items by due score at --now (default: the "
+        "current time). --users all (or a file of ids) with --out exports every list.",
+    )
+    buyagain.add_argument("--bundle", required=True, help="bundle directory (or a bundles/ root)")
+    who = buyagain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one customer id")
+    who.add_argument("--users", help="'all', or a file of customer ids (one a line); needs --out")
+    buyagain.add_argument("--k", type=int, default=10, help="items per customer (default 10)")
+    buyagain.add_argument("--now", help="score as of this time, ISO-8601 (default: now)")
+    buyagain.add_argument(
+        "--min-score", type=float, default=0.0, help="leave out items scoring below this"
+    )
+    buyagain.add_argument("--out", help="output file for --users: .csv or .parquet")
+    buyagain.set_defaults(func=run_buyagain)
+
+    segments = subparsers.add_parser(
+        "segments",
+        help="export customer segments (RFM scores, segment, taste cluster)",
+        description="Print the number of customers per segment; with --out, export one row "
+        "per customer: user_id, segment, cluster, r, f, m, recency_days, frequency, monetary.",
+    )
+    segments.add_argument("--bundle", required=True, help="bundle directory (or a bundles/ root)")
+    segments.add_argument("--out", help="output file: .csv or .parquet")
+    segments.set_defaults(func=run_segments)
+
+
+def parse_now(text: str | None) -> int:
+    """Epoch seconds of an ISO-8601 time or date (naive means UTC); None: the current time."""
+    from recsvc.errors import InvalidInput
+
+    if text is None:
+        return int(datetime.now(UTC).timestamp())
+    raw = text.strip()
+    try:
+        value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
+    except ValueError:
+        raise InvalidInput("--now", f"'{text}' is not a time like 2026-03-01T12:00:00Z") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def iso_date(seconds: Any) -> Any:
+    """YYYY-MM-DD text for epoch seconds (scalar or array)."""
+    import numpy as np
+
+    return np.datetime_as_string(np.asarray(seconds, dtype="datetime64[s]"), unit="D")
+
+
+def output_path(out: str) -> Path:
+    from recsvc.errors import InvalidInput
+
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InvalidInput("--out", "must end in .csv or .parquet")
+    if not path.parent.exists():
+        raise InvalidInput("--out", f"directory {path.parent} does not exist")
+    return path
+
+
+def write_frame(frame: Any, path: Path) -> None:
+    if path.suffix.lower() == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def run_buyagain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from recsvc.bundle import Bundle
+    from recsvc.buyagain import BuyAgainLists, reason_text
+    from recsvc.errors import InvalidInput, NotFound
+
+    if args.k <= 0:
+        raise InvalidInput("--k", "must be a positive number")
+    now = parse_now(args.now)
+    if args.users is not None and not args.out:
+        raise InvalidInput("--out", "needed with --users (where to write the lists)")
+    out = output_path(args.out) if args.out else None
+    bundle = Bundle(args.bundle)
+    lists = BuyAgainLists.read(bundle)
+
+    if args.user is not None:
+        index = bundle.users.get(args.user)
+        if index < 0:
+            raise NotFound(f"--user: no customer '{args.user}' in bundle {bundle.version}")
+        answer = lists.for_user(index, now, k=args.k, min_score=args.min_score)
+        rows = [
+            {
+                "rank": rank,
+                "item_id": bundle.items.id_of(entry.item),
+                "score": round(entry.score, 4),
+                "next_due": str(iso_date(entry.next_due)),
+                "reason": entry.reason,
+            }
+            for rank, entry in enumerate(answer, start=1)
+        ]
+        frame = pd.DataFrame(rows, columns=["rank", "item_id", "score", "next_due", "reason"])
+        if out is not None:
+            frame.insert(0, "user_id", args.user)
+            write_frame(frame, out)
+            print(f"wrote {len(frame)} items to {out}")
+        elif frame.empty:
+            print(f"no buy-again items for this customer as of {iso_date(now)}")
+        else:
+            print(frame.to_string(index=False))
+        return 0
+
+    rescored = lists.rescored(now)
+    user_of = rescored.row_users()
+    rank = np.arange(len(user_of)) - rescored.indptr[user_of] + 1
+    keep = (rank <= args.k) & (rescored.due_score >= args.min_score)
+    if args.users != "all":
+        from recsvc.commands.recommend import read_user_file
+
+        wanted = bundle.users.encode(np.asarray(read_user_file(args.users), dtype=object),
+                                     grow=False)
+        keep &= np.isin(user_of, wanted[wanted >= 0])
+    chosen = np.flatnonzero(keep)
+    user_ids = bundle.users.to_array()
+    item_ids = bundle.items.to_array()
+    count = np.asarray(rescored.count)[chosen]
+    interval = np.asarray(rescored.interval_days)[chosen]
+    next_due = np.asarray(rescored.next_due)[chosen]
+    frame = pd.DataFrame(
+        {
+            "user_id": user_ids[user_of[chosen]],
+            "rank": rank[chosen],
+            "item_id": item_ids[np.asarray(rescored.items)[chosen]],
+            "score": rescored.due_score[chosen],
+            "next_due": iso_date(next_due),
+            "interval_days": interval,
+            "count": count,
+            "last_purchase": iso_date(np.asarray(rescored.last)[chosen]),
+            "reason": [
+                reason_text(c, i, d, now)
+                for c, i, d in zip(count.tolist(), interval.tolist(), next_due.tolist(), strict=True)
+            ],
+        }
+    )
+    assert out is not None
+    write_frame(frame, out)
+    customers = frame["user_id"].nunique()
+    print(f"wrote {len(frame)} items for {customers} customers to {out}")
+    return 0
+
+
+def run_segments(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from recsvc.bundle import Bundle
+    from training.segments import Segments
+
+    out = output_path(args.out) if args.out else None
+    bundle = Bundle(args.bundle)
+    segments = Segments.read(bundle)
+    if out is not None:
+        frame = segments.to_frame()
+        frame.insert(0, "user_id", pd.array(bundle.users.to_array()[frame["user_index"]],
+                                           dtype="string"))
+        columns = ["user_id", "segment", "cluster", "r", "f", "m", "recency_days", "frequency",
+                   "monetary"]
+        write_frame(frame[columns], out)
+        print(f"wrote {len(frame)} customers to {out}", file=sys.stderr)
+    counts = segments.counts()
+    width = max((len(name) for name in counts), default=7)
+    print(f"{'segment':<{width}}  customers")
+    for name, size in counts.items():
+        print(f"{name:<{width}}  {size:>9}")
+    return 0
