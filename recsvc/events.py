@@ -590,7 +590,7 @@ def load_catalog(
     if "title" in frame.columns:
         catalog.title[index[known]] = frame["title"].fillna("").astype(str).to_numpy(object)[known]
     if "price" in frame.columns:
-        price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64")
+        price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64", copy=True)
         bad = frame["price"].notna().to_numpy() & (~np.isfinite(price) | (price < 0))
         report.add_bad("catalog: unparsable or negative price", rows[bad])
         price[bad] = np.nan
