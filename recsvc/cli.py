@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "recsvc.commands.store",
     "serving.commands",
     "recsvc.commands.bench",
+    "recsvc.commands.demo",
 )
 
 
