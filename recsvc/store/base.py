@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from recsvc.buyagain import BuyAgainLists
 from recsvc.events import Catalog
 from recsvc.ids import IdMap
 
@@ -94,19 +95,9 @@ class RecentEvent:
     ts: float  # epoch seconds
 
 
-@dataclass(frozen=True, eq=False)
-class BuyAgainList:
-    """A user's repurchase candidates, best (most due) first."""
-
-    items: np.ndarray  # int32 item indexes
-    scores: np.ndarray  # float32 due scores
-    next_due: np.ndarray  # int64 epoch seconds
-    interval_days: np.ndarray  # float32
-    count: np.ndarray  # int32 purchases so far
-    last: np.ndarray  # int64 epoch seconds of the last purchase
-
-    def __len__(self) -> int:
-        return int(self.items.shape[0])
+# A user's buy-again list is a one-row `recsvc.buyagain.BuyAgainLists` (row 0): the server
+# ranks it at request time with `for_user(0, now, k)`, as the due score depends on the clock.
+BuyAgainList = BuyAgainLists
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,8 +124,9 @@ class UserFeatures:
     seen: np.ndarray  # int32 item indexes the user interacted with, ascending
     factors: np.ndarray | None = None  # float32 user vector of the factor model, if any
     segment: UserSegment | None = None
-    buyagain: BuyAgainList | None = None
+    buyagain: BuyAgainLists | None = None  # one row; rank with .for_user(0, now, k)
     recent: tuple[RecentEvent, ...] = ()  # newest first; filled when asked for (recent > 0)
+    known: bool = True  # False: no data in this version, only real-time events (new visitor)
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,9 +205,12 @@ class FeatureStore(Protocol):
 
     # -- per-user reads (one round trip) ----------------------------------------------------
     def user_features(self, version: str, user_id: str, recent: int = 0) -> UserFeatures | None:
-        """A user's features in `version` (None: unknown or forgotten user).
+        """A user's features in `version`, read in one round trip.
 
         recent: also read up to this many real-time events (newest first).
+        Returns None when the version holds nothing for the user (unknown, forgotten, or the
+        version does not exist) and no real-time events were asked for or found; a user with
+        only real-time events comes back with `known=False` and empty arrays.
         """
         ...
 
@@ -225,8 +220,8 @@ class FeatureStore(Protocol):
         """`user_features` for many users in one pipelined read, in the order given."""
         ...
 
-    def buyagain(self, version: str, user_id: str) -> BuyAgainList | None:
-        """The user's buy-again list (None: none, or the bundle has no buyagain/)."""
+    def buyagain(self, version: str, user_id: str) -> BuyAgainLists | None:
+        """The user's buy-again list as a one-row BuyAgainLists (None: none, or no buyagain/)."""
         ...
 
     def user_segment(self, version: str, user_id: str) -> UserSegment | None:

@@ -1,0 +1,487 @@
+"""Publishing a bundle into a feature store: write a new version, verify it, switch `current`.
+
+The flow is the same for every backend (`recsvc.store.engine.StoreEngine` supplies the storage
+primitives):
+
+1. take the store's publish lock (a crashed publisher's lock is taken over: its TTL ran out, or
+   it was held by a dead process on this host);
+2. delete PARTIAL versions left behind by killed publishes;
+3. record the new version as PARTIAL (with what is needed to delete it), so a publish killed at
+   any later point leaves data the next publish can find and remove;
+4. write the version-wide data (manifest, item catalogue, item factors, rules, popularity
+   lists), the per-item similar lists and the per-user records in batches (one pipeline per
+   batch in Redis, sent from a writer thread while the next batch is encoded);
+5. drop users forgotten meanwhile, verify the counts, then mark the version READY and switch
+   `current` in one atomic step (readers see the old version or the new one, never a mix);
+6. delete READY versions beyond the newest `keep` (never the current one).
+
+Users on the store's forget list are never written. Components the bundle lacks are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsvc.bundle import Bundle, RankedLists
+from recsvc.errors import BundleFormatError, StoreUnavailable
+from recsvc.store import codec
+from recsvc.store.base import PARTIAL, POPULARITY_LISTS, READY, PublishReport, UserSegment
+
+if TYPE_CHECKING:
+    from recsvc.buyagain import BuyAgainLists
+    from recsvc.store.engine import StoreEngine
+
+log = logging.getLogger(__name__)
+
+USER_BATCH = 4096  # users encoded and written per batch
+ITEM_BATCH = 8192  # similar-item lists per batch
+BatchHook = Callable[[str, int, int], None]  # (stage, done, total), called after each batch
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def epoch_of(iso: str) -> float:
+    """Epoch seconds of an ISO-8601 time (0 when unparsable)."""
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class BundleContent:
+    """What a bundle offers the store; components it lacks are None."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.manifest = bundle.manifest
+        self.created_at = str(self.manifest.get("created_at", ""))
+
+    @cached_property
+    def user_ids(self) -> list[str]:
+        return list(self.bundle.users.ids)
+
+    @cached_property
+    def n_items(self) -> int:
+        return len(self.bundle.items)
+
+    @cached_property
+    def candidates(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if not (self.bundle.has("candidates/items") and self.bundle.has("candidates/scores")):
+            return None
+        items, scores = self.bundle.array("candidates/items"), self.bundle.array("candidates/scores")
+        if items.shape != scores.shape or items.ndim != 2 or items.shape[0] != len(self.user_ids):
+            raise BundleFormatError(
+                f"{self.version}: candidates/items {items.shape} and scores {scores.shape} must "
+                f"both be users ({len(self.user_ids)}) x N"
+            )
+        return items, scores
+
+    @cached_property
+    def seen(self) -> sp.csr_matrix | None:
+        return self.bundle.seen if self.bundle.has("seen/indptr") else None
+
+    @cached_property
+    def factor_model(self) -> str | None:
+        """The recommender whose factors the store serves: the default one if it has factors,
+        else als, else bpr, else any factor model."""
+        names = self.bundle.recommenders
+        kinds = {}
+        for name in names:
+            path = self.bundle.path / "recommenders" / name / "kind.json"
+            if path.exists():
+                kinds[name] = self.bundle.json(f"recommenders/{name}/kind.json").get("kind")
+        order = [self.bundle.default_recommender, "als", "bpr", *names]
+        return next((name for name in order if kinds.get(name) == "factors"), None)
+
+    @cached_property
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(user_factors, item_factors) of `factor_model`."""
+        if self.factor_model is None:
+            return None
+        base = f"recommenders/{self.factor_model}"
+        users = self.bundle.array(f"{base}/user_factors")
+        items = self.bundle.array(f"{base}/item_factors")
+        if users.shape[0] != len(self.user_ids):
+            log.warning(
+                "user factors do not cover the bundle's users; not published",
+                extra={"model": self.factor_model, "rows": int(users.shape[0])},
+            )
+            return None
+        return users, items
+
+    @cached_property
+    def segments(self) -> list[UserSegment | None] | None:
+        if not self.bundle.has("segments/users.parquet"):
+            return None
+        frame = self.bundle.frame("segments/users")
+
+        def column(name: str, default: float) -> list[Any]:
+            if name in frame.columns:
+                values = frame[name]
+                return list(values.fillna(default).tolist())
+            return [default] * len(frame)
+
+        segment = [str(s) for s in frame["segment"].fillna("").tolist()] if "segment" in frame else [""] * len(frame)
+        cols = {n: column(n, d) for n, d in (("cluster", -1), ("recency_days", np.nan),
+                                            ("frequency", 0.0), ("monetary", 0.0),
+                                            ("r", 0), ("f", 0), ("m", 0))}
+        out: list[UserSegment | None] = [None] * len(self.user_ids)
+        for i in range(min(len(frame), len(out))):
+            out[i] = UserSegment(
+                segment[i], int(cols["cluster"][i]), float(cols["recency_days"][i]),
+                float(cols["frequency"][i]), float(cols["monetary"][i]),
+                int(cols["r"][i]), int(cols["f"][i]), int(cols["m"][i]),
+            )
+        return out
+
+    @cached_property
+    def buyagain(self) -> BuyAgainLists | None:
+        from recsvc.buyagain import BuyAgainLists
+
+        if not self.bundle.has("buyagain/indptr"):
+            return None
+        lists = BuyAgainLists.read(self.bundle)
+        if lists.n_users != len(self.user_ids):
+            raise BundleFormatError(
+                f"{self.version}: buyagain/ covers {lists.n_users} users, the bundle has "
+                f"{len(self.user_ids)}"
+            )
+        return lists
+
+    @cached_property
+    def similar(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if not (self.bundle.has("similar/indices") and self.bundle.has("similar/scores")):
+            return None
+        return self.bundle.array("similar/indices"), self.bundle.array("similar/scores")
+
+    @cached_property
+    def rules_dir(self) -> Path | None:
+        path = self.bundle.path / "rules"
+        return path if (path / "meta.json").exists() else None
+
+    @cached_property
+    def popularity(self) -> dict[str, RankedLists]:
+        root = self.bundle.path / "popularity"
+        if not root.exists():
+            return {}
+        names = [n for n in POPULARITY_LISTS if (root / n / "names.json").exists()]
+        names += sorted(p.name for p in root.iterdir() if (p / "names.json").exists() and p.name not in names)
+        return {name: self.bundle.popularity(name) for name in names}
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        present = {
+            "candidates": self.candidates is not None,
+            "seen": self.seen is not None,
+            "factors": self.factors is not None,
+            "segments": self.segments is not None,
+            "buyagain": self.buyagain is not None,
+            "similar": self.similar is not None,
+            "rules": self.rules_dir is not None,
+            "popularity": bool(self.popularity),
+        }
+        return tuple(name for name, ok in present.items() if ok)
+
+    def user_batch(self, rows: np.ndarray) -> codec.UserBatch:
+        """The per-user components of bundle rows `rows` (user indexes)."""
+        batch = codec.UserBatch()
+        if self.candidates is not None:
+            batch.candidates = np.asarray(self.candidates[0][rows])
+            batch.candidate_scores = np.asarray(self.candidates[1][rows])
+        if self.seen is not None:
+            batch.seen = self.seen[rows]
+        if self.factors is not None:
+            batch.factors = np.asarray(self.factors[0][rows])
+        if self.segments is not None:
+            batch.segments = [self.segments[i] for i in rows.tolist()]
+        if self.buyagain is not None:
+            batch.buyagain = _buyagain_rows(self.buyagain, rows)
+        if batch.rows == 0 and len(rows):  # a bundle with no per-user component at all
+            batch.seen = sp.csr_matrix((len(rows), self.n_items), dtype=np.float32)
+        return batch
+
+
+def _buyagain_rows(lists: BuyAgainLists, rows: np.ndarray) -> BuyAgainLists:
+    from recsvc.buyagain import ARRAYS, BuyAgainLists
+
+    indptr = np.asarray(lists.indptr)
+    starts, ends = indptr[rows], indptr[rows + 1]
+    sizes = ends - starts
+    take = np.concatenate([np.arange(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]) if len(rows) else np.zeros(0, np.int64)
+    take = take.astype(np.int64)
+    new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    new_indptr[1:] = np.cumsum(sizes)
+    arrays = {name: np.asarray(getattr(lists, name))[take] for name in ARRAYS if name != "indptr"}
+    return BuyAgainLists(indptr=new_indptr, trained_at=lists.trained_at,
+                         horizon_days=lists.horizon_days, **arrays)
+
+
+# -- version-wide data -----------------------------------------------------------------------
+
+
+def version_blobs(content: BundleContent) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of everything version-wide, lazily (big arrays one at a time)."""
+    import json
+
+    from recsvc.bundle import _json_default
+
+    bundle = content.bundle
+    yield "manifest", json.dumps(content.manifest, default=_json_default).encode()
+    catalog = bundle.catalog
+    yield "items:ids", codec.encode_strings(list(bundle.items.ids))
+    yield "items:category", codec.encode_strings([str(c) for c in catalog.category])
+    yield "items:title", codec.encode_strings([str(t) for t in catalog.title])
+    yield "items:price", codec.encode_array(np.asarray(catalog.price, dtype=np.float32))
+    yield "items:in_stock", codec.encode_array(np.asarray(catalog.in_stock, dtype=bool))
+    if content.factors is not None:
+        yield "item_factors", codec.encode_array(np.asarray(content.factors[1], dtype=np.float32))
+    if content.rules_dir is not None:
+        for path in sorted(content.rules_dir.iterdir()):
+            if path.is_file():
+                yield f"file:rules/{path.name}", path.read_bytes()
+    width = codec.index_width(content.n_items)
+    for name, ranked in content.popularity.items():
+        yield f"pop:{name}:names", codec.encode_strings(ranked.names)
+        for group in ranked.names:
+            items, scores = ranked.get(group)  # type: ignore[misc]
+            yield f"pop:{name}:g:{group}", codec.encode_scored_list(items, scores, width, codec.SCORE_F32)
+
+
+def similar_records(content: BundleContent, start: int, stop: int, score_code: int) -> list[tuple[int, bytes]]:
+    """(item index, encoded list) for items start..stop that have similar items."""
+    assert content.similar is not None
+    indexes = np.asarray(content.similar[0][start:stop])
+    scores = np.asarray(content.similar[1][start:stop])
+    lengths = codec._leading_valid(indexes)
+    batch = codec._encode_scored_batch(indexes, scores, lengths, codec.index_width(content.n_items), score_code)
+    return [(start + i, batch.row(i)) for i in range(stop - start) if lengths[i] > 0]
+
+
+# -- the flow --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Writer:
+    """Sends batches from a background thread while the caller encodes the next one."""
+
+    send: Callable[[Callable[[], None]], None] = field(init=False)
+    _queue: queue.Queue[Callable[[], None] | None] = field(default_factory=lambda: queue.Queue(maxsize=2))
+    _error: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="recsvc-publish-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error:
+                continue
+            try:
+                job()
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error.append(exc)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._check()
+        self._queue.put(job)
+
+    def _check(self) -> None:
+        if self._error:
+            raise self._error[0]
+
+    def close(self) -> None:
+        """Wait for every batch to be written; re-raise the first write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def abort(self) -> None:
+        """Stop after the batch in flight, dropping the rest (errors are not raised)."""
+        self._error.append(RuntimeError("aborted"))
+        self._queue.put(None)
+        self._thread.join()
+
+
+def publish_bundle(
+    engine: StoreEngine,
+    bundle: Bundle,
+    keep: int = 3,
+    progress: bool = True,
+    on_batch: BatchHook | None = None,
+) -> PublishReport:
+    """Publish `bundle` into `engine` (see the module docstring). Returns what was written.
+
+    on_batch: called after each batch as (stage, done, total); an exception it raises aborts
+    the publish the way a crash would (the partial version stays until the next publish).
+    """
+    from recsvc.progress import progress as progress_bar
+
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    started = time.monotonic()
+    content = BundleContent(bundle)
+    version = content.version
+    with engine.publish_lock(version):
+        table = engine.version_table()
+        cleaned = tuple(v for v, meta in table.items() if meta.get("status") == PARTIAL)
+        for stale in cleaned:
+            log.info("removing partial version left by an interrupted publish", extra={"version": stale})
+            engine.drop_version(stale, table[stale])
+        existing = table.get(version)
+        if existing is not None and existing.get("status") == READY:
+            engine.switch_current(version)
+            log.info("version already stored; switched current to it", extra={"version": version})
+            removed = prune_versions(engine, keep)
+            return PublishReport(version, int(existing.get("n_users", 0)), int(existing.get("n_items", 0)),
+                                 int(existing.get("keys", 0)), int(existing.get("bytes", 0)),
+                                 time.monotonic() - started, tuple(existing.get("components", ())),
+                                 removed, cleaned)
+
+        forgotten = set(engine.forgotten_users())
+        user_ids = content.user_ids
+        n_items = content.n_items
+        meta: dict[str, Any] = {
+            "id": version,
+            "status": PARTIAL,
+            "created_at": content.created_at,
+            "published_at": utc_now(),
+            "n_users": 0,
+            "n_items": n_items,
+            "bytes": 0,
+            "keys": 0,
+            "components": list(content.components),
+            "factor_model": content.factor_model,
+            "layout": engine.layout_info(n_items),
+        }
+        engine.put_version_meta(version, meta)
+        total_bytes = 0
+
+        writer = _Writer()
+        try:
+            blobs: dict[str, bytes] = {}
+            for name, blob in version_blobs(content):
+                blobs[name] = blob
+                total_bytes += len(blob)
+            writer.submit(lambda blobs=blobs: engine.put_blobs(version, blobs))
+            if on_batch:
+                on_batch("version", 1, 1)
+
+            n_similar = 0
+            if content.similar is not None:
+                bar = progress_bar(total=n_items, desc=f"publish {version} similar", unit="items",
+                                   disable=None if progress else True)
+                for start in range(0, n_items, ITEM_BATCH):
+                    stop = min(start + ITEM_BATCH, n_items)
+                    records = similar_records(content, start, stop, engine.score_code)
+                    n_similar += len(records)
+                    total_bytes += sum(len(r) for _, r in records)
+                    writer.submit(lambda records=records: engine.put_items(version, records))
+                    bar.update(stop - start)
+                    if on_batch:
+                        on_batch("similar", stop, n_items)
+                bar.close()
+
+            order = engine.user_write_order(user_ids)
+            keep_rows = np.fromiter((user_ids[i] not in forgotten for i in order.tolist()),
+                                    dtype=bool, count=len(order)) if forgotten else None
+            if keep_rows is not None:
+                order = order[keep_rows]
+            bar = progress_bar(total=len(order), desc=f"publish {version} users", unit="users",
+                               disable=None if progress else True)
+            for start in range(0, len(order), USER_BATCH):
+                rows = order[start : start + USER_BATCH]
+                records = codec.encode_user_records(
+                    content.user_batch(rows), n_items, engine.score_code, engine.factor_code
+                )
+                ids = [user_ids[i] for i in rows.tolist()]
+                total_bytes += sum(len(r) for r in records)
+                writer.submit(lambda ids=ids, records=records: engine.put_users(version, ids, records))
+                bar.update(len(rows))
+                engine.refresh_publish_lock(version)
+                if on_batch:
+                    on_batch("users", start + len(rows), len(order))
+            bar.close()
+            writer.close()
+        except BaseException:
+            writer.abort()
+            log.warning("publish interrupted; the partial version is removed by the next publish",
+                        extra={"version": version})
+            raise
+
+        # users forgotten while we wrote: remove them before anyone can read this version
+        late = set(engine.forgotten_users()) - forgotten
+        if late:
+            engine.delete_users(version, [u for u in late if u in set(user_ids)])
+        expected_users = len(order) - len(late & set(user_ids))
+        verify_version(engine, version, expected_users, n_similar, set(blobs))
+        keys = engine.count_keys(version)
+        meta.update(status=READY, published_at=utc_now(), n_users=expected_users,
+                    bytes=total_bytes, keys=keys)
+        engine.put_version_meta(version, meta)
+        engine.switch_current(version)
+        log.info("published", extra={"version": version, "users": expected_users, "bytes": total_bytes})
+        removed = prune_versions(engine, keep)
+    return PublishReport(
+        version=version,
+        n_users=expected_users,
+        n_items=n_items,
+        keys=keys,
+        bytes=total_bytes,
+        seconds=time.monotonic() - started,
+        components=content.components,
+        removed_versions=removed,
+        cleaned_partial=cleaned,
+    )
+
+
+def verify_version(engine: StoreEngine, version: str, users: int, similar: int, blobs: set[str]) -> None:
+    """Raise StoreUnavailable unless the store holds what was written."""
+    found_users = engine.count_users(version)
+    found_items = engine.count_items(version)
+    missing = blobs - set(engine.blob_names(version))
+    problems = []
+    if found_users != users:
+        problems.append(f"{found_users} user records, expected {users}")
+    if found_items != similar:
+        problems.append(f"{found_items} similar-item lists, expected {similar}")
+    if missing:
+        problems.append(f"missing {', '.join(sorted(missing)[:5])}")
+    if problems:
+        raise StoreUnavailable(
+            f"publish of {version} failed verification ({'; '.join(problems)}); current unchanged"
+        )
+
+
+def prune_versions(engine: StoreEngine, keep: int) -> tuple[str, ...]:
+    """Delete READY versions beyond the newest `keep` by publish time (never the current)."""
+    table = engine.version_table()
+    current = engine.current_version()
+    ready = sorted(
+        (v for v, meta in table.items() if meta.get("status") == READY),
+        key=lambda v: (str(table[v].get("published_at", "")), v),
+    )
+    doomed = [v for v in ready[: max(0, len(ready) - keep)] if v != current]
+    for version in doomed:
+        engine.drop_version(version, table[version])
+    return tuple(doomed)

@@ -1,0 +1,496 @@
+"""The Redis feature store (`redis://`, `rediss://`, `redis+cluster://`): single node or Cluster.
+
+Key layout (store layout 1; `rs` is the prefix, `?prefix=` changes it; `{...}` is the hash tag
+that decides the Redis Cluster slot):
+
+    rs:{g}:current           string   id of the current version (switched by one Lua script)
+    rs:{g}:versions          hash     version id -> JSON meta (status partial|ready, created_at,
+                                      published_at, counts, components, layout)
+    rs:{g}:lock              string   the publish lock (JSON owner, expires unless refreshed)
+    rs:{g}:forgotten         hash     user id -> epoch s of the forget request
+    rs:{g}:items             hash     item id -> item-metadata override (codec.encode_item_update)
+    rs:{g}:items_rev         string   counter bumped by every item update
+    rs:{v:<version>}:data    hash     version-wide blobs: manifest, items:ids, items:category,
+                                      items:title, items:price, items:in_stock, item_factors,
+                                      file:rules/<name>, pop:<list>:names, pop:<list>:g:<group>
+                                      (blobs over 4 MiB are split into `<name>\\0<i>` fields)
+    rs:{u<b>}:v:<version>    hash     user id -> user record (codec), b = crc32(user id) % 4096
+    rs:{u<b>}:rt:<user id>   list     the user's recent real-time events, newest first, capped,
+                                      expiring (not versioned)
+    rs:{i<b>}:v:<version>    hash     item index -> similar-items list, b = item index // 256
+
+Users are bucketed into 4096 hashes per version rather than one key each: a top-level key
+costs ~70 bytes of overhead, a hash field ~40. A user's record and real-time list share the tag
+`{u<b>}`, so `user_features(..., recent=N)` is one pipeline to one node, one round trip. The
+global keys share `{g}`, so the version switch is one atomic script in a cluster too.
+
+Passwords come from the URL or `RECSVC_REDIS_PASSWORD` and never reach a log (`self.url` is
+masked).
+
+Must not import `training` or `serving`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import struct
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+import redis
+import redis.cluster
+from redis.exceptions import RedisError, ResponseError
+
+from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
+from recsvc.store.base import StoreState
+from recsvc.store.engine import StoreEngine
+
+log = logging.getLogger(__name__)
+
+LAYOUT = 1
+USER_BUCKETS = 4096
+ITEMS_PER_BUCKET = 256
+CHUNK = 4 << 20  # blobs above this go into several hash fields
+LOCK_TTL_MS = 60_000
+PASSWORD_ENV = "RECSVC_REDIS_PASSWORD"
+_BLOB_WHOLE = b"\x00"
+_BLOB_CHUNKED = b"\x01"
+
+_SWITCH = """
+local meta = redis.call('HGET', KEYS[1], ARGV[1])
+if not meta then return 0 end
+if cjson.decode(meta)['status'] ~= 'ready' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+_LOCK_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+T = TypeVar("T")
+
+
+def _guard(method: Callable[..., T]) -> Callable[..., T]:
+    """Map connection problems to StoreUnavailable (with the masked URL, never a password)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.cluster.ClusterError) as exc:
+            raise StoreUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        except ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise StoreUnavailable(f"{self.url}: authentication failed") from exc
+            raise
+
+    return wrapper
+
+
+def user_bucket(user_id: str) -> int:
+    return zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % USER_BUCKETS
+
+
+def parse_url(url: str, **options: Any) -> dict[str, Any]:
+    """Connection settings from a store URL plus options (options win)."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    tls = scheme.startswith("rediss")
+    cluster = scheme.endswith("+cluster")
+    parts = urlsplit(f"redis://{rest}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    netloc = parts.netloc
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, _, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if secret else None
+    nodes: list[tuple[str, int]] = []
+    for host in (hosts or "localhost:6379").split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "6379")
+        try:
+            nodes.append((name.strip("[]") or "localhost", int(port)))
+        except ValueError:
+            raise InvalidInput("--store", f"bad port in '{host}'") from None
+    path = parts.path.strip("/")
+    try:
+        db = int(path or query.get("db", 0))
+    except ValueError:
+        raise InvalidInput("--store", f"database '{path}' is not a number") from None
+    flag = str(options.pop("cluster", query.get("cluster", ""))).lower()
+    cluster = cluster or flag in ("1", "true", "yes", "on")
+    prefix = str(options.pop("prefix", query.get("prefix", "rs")))
+    if not prefix or any(c in prefix for c in "{}: "):
+        raise InvalidInput("prefix", f"'{prefix}' must be non-empty without braces, colons or spaces")
+    if cluster and db != 0:
+        raise InvalidInput("--store", "Redis Cluster has only database 0")
+    return {
+        "nodes": nodes,
+        "tls": tls,
+        "cluster": cluster,
+        "db": db,
+        "username": username,
+        "password": options.pop("password", None) or password or os.environ.get(PASSWORD_ENV) or None,
+        "prefix": prefix,
+        "socket_timeout": float(options.pop("socket_timeout", query.get("timeout", 5.0))),
+        "options": options,
+    }
+
+
+class RedisStore(StoreEngine):
+    """FeatureStore on Redis or Redis Cluster (see the module docstring for the keys)."""
+
+    def __init__(
+        self, client: Any, url: str, prefix: str = "rs", cluster: bool = False, **options: Any
+    ) -> None:
+        super().__init__(url, **options)
+        self.client = client
+        self.prefix = prefix
+        self.cluster = cluster
+        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._switch = client.register_script(_SWITCH)
+        self._lock_refresh = client.register_script(_LOCK_REFRESH)
+        self._lock_release = client.register_script(_LOCK_RELEASE)
+        self._lock_value: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        from recsvc.store import mask_url
+
+        settings = parse_url(url, **options)
+        masked = mask_url(url)
+        common: dict[str, Any] = {
+            "username": settings["username"],
+            "password": settings["password"],
+            "socket_timeout": settings["socket_timeout"],
+            "socket_connect_timeout": settings["socket_timeout"],
+            "ssl": settings["tls"],
+        }
+        engine_options = {
+            k: settings["options"].pop(k)
+            for k in ("scores", "factors", "recent_max", "recent_ttl")
+            if k in settings["options"]
+        }
+        common.update(settings["options"])  # e.g. ssl_ca_certs, ssl_cert_reqs
+        try:
+            if settings["cluster"]:
+                nodes = [redis.cluster.ClusterNode(h, p) for h, p in settings["nodes"]]
+                client: Any = redis.cluster.RedisCluster(startup_nodes=nodes, **common)
+            else:
+                host, port = settings["nodes"][0]
+                client = redis.Redis(host=host, port=port, db=settings["db"], **common)
+            client.ping()
+        except (RedisError, OSError) as exc:
+            reason = "authentication failed" if "AUTH" in str(exc).upper() or "WRONGPASS" in str(exc) else type(exc).__name__
+            raise StoreUnavailable(f"cannot reach {masked}: {reason}") from None
+        return cls(client, masked, settings["prefix"], settings["cluster"], **engine_options)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}:{{g}}:{name}"
+
+    def _data(self, version: str) -> str:
+        return f"{self.prefix}:{{v:{version}}}:data"
+
+    def _users(self, version: str, bucket: int) -> str:
+        return f"{self.prefix}:{{u{bucket}}}:v:{version}"
+
+    def _recent(self, user_id: str) -> str:
+        return f"{self.prefix}:{{u{user_bucket(user_id)}}}:rt:{user_id}"
+
+    def _items(self, version: str, bucket: int) -> str:
+        return f"{self.prefix}:{{i{bucket}}}:v:{version}"
+
+    def _pipe(self) -> Any:
+        return self.client.pipeline(transaction=False)
+
+    # -- global state -----------------------------------------------------------------------
+
+    @_guard
+    def current_version(self) -> str | None:
+        value = self.client.get(self._g("current"))
+        return value.decode() if value is not None else None
+
+    @_guard
+    def state(self) -> StoreState:
+        current, revision = self.client.mget([self._g("current"), self._g("items_rev")])
+        return StoreState(current.decode() if current else None, int(revision or 0))
+
+    @_guard
+    def version_table(self) -> dict[str, dict[str, Any]]:
+        raw = self.client.hgetall(self._g("versions"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    @_guard
+    def put_version_meta(self, version: str, meta: dict[str, Any]) -> None:
+        self.client.hset(self._g("versions"), version, json.dumps(meta))
+
+    @_guard
+    def switch_current(self, version: str) -> None:
+        if not self._switch(keys=[self._g("versions"), self._g("current")], args=[version]):
+            raise NotFound(f"version '{version}' is not a complete stored version")
+
+    @_guard
+    def _publish_lock_acquire(self, version: str) -> None:
+        key = self._g("lock")
+        value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "version": version, "token": self._token})
+        for _ in range(2):
+            if self.client.set(key, value, nx=True, px=LOCK_TTL_MS):
+                self._lock_value = value
+                return
+            held = self.client.get(key)
+            if held is None:
+                continue
+            try:
+                owner = json.loads(held)
+            except json.JSONDecodeError:
+                owner = {}
+            if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
+                log.info("taking over the publish lock of a dead process on this host")
+                self._lock_release(keys=[key], args=[held])
+                continue
+            raise InvalidInput(
+                "publish",
+                f"another publish ({owner.get('version')}, pid {owner.get('pid')} on "
+                f"{owner.get('host')}) holds the store's lock; it expires {LOCK_TTL_MS // 1000}s "
+                "after that publish stops",
+            )
+        raise InvalidInput("publish", "could not take the store's publish lock")
+
+    @_guard
+    def refresh_publish_lock(self, version: str) -> None:
+        if self._lock_value is not None:
+            self._lock_refresh(keys=[self._g("lock")], args=[self._lock_value, LOCK_TTL_MS])
+
+    @_guard
+    def _publish_lock_release(self, version: str) -> None:
+        if self._lock_value is not None:
+            self._lock_release(keys=[self._g("lock")], args=[self._lock_value])
+            self._lock_value = None
+
+    # -- version data -----------------------------------------------------------------------
+
+    def layout_info(self, n_items: int) -> dict[str, Any]:
+        return {
+            "layout": LAYOUT,
+            "user_buckets": USER_BUCKETS,
+            "item_buckets": -(-n_items // ITEMS_PER_BUCKET),
+        }
+
+    @_guard
+    def put_blobs(self, version: str, blobs: dict[str, bytes]) -> None:
+        key = self._data(version)
+        pipe = self._pipe()
+        queued = 0
+        for name, blob in blobs.items():
+            if len(blob) <= CHUNK:
+                pipe.hset(key, name, _BLOB_WHOLE + blob)
+                queued += len(blob)
+            else:
+                chunks = [blob[i : i + CHUNK] for i in range(0, len(blob), CHUNK)]
+                pipe.hset(key, name, _BLOB_CHUNKED + struct.pack("<I", len(chunks)))
+                for index, chunk in enumerate(chunks):
+                    pipe.hset(key, f"{name}\x00{index}", chunk)
+                    queued += len(chunk)
+                    if queued > 4 * CHUNK:
+                        pipe.execute()
+                        queued = 0
+        pipe.execute()
+
+    @_guard
+    def get_blob(self, version: str, name: str) -> bytes | None:
+        key = self._data(version)
+        head = self.client.hget(key, name)
+        if head is None:
+            return None
+        if head[:1] == _BLOB_WHOLE:
+            return bytes(head[1:])
+        (count,) = struct.unpack("<I", head[1:5])
+        chunks = self.client.hmget(key, [f"{name}\x00{i}" for i in range(count)])
+        if any(c is None for c in chunks):
+            raise StoreUnavailable(f"{self.url}: blob {name} of {version} is incomplete")
+        return b"".join(chunks)
+
+    @_guard
+    def blob_names(self, version: str) -> list[str]:
+        names = (k.decode() for k in self.client.hkeys(self._data(version)))
+        return [n for n in names if "\x00" not in n]
+
+    @_guard
+    def put_items(self, version: str, records: list[tuple[int, bytes]]) -> None:
+        grouped: dict[int, dict[str, bytes]] = defaultdict(dict)
+        for index, record in records:
+            grouped[index // ITEMS_PER_BUCKET][str(index)] = record
+        pipe = self._pipe()
+        for bucket, mapping in grouped.items():
+            pipe.hset(self._items(version, bucket), mapping=mapping)
+        pipe.execute()
+
+    @_guard
+    def get_item(self, version: str, item_index: int) -> bytes | None:
+        value: bytes | None = self.client.hget(self._items(version, item_index // ITEMS_PER_BUCKET), str(item_index))
+        return value
+
+    def _item_buckets(self, version: str) -> int:
+        meta = self.version_table().get(version, {})
+        layout = meta.get("layout", {})
+        return int(layout.get("item_buckets", -(-int(meta.get("n_items", 0)) // ITEMS_PER_BUCKET)))
+
+    def _hlens(self, keys: list[str]) -> list[int]:
+        pipe = self._pipe()
+        for key in keys:
+            pipe.hlen(key)
+        return [int(n) for n in pipe.execute()] if keys else []
+
+    @_guard
+    def count_items(self, version: str) -> int:
+        return sum(self._hlens([self._items(version, b) for b in range(self._item_buckets(version))]))
+
+    def user_write_order(self, user_ids: Sequence[str]) -> np.ndarray:
+        buckets = np.fromiter((user_bucket(u) for u in user_ids), dtype=np.int32, count=len(user_ids))
+        return np.argsort(buckets, kind="stable").astype(np.int64)
+
+    @_guard
+    def put_users(self, version: str, user_ids: list[str], records: list[bytes]) -> None:
+        grouped: dict[int, dict[str, bytes]] = defaultdict(dict)
+        for user_id, record in zip(user_ids, records, strict=True):
+            grouped[user_bucket(user_id)][user_id] = record
+        pipe = self._pipe()
+        for bucket, mapping in grouped.items():
+            pipe.hset(self._users(version, bucket), mapping=mapping)
+        pipe.execute()
+
+    @_guard
+    def get_users(
+        self, version: str, user_ids: Sequence[str], recent: int
+    ) -> list[tuple[bytes | None, list[bytes]]]:
+        if not user_ids:
+            return []
+        pipe = self._pipe()
+        for user_id in user_ids:
+            pipe.hget(self._users(version, user_bucket(user_id)), user_id)
+            if recent > 0:
+                pipe.lrange(self._recent(user_id), 0, recent - 1)
+        replies = pipe.execute()
+        if recent > 0:
+            return [(replies[2 * i], list(replies[2 * i + 1])) for i in range(len(user_ids))]
+        return [(reply, []) for reply in replies]
+
+    @_guard
+    def delete_users(self, version: str, user_ids: Sequence[str]) -> int:
+        pipe = self._pipe()
+        for user_id in user_ids:
+            pipe.hdel(self._users(version, user_bucket(user_id)), user_id)
+        return int(sum(pipe.execute())) if user_ids else 0
+
+    @_guard
+    def count_users(self, version: str) -> int:
+        return sum(self._hlens([self._users(version, b) for b in range(USER_BUCKETS)]))
+
+    @_guard
+    def count_keys(self, version: str) -> int:
+        keys = [self._users(version, b) for b in range(USER_BUCKETS)]
+        keys += [self._items(version, b) for b in range(self._item_buckets(version))]
+        return sum(n > 0 for n in self._hlens(keys)) + 1
+
+    @_guard
+    def drop_version(self, version: str, meta: dict[str, Any]) -> None:
+        if version == self.current_version():
+            raise InvalidInput("version", f"'{version}' is current")
+        layout = meta.get("layout", {})
+        user_buckets = int(layout.get("user_buckets", USER_BUCKETS))
+        item_buckets = int(layout.get("item_buckets", -(-int(meta.get("n_items", 0)) // ITEMS_PER_BUCKET)))
+        pipe = self._pipe()
+        # UNLINK frees the memory in a Redis background thread; one key per call (cluster slots)
+        pipe.unlink(self._data(version))
+        for bucket in range(user_buckets):
+            pipe.unlink(self._users(version, bucket))
+        for bucket in range(item_buckets):
+            pipe.unlink(self._items(version, bucket))
+        pipe.execute()
+        self.client.hdel(self._g("versions"), version)
+        self._forget_cache(version)
+
+    # -- real-time, forget, item updates ----------------------------------------------------
+
+    @_guard
+    def push_event(self, user_id: str, event: bytes) -> None:
+        key = self._recent(user_id)
+        pipe = self._pipe()
+        pipe.lpush(key, event)
+        pipe.ltrim(key, 0, self.recent_max - 1)
+        pipe.expire(key, self.recent_ttl)
+        pipe.execute()
+
+    @_guard
+    def read_events(self, user_id: str, limit: int) -> list[bytes]:
+        return list(self.client.lrange(self._recent(user_id), 0, limit - 1))
+
+    @_guard
+    def delete_events(self, user_id: str) -> None:
+        self.client.delete(self._recent(user_id))
+
+    @_guard
+    def add_forgotten(self, user_id: str, ts: float) -> None:
+        self.client.hsetnx(self._g("forgotten"), user_id, repr(ts))
+
+    @_guard
+    def forgotten_users(self) -> list[str]:
+        raw = self.client.hgetall(self._g("forgotten"))
+        pairs = sorted((float(v), k.decode()) for k, v in raw.items())
+        return [user for _, user in pairs]
+
+    @_guard
+    def put_item_updates(self, updates: dict[str, bytes]) -> int:
+        key = self._g("items")
+        items = list(updates.items())
+        pipe = self._pipe()
+        for start in range(0, len(items), 1000):
+            pipe.hset(key, mapping=dict(items[start : start + 1000]))
+        pipe.incr(self._g("items_rev"))
+        return int(pipe.execute()[-1])
+
+    @_guard
+    def item_updates(self) -> dict[str, bytes]:
+        return {k.decode(): v for k, v in self.client.hgetall(self._g("items")).items()}
+
+    @_guard
+    def ping(self) -> None:
+        self.client.ping()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except RedisError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
