@@ -1,0 +1,75 @@
+"""Server configuration: one dataclass, overridden by `RECSVC_SERVE__KEY` variables and flags.
+
+Precedence (last wins): the defaults below, a `[serve]` table in `--config FILE` (TOML),
+`RECSVC_SERVE__KEY=value` environment variables, then CLI flags. Unknown keys and wrong types
+raise InvalidInput naming the key (the same rules as `recsvc.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from recsvc.config import _build, read_toml  # one set of coercion rules for every config
+from recsvc.store import mask_url
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    store: str = ""  # feature store URL (memory://name, redis://host:port/db ...)
+    bundle: str = ""  # a bundle directory to publish into an embedded memory:// store
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0  # 0: no metrics endpoint
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    threads: int = 8  # gRPC handler threads per worker (I/O waits release the GIL)
+    grace_seconds: float = 5.0  # SIGTERM: how long in-flight calls may take to finish
+
+    # Request limits (INVALID_ARGUMENT beyond them).
+    max_k: int = 100
+    max_id_length: int = 256
+    max_cart_items: int = 100
+    max_filter_values: int = 1000  # categories and excluded ids per filter
+
+    # Real time.
+    recent_events: int = 20  # real-time events read per Recommend
+    realtime_similar_items: int = 3  # newest event items whose neighbours join the pool
+
+    # Store access and degradation.
+    poll_seconds: float = 1.0  # how often the store's `current` pointer is checked
+    store_timeout_ms: float = 100.0  # socket timeout of each store call
+    retry_after_ms: float = 250.0  # after a store failure, answer from the cache this long
+    hot_users: int = 20_000  # users whose last features are kept for fallback answers
+    hot_items: int = 20_000  # items whose similar lists are kept (cache and fallback)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings, safe to print and log (store password hidden)."""
+        values = dataclasses.asdict(self)
+        values["store"] = mask_url(self.store) if self.store else ""
+        return values
+
+
+def load_serve_config(
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> ServeConfig:
+    """Defaults, then `[serve]` of a TOML file, then RECSVC_SERVE__* variables, then overrides.
+
+    overrides: field name -> value; None values are ignored (flags not given).
+    """
+    data: dict[str, Any] = {}
+    if path:
+        table = read_toml(path).get("serve", {})
+        if isinstance(table, dict):
+            data.update(table)
+    env = os.environ if environ is None else environ
+    prefix = "RECSVC_SERVE__"
+    for name, value in env.items():
+        if name.startswith(prefix):
+            data[name[len(prefix) :].lower()] = value
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    config: ServeConfig = _build(ServeConfig, data, "serve")
+    return config

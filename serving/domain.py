@@ -1,0 +1,485 @@
+"""The answers: what each RPC does, below the wire and above the store.
+
+`RecommendationService` has one method per RPC. Each takes a validated query (plain values,
+no protobuf), reads the current `LoadedModel` once (so an answer never mixes versions), makes
+at most the store round trips listed below, and builds the answer through
+`recsvc.ranking.finalize` (the one path that filters, excludes, tops up and cuts to k):
+
+    Recommend     1  user_features (candidates, seen, segment, recent events together)
+                     + up to 3 similar-item reads when the user has new events (cached)
+    SimilarItems  0-1 similar_items (cached per item) [+1 user_features for exclude_purchased]
+    CrossSell     0  rules are in process; similar lists of up to 3 cart items (cached)
+                     [+1 user_features for exclude_purchased]
+    BuyAgain      1  user_features (buy-again list and recent purchases together)
+    Popular       0  lists are in process [+1 user_features for exclude_purchased]
+    RecordEvent   1  record_event
+    GetModelInfo  0
+
+Store failures (or a store too slow for the caller's deadline) never fail a read RPC: the
+answer comes from the hot caches or the last-known popularity lists with source FALLBACK
+(see `serving.fallback`). Errors are `recsvc.errors` types; the servicer maps them.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from recsvc.crosssell import cross_sell
+from recsvc.errors import NotFound, StoreUnavailable
+from recsvc.ranking import Answer, ScoredItem, finalize, scored
+from recsvc.store import ALL, FeatureStore, UserFeatures
+from serving import metrics
+from serving.config import ServeConfig
+from serving.fallback import LruCache, StoreGuard
+from serving.filters import NO_FILTER, FilterSpec
+from serving.model import LoadedModel, ModelTracker
+from serving.realtime import Session, rescore, session_of
+
+DEADLINE_MARGIN = 0.002  # seconds kept to build and send the answer
+CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
+MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
+EVENT_TYPES = ("view", "cart", "purchase")
+NO_SESSION = Session((), frozenset(), frozenset())
+
+# Reasons double as the record of which list an item came from (see `_source`).
+PERSONAL = "personalized"
+REALTIME = "realtime"
+POPULAR = "popular"
+TRENDING = "trending"
+IN_SEGMENT = "popular in your segment"
+IN_CLUSTER = "popular with shoppers like you"
+CATALOGUE = "in the catalogue"
+SEGMENT_REASONS = frozenset({IN_SEGMENT, IN_CLUSTER})
+
+
+class Source(enum.Enum):
+    PERSONALIZED = "personalized"
+    REALTIME = "realtime"
+    SEGMENT = "segment"
+    POPULAR = "popular"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Result:
+    items: tuple[ResultItem, ...]
+    model_version: str
+    source: Source
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    filter: FilterSpec = NO_FILTER
+    segment: str = ""
+
+
+@dataclass(frozen=True)
+class SimilarQuery:
+    item_id: str
+    k: int
+    filter: FilterSpec = NO_FILTER
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class CrossSellQuery:
+    item_ids: tuple[str, ...]
+    k: int
+    filter: FilterSpec = NO_FILTER
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class BuyAgainQuery:
+    user_id: str
+    k: int
+    filter: FilterSpec = NO_FILTER
+
+
+@dataclass(frozen=True)
+class PopularQuery:
+    k: int
+    filter: FilterSpec = NO_FILTER
+    category: str = ""
+    segment: str = ""
+    trending: bool = False
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    user_id: str
+    item_id: str
+    event_type: str  # one of EVENT_TYPES
+    ts: float | None = None  # epoch s; None: now
+
+
+@dataclass(frozen=True)
+class EventResult:
+    item_known: bool
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_version: str
+    created_at: str
+    default_recommender: str
+    n_users: int
+    n_items: int
+    popularity_lists: tuple[str, ...]
+    segments: tuple[str, ...]
+    max_k: int
+    degraded: bool
+
+
+@dataclass
+class _UserView:
+    """What one answer knows about its user: features (or None) and whether from the cache."""
+
+    features: UserFeatures | None
+    fallback: bool
+
+    @property
+    def known(self) -> bool:
+        return self.features is not None and self.features.known
+
+
+class RecommendationService:
+    """One method per RPC; thread-safe; holds the store, the served model and the caches."""
+
+    def __init__(self, store: FeatureStore, config: ServeConfig) -> None:
+        self.store = store
+        self.config = config
+        self.guard = StoreGuard(config.retry_after_ms / 1000.0, config.store_timeout_ms / 1000.0)
+        self.tracker = ModelTracker(
+            store,
+            self.guard,
+            config.poll_seconds,
+            on_change=self._model_changed,
+            on_tick=lambda: metrics.degraded(self.guard.degraded),
+        )
+        self._listeners: list[Callable[[LoadedModel], None]] = []
+        self.user_cache: LruCache[str, tuple[str, UserFeatures]] = LruCache(config.hot_users)
+        self.similar_cache: LruCache[tuple[str, int], tuple[np.ndarray, np.ndarray]] = LruCache(
+            config.hot_items
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the current model if there is one and follow the store from now on."""
+        self.tracker.refresh()
+        self.tracker.start()
+
+    def stop(self) -> None:
+        self.tracker.stop()
+        self.guard.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.tracker.model is not None
+
+    def add_listener(self, listener: Callable[[LoadedModel], None]) -> None:
+        """Call `listener(model)` whenever a new model starts serving (and now, if one is)."""
+        self._listeners.append(listener)
+        if self.tracker.model is not None:
+            listener(self.tracker.model)
+
+    def _model_changed(self, model: LoadedModel) -> None:
+        metrics.model_loaded(model.version)
+        for listener in self._listeners:
+            listener(model)
+
+    # -- RPCs -----------------------------------------------------------------------------
+    def recommend(self, query: RecommendQuery, deadline: float | None = None) -> Result:
+        model = self.tracker.require()
+        view = self._user(model, query.user_id, deadline)
+        features = view.features
+        session = session_of(model, features.recent) if features is not None else NO_SESSION
+        segment_lists = self._segment_lists(model, features, query.segment)
+        topups = [
+            *(scored(items, scores, reason) for (items, scores), reason in segment_lists),
+            *self._category_lists(model, query.filter),
+            self._global(model),
+        ]
+        primary: Iterable[ScoredItem] = ()
+        source = Source.POPULAR  # unknown user: the answer is all top-ups
+        exclude = model.filters.indexes(query.filter.exclude_item_ids)
+        if features is not None:
+            exclude.update(np.asarray(features.seen).tolist())
+            exclude.update(session.interacted)
+            if session.changed and not view.fallback:
+                head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
+                primary = rescore(
+                    model,
+                    features,
+                    session,
+                    lambda item: self._similar(model, item, deadline),
+                    head,
+                    self.config.realtime_similar_items,
+                )
+                source = Source.REALTIME
+            elif features.known:
+                primary = scored(features.candidates, features.scores, PERSONAL)
+                source = Source.PERSONALIZED
+        allowed = model.filters.allowed(query.filter)
+        answer = finalize(primary, query.k, allowed, exclude, [*topups, self._filler(model, allowed)])
+        return self._result(model, answer, source, view.fallback)
+
+    def similar_items(self, query: SimilarQuery, deadline: float | None = None) -> Result:
+        model = self.tracker.require()
+        item = model.catalog.index_of(query.item_id)
+        if item < 0:
+            raise NotFound(f"item_id: item '{query.item_id}' is not in model {model.version}")
+        fallback = False
+        try:
+            items, scores = self._similar(model, item, deadline)
+        except StoreUnavailable:
+            items, scores, fallback = _EMPTY[0], _EMPTY[1], True
+        exclude, user_fallback = self._exclusions(model, query.filter, query.user_id, deadline)
+        exclude.add(item)
+        category = str(model.catalog.category[item])
+        topups = [
+            *self._category_lists(model, FilterSpec(categories=frozenset({category} - {""}))),
+            self._global(model),
+        ]
+        allowed = model.filters.allowed(query.filter)
+        answer = finalize(scored(items, scores, "similar"), query.k, allowed, exclude, topups)
+        return self._result(model, answer, Source.PERSONALIZED, fallback or user_fallback)
+
+    def cross_sell(self, query: CrossSellQuery, deadline: float | None = None) -> Result:
+        model = self.tracker.require()
+        known = [i for i in (model.catalog.index_of(x) for x in query.item_ids) if i >= 0]
+        cart = list(dict.fromkeys(known))
+        exclude, fallback = self._exclusions(model, query.filter, query.user_id, deadline)
+        exclude.update(cart)
+        rules: list[ScoredItem] = []
+        if model.rules is not None and cart:
+            # Ask for more than k: the filter may drop some (finalize applies it).
+            wanted = query.k * 4 + 20 if model.filters.allowed(query.filter) is not None else query.k
+            rules = cross_sell(
+                model.rules,
+                np.asarray(cart, dtype=np.int64),
+                wanted,
+                exclude=exclude,
+                item_ids=model.catalog.ids.ids,
+            )
+        floor = model.rules.similarity_floor if model.rules is not None else 1.0
+        neighbours: list[Iterable[ScoredItem]] = []
+        for item in cart[-CROSS_SELL_SOURCES:][::-1]:  # the newest cart items first
+            try:
+                items, scores = self._similar(model, item, deadline)
+            except StoreUnavailable:
+                fallback = True
+                continue
+            name = model.catalog.item_id(item)
+            neighbours.append(
+                ScoredItem(i, floor * max(s, 0.0) / (1.0 + max(s, 0.0)), f"similar to {name}")
+                for i, s in zip(items.tolist(), scores.tolist(), strict=False)
+                if i >= 0
+            )
+        categories = frozenset(str(model.catalog.category[i]) for i in cart) - {""}
+        topups = [*self._category_lists(model, FilterSpec(categories=categories)), self._global(model)]
+        allowed = model.filters.allowed(query.filter)
+        primary = itertools.chain(rules, *neighbours)
+        answer = finalize(primary, query.k, allowed, exclude, topups)
+        return self._result(model, answer, Source.PERSONALIZED, fallback)
+
+    def buy_again(self, query: BuyAgainQuery, deadline: float | None = None) -> Result:
+        model = self.tracker.require()
+        view = self._user(model, query.user_id, deadline)
+        features = view.features
+        exclude = model.filters.indexes(query.filter.exclude_item_ids)
+        due: list[ScoredItem] = []
+        if features is not None:
+            # Bought again since training: not due any more.
+            session = session_of(model, features.recent)
+            exclude.update(e.item for e in session.new_events if e.event_type == "purchase")
+            if features.buyagain is not None and len(features.buyagain):
+                due = [
+                    ScoredItem(d.item, d.score, d.reason)
+                    for d in features.buyagain.for_user(0, time.time(), min_score=MIN_DUE_SCORE)
+                ]
+        allowed = model.filters.allowed(query.filter)
+        answer = finalize(due, query.k, allowed, exclude)
+        return self._result(model, answer, Source.PERSONALIZED, view.fallback)
+
+    def popular(self, query: PopularQuery, deadline: float | None = None) -> Result:
+        model = self.tracker.require()
+        flt = query.filter
+        lists: list[Iterable[ScoredItem]] = []
+        source = Source.POPULAR
+        if query.trending:
+            lists.append(scored(*model.popular("trending"), TRENDING))
+        if query.category:
+            # Popular in a category: its own list, then the global list within the category.
+            wanted = frozenset({query.category})
+            flt = replace(flt, categories=flt.categories & wanted if flt.categories else wanted)
+            lists.extend(self._category_lists(model, FilterSpec(categories=wanted)))
+        elif query.segment:
+            items, scores = model.popular("segment", query.segment)
+            if len(items):
+                lists.append(scored(items, scores, IN_SEGMENT))
+                source = Source.SEGMENT
+        exclude, fallback = self._exclusions(model, flt, query.user_id, deadline)
+        allowed = model.filters.allowed(flt)
+        topups = [self._global(model), self._filler(model, allowed)]
+        answer = finalize(itertools.chain(*lists), query.k, allowed, exclude, topups)
+        return self._result(model, answer, source, fallback)
+
+    def record_event(self, query: EventQuery, deadline: float | None = None) -> EventResult:
+        model = self.tracker.require()
+        item = model.catalog.index_of(query.item_id)
+        if item < 0:
+            return EventResult(item_known=False, model_version=model.version)
+        ts = query.ts if query.ts is not None else time.time()
+        self.guard.call(
+            self.store.record_event,
+            query.user_id,
+            item,
+            query.event_type,
+            ts,
+            budget=self._budget(deadline),
+        )
+        return EventResult(item_known=True, model_version=model.version)
+
+    def model_info(self) -> ModelInfo:
+        model = self.tracker.require()
+        manifest = model.manifest
+        return ModelInfo(
+            model_version=model.version,
+            created_at=str(manifest.get("created_at", "")),
+            default_recommender=str(manifest.get("default_recommender", "")),
+            n_users=model.n_users,
+            n_items=model.n_items,
+            popularity_lists=tuple(sorted(model.popularity)),
+            segments=tuple(model.groups("segment")),
+            max_k=self.config.max_k,
+            degraded=self.guard.degraded,
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+    def _budget(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return deadline - time.monotonic() - DEADLINE_MARGIN
+
+    def _user(self, model: LoadedModel, user_id: str, deadline: float | None) -> _UserView:
+        """The user's features from the store, or from the hot cache when the store fails."""
+        try:
+            features = self.guard.call(
+                self.store.user_features,
+                model.version,
+                user_id,
+                self.config.recent_events,
+                budget=self._budget(deadline),
+            )
+        except StoreUnavailable:
+            cached = self.user_cache.get(user_id)
+            hit = cached is not None and cached[0] == model.version
+            metrics.cache_lookup("user", hit)
+            return _UserView(cached[1] if hit and cached is not None else None, fallback=True)
+        if features is not None and features.known:
+            self.user_cache.put(user_id, (model.version, features))
+        return _UserView(features, fallback=False)
+
+    def _similar(
+        self, model: LoadedModel, item: int, deadline: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An item's similar list: cached per (version, item); the store on a miss."""
+        key = (model.version, item)
+        cached = self.similar_cache.get(key)
+        metrics.cache_lookup("similar", cached is not None)
+        if cached is not None:
+            return cached
+        items, scores = self.guard.call(
+            self.store.similar_items, model.version, item, budget=self._budget(deadline)
+        )
+        value = (np.asarray(items, dtype=np.int32), np.asarray(scores, dtype=np.float32))
+        self.similar_cache.put(key, value)
+        return value
+
+    def _exclusions(
+        self, model: LoadedModel, flt: FilterSpec, user_id: str, deadline: float | None
+    ) -> tuple[set[int], bool]:
+        """Items the filter excludes, with the user's history when exclude_purchased asks.
+
+        Returns (item indexes, whether the user's history came from the fallback cache).
+        """
+        exclude = model.filters.indexes(flt.exclude_item_ids)
+        if not (flt.exclude_purchased and user_id):
+            return exclude, False
+        view = self._user(model, user_id, deadline)
+        if view.features is not None:
+            exclude.update(np.asarray(view.features.seen).tolist())
+            exclude.update(session_of(model, view.features.recent).interacted)
+        return exclude, view.fallback
+
+    def _segment_lists(
+        self, model: LoadedModel, features: UserFeatures | None, segment_hint: str
+    ) -> list[tuple[tuple[np.ndarray, np.ndarray], str]]:
+        """(list, reason) of the user's cluster and segment lists (hint for unknown users)."""
+        lists = []
+        segment = features.segment if features is not None else None
+        if segment is not None and segment.cluster >= 0:
+            found = model.popular("cluster", str(segment.cluster))
+            if len(found[0]):
+                lists.append((found, IN_CLUSTER))
+        name = segment.segment if segment is not None else segment_hint
+        if name:
+            found = model.popular("segment", name)
+            if len(found[0]):
+                lists.append((found, IN_SEGMENT))
+        return lists
+
+    def _category_lists(self, model: LoadedModel, flt: FilterSpec) -> list[Iterable[ScoredItem]]:
+        out: list[Iterable[ScoredItem]] = []
+        for category in sorted(flt.categories):
+            items, scores = model.popular("category", category)
+            if len(items):
+                out.append(scored(items, scores, f"popular in {category}"))
+        return out
+
+    def _global(self, model: LoadedModel) -> Iterable[ScoredItem]:
+        items, scores = model.popular("global", ALL)
+        return scored(items, scores, POPULAR)
+
+    def _filler(self, model: LoadedModel, allowed: np.ndarray | None) -> Iterator[ScoredItem]:
+        """Last resort when popularity lists run dry under a strict filter: any allowed item."""
+        candidates = np.flatnonzero(allowed) if allowed is not None else range(model.n_items)
+        for item in candidates:
+            yield ScoredItem(int(item), 0.0, CATALOGUE)
+
+    def _result(self, model: LoadedModel, answer: Answer, primary: Source, fallback: bool) -> Result:
+        """Ids for indexes, and the source: `primary` unless only top-ups answered."""
+        ids = model.catalog.ids
+        items = tuple(
+            ResultItem(ids.id_of(s.item), float(s.score), s.reason) for s in answer.items
+        )
+        if fallback:
+            source = Source.FALLBACK
+        elif answer.from_primary or not answer.items:
+            source = primary
+        elif any(s.reason in SEGMENT_REASONS for s in answer.items):
+            source = Source.SEGMENT
+        else:
+            source = Source.POPULAR
+        return Result(items=items, model_version=model.version, source=source)
+
+
+_EMPTY = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))

@@ -1,0 +1,129 @@
+"""Degradation: a circuit breaker around store calls and in-process caches of hot keys.
+
+When the store fails or is too slow for the caller's deadline, the breaker opens for
+`retry_after` seconds; meanwhile requests skip the store at once and are answered from the hot
+caches (a user's last features, an item's last similar list) or the last-known popularity lists
+held by the loaded model. After `retry_after`, one request probes the store; success closes
+the breaker, so the server recovers by itself. The model poller's successful reads close it too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
+
+from recsvc.errors import StoreUnavailable
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
+# What a store implementation or its client library may raise when the backend misbehaves.
+STORE_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, ConnectionError, TimeoutError, OSError)
+
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe LRU map."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            if len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class StoreGuard:
+    """Runs store calls behind a circuit breaker, within a time budget when one is given."""
+
+    def __init__(self, retry_after: float, store_timeout: float, threads: int = 4) -> None:
+        self.retry_after = retry_after
+        self.store_timeout = store_timeout
+        self._open_until = 0.0
+        self._probing = False
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._threads = threads
+        self.failures = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self._open_until > 0.0
+
+    def call(self, fn: Callable[..., T], *args: object, budget: float | None = None) -> T:
+        """`fn(*args)`, or StoreUnavailable when the breaker is open, the call fails, or it
+        does not finish within `budget` seconds (None: the store's own socket timeout)."""
+        probe = False
+        if self._open_until:
+            with self._lock:
+                if time.monotonic() < self._open_until or self._probing:
+                    raise StoreUnavailable("feature store unavailable (answering from cache)")
+                self._probing = probe = True
+        try:
+            if budget is not None and budget < self.store_timeout:
+                result = self._bounded(fn, args, budget)
+            else:
+                result = fn(*args)
+        except STORE_FAILURES as exc:
+            self.record_failure()
+            raise StoreUnavailable(f"feature store call failed: {type(exc).__name__}") from exc
+        finally:
+            if probe:
+                self._probing = False
+        if self._open_until:
+            self.record_success()
+        return result
+
+    def _bounded(self, fn: Callable[..., T], args: tuple[object, ...], budget: float) -> T:
+        # Only requests whose deadline is shorter than the store's socket timeout pay the
+        # thread hand-off; the call keeps running if we give up on it.
+        if budget <= 0:
+            raise TimeoutError("no time left before the deadline")
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self._threads, "store-bounded")
+        future = self._executor.submit(fn, *args)
+        try:
+            return future.result(timeout=budget)
+        except FutureTimeout:
+            raise TimeoutError(f"store call took longer than {budget * 1000:.0f} ms") from None
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._open_until = time.monotonic() + self.retry_after
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._open_until = 0.0
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

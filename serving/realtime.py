@@ -1,0 +1,114 @@
+"""Real-time re-scoring: what a shopper did since the model was trained changes the answer.
+
+Recommend reads the shopper's recent events with their features (same round trip). Events
+newer than the model (`LoadedModel.trained_until`) trigger a re-score of a candidate pool:
+
+- pool: the trained candidates, the neighbours (similar items) of the newest event items, and
+  the head of the popularity list that would top the answer up;
+- with a factor model: the user vector is folded in (one ALS least-squares step,
+  `FactorScorer.fold_in`) from the trained history (strength 1 per seen item) plus the new
+  events weighted by type as in training; pool items are scored u . v_i;
+- without one: item-item re-scoring, each pool item scoring the weighted sum of its
+  similarities to the new event items, plus its trained candidate score scaled to at most 1.
+
+Scoring a pool of a few hundred items instead of the whole catalogue keeps a real-time answer
+under a millisecond at 100k items (a full `V @ u` costs about 2 ms there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.ranking import ScoredItem
+from recsvc.store import RecentEvent, UserFeatures
+from serving.model import LoadedModel
+
+POOL_POPULAR = 100  # head of the top-up list added to the pool
+PURCHASE = "purchase"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A user's real-time state as it matters to one answer."""
+
+    new_events: tuple[RecentEvent, ...]  # newer than the model, known items, newest first
+    purchased: frozenset[int]  # items bought in any recent event (never recommended)
+    interacted: frozenset[int]  # every item of the recent events
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_events)
+
+
+def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
+    """Split recent events into what is new to `model` and what must be excluded."""
+    n_items = model.n_items
+    usable = [e for e in recent if 0 <= e.item < n_items]
+    return Session(
+        new_events=tuple(e for e in usable if e.ts > model.trained_until),
+        purchased=frozenset(e.item for e in usable if e.event_type == PURCHASE),
+        interacted=frozenset(e.item for e in usable),
+    )
+
+
+def event_strengths(model: LoadedModel, events: Iterable[RecentEvent]) -> dict[int, float]:
+    """Item -> summed event weight (as training weighs event types)."""
+    strengths: dict[int, float] = {}
+    for event in events:
+        weight = model.event_weights.get(event.event_type, 1.0)
+        strengths[event.item] = strengths.get(event.item, 0.0) + weight
+    return strengths
+
+
+def rescore(
+    model: LoadedModel,
+    features: UserFeatures,
+    session: Session,
+    neighbours: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    topup: tuple[np.ndarray, np.ndarray],
+    max_sources: int = 3,
+) -> list[ScoredItem]:
+    """The user's candidates re-ranked with the new events folded in, best first.
+
+    neighbours: item index -> (similar item indexes, scores), e.g. a cached store read.
+    topup: the popularity list that would top this user's answer up.
+    Seen and recently interacted items are left in; the caller excludes them.
+    """
+    sources = list(dict.fromkeys(e.item for e in session.new_events))[:max_sources]
+    similar = {item: neighbours(item) for item in sources}
+    pool_parts = [np.asarray(features.candidates, dtype=np.int64), topup[0][:POOL_POPULAR]]
+    pool_parts += [np.asarray(items, dtype=np.int64) for items, _ in similar.values()]
+    pool = np.unique(np.concatenate([p.astype(np.int64) for p in pool_parts]))
+    pool = pool[(pool >= 0) & (pool < model.n_items)]
+    if len(pool) == 0:
+        return []
+    new = event_strengths(model, session.new_events)
+    if model.fold_in is not None:
+        history = {int(i): 1.0 for i in np.asarray(features.seen).tolist()}
+        for item, weight in new.items():
+            history[item] = history.get(item, 0.0) + weight
+        items = np.fromiter(history, dtype=np.int32, count=len(history))
+        strengths = np.fromiter(history.values(), dtype=np.float32, count=len(history))
+        vector = model.fold_in.fold_in(items, strengths)
+        scores = model.fold_in.item_factors[pool] @ vector
+    else:
+        scores = np.zeros(len(pool), dtype=np.float64)
+        position = {int(item): p for p, item in enumerate(pool.tolist())}
+        for source, (items, values) in similar.items():
+            weight = new.get(source, 1.0)
+            for item, value in zip(np.asarray(items).tolist(), np.asarray(values).tolist(), strict=False):
+                p = position.get(int(item))
+                if p is not None:
+                    scores[p] += weight * float(value)
+        if len(features.candidates):
+            trained = np.asarray(features.scores, dtype=np.float64)
+            scale = float(np.abs(trained).max()) or 1.0
+            for item, value in zip(np.asarray(features.candidates).tolist(), (trained / scale).tolist(), strict=False):
+                p = position.get(int(item))
+                if p is not None:
+                    scores[p] += value
+    order = np.argsort(-scores, kind="stable")
+    return [ScoredItem(int(pool[i]), float(scores[i]), "realtime") for i in order.tolist()]

@@ -1,0 +1,156 @@
+"""The gRPC servicer: validate, call one domain method, map the answer and errors to the wire.
+
+No business logic here. `_status_of` is the one place where domain errors become gRPC status
+codes; `_items_response` the one place where domain answers become protobuf.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from recsvc.errors import (
+    InvalidInput,
+    NotFound,
+    RecsvcError,
+    StoreUnavailable,
+    Unauthenticated,
+)
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+from serving import metrics
+from serving.domain import RecommendationService, Result, Source
+from serving.validation import Validator
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+SOURCES = {
+    Source.PERSONALIZED: pb.PERSONALIZED,
+    Source.REALTIME: pb.REALTIME,
+    Source.SEGMENT: pb.SEGMENT,
+    Source.POPULAR: pb.POPULAR,
+    Source.FALLBACK: pb.FALLBACK,
+}
+
+
+def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and details for an error raised below the servicer."""
+    if isinstance(error, InvalidInput):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(error)
+    if isinstance(error, RecsvcError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The client's deadline as a time.monotonic() instant (None: no deadline)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e6:  # no deadline set
+        return None
+    return time.monotonic() + remaining
+
+
+def _items_response(cls: Callable[..., R], result: Result, rpc: str) -> R:
+    metrics.answered(rpc, result.source.value)
+    return cls(
+        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, reason=i.reason) for i in result.items],
+        model_version=result.model_version,
+        source=SOURCES[result.source],
+    )
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """recsvc.v1.Recommender over a RecommendationService."""
+
+    def __init__(self, service: RecommendationService, validator: Validator) -> None:
+        self.service = service
+        self.validate = validator
+
+    def _call(self, context: grpc.ServicerContext, answer: Callable[[], R]) -> R:
+        try:
+            return answer()
+        except Exception as error:
+            code, details = _status_of(error)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("unexpected error", extra={"error": type(error).__name__})
+            context.abort(code, details)
+            raise  # unreachable: abort raises
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.RecommendResponse:
+            query = self.validate.recommend(request)
+            result = self.service.recommend(query, _deadline(context))
+            return _items_response(pb.RecommendResponse, result, "Recommend")
+
+        return self._call(context, answer)
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.SimilarItemsResponse:
+            query = self.validate.similar_items(request)
+            result = self.service.similar_items(query, _deadline(context))
+            return _items_response(pb.SimilarItemsResponse, result, "SimilarItems")
+
+        return self._call(context, answer)
+
+    def CrossSell(self, request: pb.CrossSellRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.CrossSellResponse:
+            query = self.validate.cross_sell(request)
+            result = self.service.cross_sell(query, _deadline(context))
+            return _items_response(pb.CrossSellResponse, result, "CrossSell")
+
+        return self._call(context, answer)
+
+    def BuyAgain(self, request: pb.BuyAgainRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.BuyAgainResponse:
+            query = self.validate.buy_again(request)
+            result = self.service.buy_again(query, _deadline(context))
+            return _items_response(pb.BuyAgainResponse, result, "BuyAgain")
+
+        return self._call(context, answer)
+
+    def Popular(self, request: pb.PopularRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.PopularResponse:
+            query = self.validate.popular(request)
+            result = self.service.popular(query, _deadline(context))
+            return _items_response(pb.PopularResponse, result, "Popular")
+
+        return self._call(context, answer)
+
+    def RecordEvent(self, request: pb.RecordEventRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.RecordEventResponse:
+            query = self.validate.record_event(request)
+            result = self.service.record_event(query, _deadline(context))
+            return pb.RecordEventResponse(
+                item_known=result.item_known, model_version=result.model_version
+            )
+
+        return self._call(context, answer)
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.GetModelInfoResponse:
+            info = self.service.model_info()
+            return pb.GetModelInfoResponse(
+                model_version=info.model_version,
+                created_at=info.created_at,
+                default_recommender=info.default_recommender,
+                n_users=info.n_users,
+                n_items=info.n_items,
+                popularity_lists=list(info.popularity_lists),
+                segments=list(info.segments),
+                max_k=info.max_k,
+                degraded=info.degraded,
+            )
+
+        return self._call(context, answer)
