@@ -318,3 +318,15 @@ def test_synth_store_cycles_due_this_week_found_well_above_recency_baseline(
           f"recency baseline {recency:.3f}")
     assert ours >= 0.8, (ours, recency)
     assert ours >= recency + 0.4, (ours, recency)
+
+
+def test_same_lists_when_user_x_item_codes_would_overflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.buyagain as fitting
+
+    log, _, now = planted_store(seed=1, n_users=60)
+    plain = fit_buyagain(log, BuyAgainConfig(), now)
+    monkeypatch.setattr(fitting, "MAX_KEY", 10)  # force the factorised pair codes
+    squeezed = fit_buyagain(log, BuyAgainConfig(), now)
+    assert np.array_equal(plain.indptr, squeezed.indptr)
+    assert np.array_equal(plain.items, squeezed.items)
+    assert np.allclose(plain.due_score, squeezed.due_score)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 
 from recsvc.buyagain import HORIZON_DAYS, SECONDS_PER_DAY, BuyAgainLists, due_scores
 from recsvc.config import BuyAgainConfig
@@ -44,6 +45,7 @@ MIN_SPREAD = 0.05
 ONCE_SPREAD = 0.5  # a customer's first repeat is less predictable than an established cycle
 MIN_POPULATION_BUYERS = 5  # a repurchase rate from fewer buyers is noise
 LAPSE_SDS = 3.0
+MAX_KEY = 2**62
 
 
 def purchase_mask(log: EventLog) -> np.ndarray:
@@ -98,8 +100,9 @@ def fit_buyagain(log: EventLog, config: BuyAgainConfig, now: int) -> BuyAgainLis
     first_day = int(day.min())
     span = int(day.max()) - first_day + 1
     pair_code = log.user[rows].astype(np.int64) * n_items + log.item[rows]
-    if int(pair_code.max()) >= (2**62) // span:  # keep (pair, day) inside one int64
-        pair_ids, pair_code = np.unique(pair_code, return_inverse=True)
+    if int(pair_code.max()) >= MAX_KEY // span:  # keep (pair, day) inside one int64
+        pair_code, pair_ids = pd.factorize(pair_code, sort=True)
+        pair_ids = np.asarray(pair_ids, dtype=np.int64)
     else:
         pair_ids = None
     key = pair_code * span + (day - first_day)
