@@ -54,7 +54,7 @@ TABLE = "segments/users"
 PROSPECT = "prospect"
 KMEANS_STARTS = 3
 KMEANS_ITERATIONS = 25
-KMEANS_SAMPLE = 200_000  # users the centroids are fitted on
+KMEANS_SAMPLE = 100_000  # users the centroids are fitted on
 
 # SEGMENT_MAP[r - 1][fm - 1]: the grid in the module docstring.
 SEGMENT_MAP: tuple[tuple[str, ...], ...] = (
@@ -197,7 +197,7 @@ def taste_clusters(user_factors: np.ndarray | None, n_users: int, k: int, seed: 
     out = np.full(n_users, -1, dtype=np.int32)
     if user_factors is None or k <= 0 or len(user_factors) == 0:
         return out
-    factors = np.asarray(user_factors[:n_users], dtype=np.float64)
+    factors = np.asarray(user_factors[:n_users], dtype=np.float32)  # float32: twice as fast
     norms = np.linalg.norm(factors, axis=1)
     valid = np.isfinite(norms) & (norms > 0)
     points = factors[valid] / norms[valid, None]
