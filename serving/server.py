@@ -123,10 +123,22 @@ def open_serving_store(config: ServeConfig) -> FeatureStore:
         return store
     if not config.store:
         raise InvalidInput("--store", "give --store URL or --bundle DIR")
-    options = {}
-    if not config.store.startswith("memory"):
-        options["socket_timeout"] = config.store_timeout_ms / 1000.0
-    return open_store(config.store, **options)
+    return open_store(config.store, **store_options(config.store, config.store_timeout_ms / 1000.0))
+
+
+def store_options(url: str, timeout: float) -> dict[str, object]:
+    """Client settings for serving: short socket timeouts and at most one immediate retry.
+
+    The Redis client's default (10 retries with backoff) would hold a request for seconds
+    while Redis is down; the server's circuit breaker and fallback cache handle outages
+    instead. One retry survives a pooled connection that went stale across a Redis restart.
+    """
+    if url.startswith("memory"):
+        return {}
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"socket_timeout": timeout, "retry": Retry(NoBackoff(), 1)}
 
 
 def start_server(

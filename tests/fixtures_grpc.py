@@ -40,7 +40,7 @@ from recsvc.scorers import FactorScorer, save_scorer
 from recsvc.store import open_store
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving.config import ServeConfig
-from serving.server import RunningServer, start_server
+from serving.server import RunningServer, start_server, store_options
 
 __all__ = [
     "CATEGORIES",
@@ -207,7 +207,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(store_url: str, bundle: Path | None = None, **settings: object) -> RunningServer:
     """Start an in-process server on 127.0.0.1:0 over `store_url` (publishing `bundle` first)."""
-    store = open_store(store_url, **({"socket_timeout": 0.1} if store_url.startswith("redis") else {}))
+    store = open_store(store_url, **store_options(store_url, 0.1))
     if bundle is not None:
         from recsvc.bundle import Bundle
 
@@ -225,9 +225,9 @@ def stub_for(target: str) -> tuple[grpc.Channel, pb_grpc.RecommenderStub]:
 
 
 @pytest.fixture()
-def memory_server(bundle_dir: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+def memory_server(bundle_dir: Path) -> Iterator[RunningServer]:
     """A server on a fresh embedded store holding the planted bundle."""
-    running = serve(f"memory://test-{request.node.name}-{time.monotonic_ns()}", bundle_dir)
+    running = serve(f"memory://test-{time.monotonic_ns()}", bundle_dir)
     try:
         yield running
     finally:

@@ -1,0 +1,481 @@
+"""The gRPC server end to end: real server on 127.0.0.1, real client channel, real stores.
+
+Every RPC runs against the embedded store and a real redis-server (the `server` fixture is
+parametrised over both). The planted bundle is described in tests/fixtures_grpc.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from recsvc.bundle import Bundle
+from recsvc.store import open_store
+from recsvc.v1 import recommender_pb2 as pb
+from serving.server import RunningServer
+from tests.fixtures_grpc import (
+    N_ITEMS,
+    bundle_dir,  # noqa: F401  (fixture)
+    category_of,
+    item_id,
+    make_bundle,
+    memory_server,  # noqa: F401  (fixture)
+    serve,
+    stub_for,
+    user_id,
+)
+from tests.fixtures_redis import free_port, redis_url, start_redis  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, bundle_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
+    """A server holding the planted bundle, over the embedded store or a real Redis."""
+    name = f"t{time.monotonic_ns()}"
+    if request.param == "memory":
+        url = f"memory://{name}"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?prefix={name}"
+    running = serve(url, bundle_dir)
+    try:
+        yield running
+    finally:
+        running.stop(0)
+
+
+@pytest.fixture()
+def stub(server: RunningServer) -> Iterator[object]:
+    channel, client = stub_for(server.target)
+    try:
+        yield client
+    finally:
+        channel.close()
+
+
+def ids(response: object) -> list[str]:
+    return [item.item_id for item in response.items]  # type: ignore[attr-defined]
+
+
+def invalid(call: object, request: object) -> str:
+    """Call and return the details of the INVALID_ARGUMENT it must fail with."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=5)  # type: ignore[operator]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    return str(caught.value.details())
+
+
+# -- Recommend -----------------------------------------------------------------------------------
+def test_recommend_known_user_gets_their_candidates(stub: object, bundle_dir: Path) -> None:  # noqa: F811
+    reply = stub.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=5)
+    assert ids(reply) == [item_id(i) for i in range(12, 17)]  # music, best first, seen 10/11 left out
+    assert reply.source == pb.PERSONALIZED
+    assert reply.model_version == Bundle(bundle_dir).version
+
+
+def test_recommend_respects_filters_and_k(stub: object) -> None:
+    flt = pb.Filter(categories=["books"], in_stock_only=True, max_price=12.0, exclude_item_ids=["sku-02"])
+    reply = stub.Recommend(pb.RecommendRequest(user_id=user_id(1), k=10, filter=flt), timeout=5)
+    got = ids(reply)
+    # books 0-7 cost <= 12; 3 is out of stock; 2 is excluded: 0, 1, 4, 5, 6, 7 remain.
+    assert sorted(got) == [item_id(i) for i in (0, 1, 4, 5, 6, 7)]
+    assert len(set(got)) == len(got)
+    for k in (1, 3, 40, 100):
+        reply = stub.Recommend(pb.RecommendRequest(user_id=user_id(2), k=k), timeout=5)
+        assert len(ids(reply)) == min(k, N_ITEMS - 2)  # everything but the two seen items
+        assert len(set(ids(reply))) == len(ids(reply))
+        assert not {item_id(20), item_id(21)} & set(ids(reply))
+
+
+def test_recommend_unknown_user_gets_segment_or_global_popularity(stub: object) -> None:
+    reply = stub.Recommend(pb.RecommendRequest(user_id="stranger", k=3), timeout=5)
+    assert ids(reply) == [item_id(39), item_id(38), item_id(37)]
+    assert reply.source == pb.POPULAR
+    reply = stub.Recommend(pb.RecommendRequest(user_id="stranger", k=5, segment="vip"), timeout=5)
+    assert ids(reply)[:4] == [item_id(i) for i in (15, 16, 17, 18)]
+    assert ids(reply)[4] == item_id(39)  # topped up from the global list
+    assert reply.source == pb.SEGMENT
+    reply = stub.Recommend(pb.RecommendRequest(user_id="stranger", k=2, segment="nope"), timeout=5)
+    assert reply.source == pb.POPULAR
+
+
+def test_known_user_is_topped_up_from_their_segment(stub: object) -> None:
+    # user-00 is "vip" and likes books; asking for music leaves few candidates, and the
+    # top-up must come from the vip list (15-18) before the global list.
+    flt = pb.Filter(categories=["music"], exclude_item_ids=[item_id(i) for i in range(10, 15)])
+    reply = stub.Recommend(pb.RecommendRequest(user_id=user_id(0), k=5, filter=flt), timeout=5)
+    assert ids(reply) == [item_id(i) for i in (15, 16, 17, 18, 19)]  # vip list, then music list
+    assert reply.source == pb.SEGMENT
+
+
+# -- item RPCs -----------------------------------------------------------------------------------
+def test_similar_items(stub: object) -> None:
+    reply = stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id(15), k=4), timeout=5)
+    assert set(ids(reply)) == {item_id(i) for i in (13, 14, 16, 17)}
+    assert reply.source == pb.PERSONALIZED
+    flt = pb.Filter(in_stock_only=True)
+    reply = stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id(15), k=8, filter=flt), timeout=5)
+    got = ids(reply)
+    assert item_id(17) not in got and item_id(15) not in got and len(got) == 8
+    assert all(category_of(i) == "music" for i in got[:4])  # neighbours, then music top-up
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id="no-such-item", k=3), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "item_id" in caught.value.details()
+
+
+def test_cross_sell_ranks_planted_rules_first(stub: object) -> None:
+    reply = stub.CrossSell(pb.CrossSellRequest(item_ids=[item_id(0), item_id(11)], k=4), timeout=5)
+    got = ids(reply)
+    assert got[:2] == [item_id(33), item_id(25)]
+    assert "bought together" in reply.items[0].reason
+    assert item_id(0) not in got and item_id(11) not in got and len(got) == 4
+    reply = stub.CrossSell(pb.CrossSellRequest(item_ids=[item_id(0), "unknown"], k=2), timeout=5)
+    assert ids(reply)[0] == item_id(25)
+    reply = stub.CrossSell(pb.CrossSellRequest(item_ids=["unknown"], k=2), timeout=5)
+    assert reply.source == pb.POPULAR and len(reply.items) == 2
+
+
+def test_buy_again_and_purchase_events(stub: object) -> None:
+    reply = stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)
+    assert ids(reply) == [item_id(7)]  # sku-08 was bought two days ago on a monthly cycle
+    assert "due" in reply.items[0].reason
+    assert reply.source == pb.PERSONALIZED
+    assert ids(stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(5), k=5), timeout=5)) == []
+    stub.RecordEvent(
+        pb.RecordEventRequest(user_id=user_id(0), item_id=item_id(7), event_type=pb.PURCHASE), timeout=5
+    )
+    assert ids(stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)) == []
+
+
+def test_popular_lists(stub: object) -> None:
+    reply = stub.Popular(pb.PopularRequest(k=3), timeout=5)
+    assert ids(reply) == [item_id(39), item_id(38), item_id(37)] and reply.source == pb.POPULAR
+    assert ids(stub.Popular(pb.PopularRequest(k=2, trending=True), timeout=5)) == [item_id(20), item_id(21)]
+    reply = stub.Popular(pb.PopularRequest(k=10, category="garden", filter=pb.Filter(in_stock_only=True)), timeout=5)
+    assert ids(reply) == [item_id(i) for i in range(20, 30) if i != 24]  # 24 is out of stock
+    reply = stub.Popular(pb.PopularRequest(k=2, segment="vip"), timeout=5)
+    assert ids(reply) == [item_id(15), item_id(16)] and reply.source == pb.SEGMENT
+    flt = pb.Filter(exclude_purchased=True)
+    reply = stub.Popular(pb.PopularRequest(k=2, category="music", user_id=user_id(1), filter=flt), timeout=5)
+    assert ids(reply) == [item_id(12), item_id(13)]  # 10 and 11 were seen by user-01
+
+
+# -- real time -----------------------------------------------------------------------------------
+def test_purchase_changes_the_next_recommendation(stub: object) -> None:
+    before = stub.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+    assert ids(before)[0] == item_id(12)
+    reply = stub.RecordEvent(
+        pb.RecordEventRequest(user_id=user_id(5), item_id=item_id(12), event_type=pb.PURCHASE), timeout=5
+    )
+    assert reply.item_known
+    after = stub.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+    assert item_id(12) not in ids(after)
+    assert after.source == pb.REALTIME
+    assert all(category_of(i) == "music" for i in ids(after))
+
+
+def test_new_visitor_gets_personal_answers_after_a_few_events(stub: object) -> None:
+    visitor = f"visitor-{time.monotonic_ns()}"
+    assert stub.Recommend(pb.RecommendRequest(user_id=visitor, k=3), timeout=5).source == pb.POPULAR
+    for index, kind in ((21, pb.VIEW), (22, pb.VIEW), (23, pb.CART)):
+        stub.RecordEvent(pb.RecordEventRequest(user_id=visitor, item_id=item_id(index), event_type=kind), timeout=5)
+    reply = stub.Recommend(pb.RecommendRequest(user_id=visitor, k=4), timeout=5)
+    assert reply.source == pb.REALTIME
+    assert all(category_of(i) == "garden" for i in ids(reply)), ids(reply)
+    assert not {item_id(21), item_id(22), item_id(23)} & set(ids(reply))
+    unknown = stub.RecordEvent(
+        pb.RecordEventRequest(user_id=visitor, item_id="not-in-model", event_type=pb.VIEW), timeout=5
+    )
+    assert not unknown.item_known
+
+
+def test_model_info(server: RunningServer, stub: object) -> None:
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    assert info.model_version == server.service.tracker.require().version
+    assert (info.n_items, info.n_users, info.default_recommender) == (N_ITEMS, 20, "als")
+    assert set(info.segments) == {"vip", "new"} and "global" in info.popularity_lists
+    assert info.max_k == 100 and not info.degraded
+
+
+# -- bad requests --------------------------------------------------------------------------------
+BAD_REQUESTS = [
+    ("Recommend", pb.RecommendRequest(user_id="", k=3), "user_id"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=0), "k"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=-4), "k"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=101), "k"),
+    ("Recommend", pb.RecommendRequest(user_id="u" * 300, k=3), "user_id"),
+    ("Recommend", pb.RecommendRequest(user_id="a\x00b", k=3), "user_id"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(min_price=5, max_price=2)), "filter.min_price"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(min_price=float("nan"))), "filter.min_price"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(categories=["x"] * 1001)), "filter.categories"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(exclude_item_ids=["ok", ""])), "filter.exclude_item_ids[1]"),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="", k=3), "item_id"),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="sku-01", k=3, filter=pb.Filter(exclude_purchased=True)), "user_id"),
+    ("CrossSell", pb.CrossSellRequest(item_ids=[], k=3), "item_ids"),
+    ("CrossSell", pb.CrossSellRequest(item_ids=["a"] * 101, k=3), "item_ids"),
+    ("CrossSell", pb.CrossSellRequest(item_ids=["a", ""], k=3), "item_ids[1]"),
+    ("BuyAgain", pb.BuyAgainRequest(user_id="u", k=1000), "k"),
+    ("Popular", pb.PopularRequest(k=0), "k"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="sku-01"), "event_type"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="sku-01", event_type=9), "event_type"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="", item_id="sku-01", event_type=pb.VIEW), "user_id"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="sku-01", event_type=pb.VIEW, timestamp_ms=(int(time.time()) + 3600) * 1000), "timestamp_ms"),
+]
+
+
+@pytest.mark.parametrize(("rpc", "request_message", "field"), BAD_REQUESTS, ids=[f"{r}-{f}" for r, _, f in BAD_REQUESTS])
+def test_bad_requests_name_the_field(memory_server: RunningServer, rpc: str, request_message: object, field: str) -> None:  # noqa: F811
+    channel, client = stub_for(memory_server.target)
+    with channel:
+        details = invalid(getattr(client, rpc), request_message)
+    assert details.startswith(f"{field}:"), details
+    # and the server keeps serving
+    with stub_for(memory_server.target)[0] as again:
+        health = health_pb2_grpc.HealthStub(again).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- health, reflection, metrics -----------------------------------------------------------------
+def test_health_is_not_serving_until_a_model_is_published(bundle_dir: Path) -> None:  # noqa: F811
+    url = f"memory://empty-{time.monotonic_ns()}"
+    running = serve(url)
+    try:
+        channel, client = stub_for(running.target)
+        with channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(service="recsvc.v1.Recommender")
+            assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                client.Recommend(pb.RecommendRequest(user_id="u", k=3), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            open_store(url).publish(Bundle(bundle_dir), progress=False)
+            deadline = time.monotonic() + 10
+            while health.Check(check, timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "never became SERVING"
+                time.sleep(0.05)
+            assert client.Recommend(pb.RecommendRequest(user_id="u", k=3), timeout=5).items
+    finally:
+        running.stop(0)
+
+
+def test_reflection_lists_the_services(memory_server: RunningServer) -> None:  # noqa: F811
+    channel, _ = stub_for(memory_server.target)
+    with channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+        names = {s.name for s in reply.list_services_response.service}
+    assert {"recsvc.v1.Recommender", "grpc.health.v1.Health"} <= names
+
+
+def test_metrics_count_requests_and_fallbacks(memory_server: RunningServer) -> None:  # noqa: F811
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("recsvc_requests_total", rpc="Recommend", code="OK")
+    bad_before = value("recsvc_requests_total", rpc="Recommend", code="INVALID_ARGUMENT")
+    channel, client = stub_for(memory_server.target)
+    with channel:
+        for _ in range(3):
+            client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=3), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=0), timeout=5)
+    assert value("recsvc_requests_total", rpc="Recommend", code="OK") == before + 3
+    assert value("recsvc_requests_total", rpc="Recommend", code="INVALID_ARGUMENT") == bad_before + 1
+    assert value("recsvc_request_seconds_count", rpc="Recommend") >= 4
+    version = memory_server.service.tracker.require().version
+    assert value("recsvc_model_info", version=version) == 1.0
+
+
+# -- model swap ----------------------------------------------------------------------------------
+def test_model_swap_under_traffic_never_mixes_versions(server: RunningServer, tmp_path: Path) -> None:
+    first = server.service.tracker.require().version
+    new_bundle = make_bundle(tmp_path, variant=1)
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        channel, client = stub_for(server.target)
+        with channel:
+            while not stop.is_set():
+                try:
+                    reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=8), timeout=5)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+                    continue
+                seen.setdefault(reply.model_version, set()).add(tuple(ids(reply)))
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    publisher = open_store(server.store.url)
+    second = publisher.publish(Bundle(new_bundle), progress=False).version
+    deadline = time.monotonic() + 10
+    while second not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert set(seen) == {first, second}
+    # Each version always gave the same answer: no response mixed the two versions.
+    assert all(len(answers) == 1 for answers in seen.values()), seen
+    assert seen[first] != seen[second]
+
+
+# -- degradation ---------------------------------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.slow
+def test_redis_stopped_and_restarted_during_requests(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    extra = ("--appendonly", "yes", "--appendfsync", "always")  # data survives the restart
+    process = start_redis(redis_dir, port, *extra)
+    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, retry_after_ms=100.0)
+    sources: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    users = [user_id(u) for u in range(8)]
+
+    def traffic() -> None:
+        channel, client = stub_for(running.target)
+        with channel:
+            count = 0
+            while not stop.is_set():
+                try:
+                    reply = client.Recommend(pb.RecommendRequest(user_id=users[count % 8], k=5), timeout=1.0)
+                    sources.append(reply.source)
+                    assert len(reply.items) == 5
+                except (grpc.RpcError, AssertionError) as exc:
+                    failures.append(exc)
+                count += 1
+
+    try:
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # every user answered once: their lists are in the hot cache
+        process.terminate()
+        process.wait(timeout=10)
+        time.sleep(1.0)
+        during = len(sources)
+        assert pb.FALLBACK in sources[during // 2 :]
+        process = start_redis(redis_dir, port, *extra)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sources[-1:] != [pb.PERSONALIZED]:
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[:3]
+        assert sources[-1] == pb.PERSONALIZED, "did not recover after Redis came back"
+    finally:
+        stop.set()
+        running.stop(0)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.redis
+def test_slow_redis_answers_from_fallback_within_the_deadline(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    port = free_port()
+    process = start_redis(tmp_path / "redis", port)
+    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir)
+    channel, client = stub_for(running.target)
+    try:
+        warm = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=5)
+        os.kill(process.pid, signal.SIGSTOP)  # Redis hangs: every store call would time out
+        try:
+            for _ in range(5):
+                started = time.monotonic()
+                reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=0.3)
+                assert time.monotonic() - started < 0.3
+                assert reply.source == pb.FALLBACK
+                assert ids(reply) == ids(warm)  # the user's last-known list from the hot cache
+                cold = client.Recommend(pb.RecommendRequest(user_id="someone-else", k=3), timeout=0.3)
+                assert cold.source == pb.FALLBACK and ids(cold) == [item_id(39), item_id(38), item_id(37)]
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+    finally:
+        channel.close()
+        running.stop(0)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def _start_cli(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "recsvc.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _wait_serving(target: str, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError(f"{target} never became SERVING")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_serve_bundle_and_sigterm_drain(bundle_dir: Path, workers: int) -> None:  # noqa: F811
+    port = free_port()
+    process = _start_cli("--bundle", str(bundle_dir), "--port", str(port), "--workers", str(workers), "--grace", "3")
+    target = f"127.0.0.1:{port}"
+    try:
+        _wait_serving(target, process)
+        if workers > 1:
+            time.sleep(1.0)  # let every worker load its model
+        for _ in range(4):  # separate channels: SO_REUSEPORT spreads them over the workers
+            channel, client = stub_for(target)
+            with channel:
+                reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=3), timeout=5)
+                assert ids(reply) == [item_id(12), item_id(13), item_id(14)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "listening on" in (process.stdout.read() if process.stdout else "")
+
+
+def test_cli_serve_needs_a_store_or_a_bundle() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", "serve", "--store", "nosuch://x", "--port", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--store" in result.stderr.strip().splitlines()[-1]
