@@ -290,7 +290,6 @@ def test_planted_cycles_due_this_week_found_well_above_recency_baseline() -> Non
     assert ours >= recency + 0.4, (ours, recency)
 
 
-@pytest.mark.slow
 def test_synth_store_cycles_due_this_week_found_well_above_recency_baseline(
     tmp_path: Path,
 ) -> None:
