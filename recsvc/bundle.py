@@ -15,9 +15,10 @@ Layout of one bundle (format version 1), `bundles/<version>/`:
     buyagain/                     per-user repurchase lists (CSR over users)
     popularity/<list>/            ranked lists (see `RankedLists`): global, trending,
                                   category, segment, cluster; each a set of named groups
-    buyagain/                     CSR over users of due scores, sorted best first per user,
-                                  with parallel next_due.npy (epoch s), interval_days.npy,
-                                  count.npy, last.npy (epoch s)
+    buyagain/                     CSR over users (indptr, items, due_score), sorted best
+                                  first per user, with parallel next_due (epoch s),
+                                  interval_days, count, last (epoch s), sd_days, confidence,
+                                  and meta.json (trained_at, horizon_days); recsvc.buyagain
     segments/users.parquet        per user index: segment, cluster, recency_days, frequency,
                                   monetary, r, f, m (quantile scores 1-5)
 
