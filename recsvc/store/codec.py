@@ -1,7 +1,7 @@
 """Compact binary encodings of what the feature store holds (no JSON for bulk data).
 
-Item indexes take as few bytes as the catalogue needs (`index_width`: 1, 2, 3 or 4 bytes,
-little-endian); scores of a ranked list are quantised affinely between the list's lowest and
+Item indexes of ranked lists take as few bits as the catalogue needs (`index_bits`, bit-packed;
+byte widths 1-4 are also readable), seen items are gaps in LEB128 varints; scores of a ranked list are quantised affinely between the list's lowest and
 highest score (uint8 by default: 255 steps, order preserved; uint16, float16 and float32 are
 available). Encoders for many users work on whole batches with numpy; decoders are per record.
 
@@ -18,8 +18,10 @@ User record (one per user per version; `encode_user_records` / `decode_user_reco
                         i32 count, i64 last, f32 sd_days, f32 confidence
     Unknown tags are skipped, so readers survive new sections.
 
-Scored list: `u8 width, u8 score code, varint n, n indexes, scores` where the scores are, by
-code: U8/U16 `f32 low, f32 high, n quantised`; F16/F32 `n values`.
+Scored list: `u8 index code, u8 score code, varint n, indexes, scores`. The index code is
+BITS | b (indexes bit-packed at b = ceil(log2 n_items) bits each, 17 for 100k items) or a byte
+width 1-4. The scores are, by score code: U8/U16 `f32 low, f32 high, n quantised`; F16/F32
+`n values`.
 
 Other values: `encode_array` (a .npy image), `encode_strings` (u32 count, u32 offsets, utf-8),
 `encode_event` (recent events), `encode_item_update` (item-metadata overrides).
@@ -53,6 +55,8 @@ SCORE_CODES = {"u8": SCORE_U8, "u16": SCORE_U16, "f16": SCORE_F16, "f32": SCORE_
 FLOAT16 = 1
 FLOAT32 = 2
 
+BITS = 0x80  # index code flag: indexes bit-packed, low bits = bits per index
+
 TAG_CANDIDATES = ord("C")
 TAG_SEEN = ord("S")
 TAG_FACTORS = ord("F")
@@ -74,6 +78,16 @@ _BUYAGAIN_ARRAYS = (
 _EVENT = struct.Struct("<id")  # item index, epoch seconds; then the event type, utf-8
 
 
+def index_bits(n_items: int) -> int:
+    """Bits per item index for a catalogue of `n_items` (indexes 0 .. n_items - 1)."""
+    return max(1, int(n_items - 1).bit_length())
+
+
+def index_code(n_items: int, packed: bool = True) -> int:
+    """The index code of a scored list: BITS | bits (bit-packed) or the byte width 1-4."""
+    return BITS | index_bits(n_items) if packed else index_width(n_items)
+
+
 def index_width(n_items: int) -> int:
     """Bytes per item index for a catalogue of `n_items` (indexes 0 .. n_items - 1)."""
     if n_items <= 1 << 8:
@@ -89,6 +103,12 @@ def index_width(n_items: int) -> int:
 
 
 def _varint(value: int) -> bytes:
+    if value < len(_SMALL_VARINTS):
+        return _SMALL_VARINTS[value]
+    return _varint_slow(value)
+
+
+def _varint_slow(value: int) -> bytes:
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -98,6 +118,9 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+_SMALL_VARINTS = [_varint_slow(i) for i in range(1 << 14)]
 
 
 def _read_varint(data: memoryview | bytes, pos: int) -> tuple[int, int]:
@@ -184,6 +207,53 @@ def undelta_varints(data: memoryview | bytes, n: int) -> np.ndarray:
     return np.cumsum(gaps).astype(np.int32)
 
 
+def pack_index_rows(indexes: np.ndarray, code: int) -> np.ndarray:
+    """uint8 array (rows, bytes): each row's indexes packed by `code` (bits or byte width).
+
+    With bit packing (little-endian bit order) the first n entries of a row are its first
+    ceil(n * bits / 8) bytes, so a row's prefix can be cut out byte-wise.
+    """
+    if not code & BITS:
+        return pack_indexes(indexes, code)
+    bits = code & ~BITS
+    values = np.ascontiguousarray(indexes, dtype=np.uint64)
+    rows, cols = values.shape
+    size = -(-cols * bits // 8)
+    if bits < 8 or bits > 56:  # go through single bits (tiny or huge catalogues)
+        expanded = ((values[:, :, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
+        return np.packbits(expanded.reshape(rows, cols * bits), axis=1, bitorder="little")
+    # Every 8 values fill exactly `bits` bytes, and value r of a group of 8 always starts at
+    # the same bit of its group: build each group's bytes from 8 shifted columns (bits of
+    # neighbouring values never overlap, so adding is or-ing).
+    groups = -(-cols // 8)
+    padded = np.zeros((rows, groups * 8), dtype=np.uint64)
+    padded[:, :cols] = values
+    padded = padded.reshape(rows, groups, 8)
+    out = np.zeros((rows, groups, bits + 5), dtype=np.uint64)
+    for r in range(8):
+        first, shift = divmod(r * bits, 8)
+        shifted = padded[:, :, r] << np.uint64(shift)
+        for k in range((bits + shift + 7) // 8):
+            out[:, :, first + k] += (shifted >> np.uint64(8 * k)) & np.uint64(0xFF)
+    return out[:, :, :bits].astype(np.uint8).reshape(rows, groups * bits)[:, :size]
+
+
+def index_bytes(n: int, code: int) -> int:
+    """Bytes taken by n indexes under `code`."""
+    return -(-n * (code & ~BITS) // 8) if code & BITS else n * code
+
+
+def unpack_index_code(data: memoryview | bytes, n: int, code: int) -> np.ndarray:
+    """int32 indexes packed by `code`."""
+    if not code & BITS:
+        return unpack_indexes(data, n, code)
+    bits = code & ~BITS
+    raw = np.frombuffer(data, dtype=np.uint8, count=index_bytes(n, code))
+    flags = np.unpackbits(raw, count=n * bits, bitorder="little").reshape(n, bits)
+    weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32)).astype(np.int64)
+    return (flags.astype(np.int64) @ weights).astype(np.int32)
+
+
 # -- scores ----------------------------------------------------------------------------------
 
 
@@ -224,12 +294,12 @@ def score_tolerance(low: float, high: float, code: int) -> float:
 class _ScoredBatch:
     """Encoded pieces of many scored lists (one row each)."""
 
-    heads: list[bytes]  # width, code, varint n
-    index_bytes: np.ndarray  # (rows, N * width) uint8
+    heads: list[bytes]  # index code, score code, varint n
+    index_bytes: np.ndarray  # (rows, packed bytes) uint8
     score_heads: list[bytes]  # low/high for quantised codes, else b""
     score_bytes: np.ndarray  # (rows, N * bytes per score) uint8
     lengths: np.ndarray  # items per row
-    width: int
+    width: int  # index code
     score_size: int
 
     def row(self, i: int) -> bytes:
@@ -237,7 +307,7 @@ class _ScoredBatch:
         return b"".join(
             (
                 self.heads[i],
-                self.index_bytes[i, : n * self.width].tobytes(),
+                self.index_bytes[i, : index_bytes(n, self.width)].tobytes(),
                 self.score_heads[i],
                 self.score_bytes[i, : n * self.score_size].tobytes(),
             )
@@ -250,7 +320,7 @@ def _encode_scored_batch(
     """Rows of (indexes, scores); row i keeps its first lengths[i] entries."""
     rows, cols = indexes.shape
     valid = np.arange(cols)[None, :] < lengths[:, None]
-    index_bytes = pack_indexes(np.where(valid, indexes, 0), width)
+    packed = pack_index_rows(np.where(valid, indexes, 0), width)
     heads = [bytes((width, code)) + _varint(int(n)) for n in lengths.tolist()]
     if code in (SCORE_U8, SCORE_U16):
         levels = 255 if code == SCORE_U8 else 65535
@@ -267,11 +337,14 @@ def _encode_scored_batch(
         size = dtype.itemsize
     else:
         raise ValueError(f"unknown score code {code}")
-    return _ScoredBatch(heads, index_bytes, score_heads, score_bytes, lengths, width, size)
+    return _ScoredBatch(heads, packed, score_heads, score_bytes, lengths, width, size)
 
 
 def encode_scored_list(indexes: np.ndarray, scores: np.ndarray, width: int, code: int = SCORE_U8) -> bytes:
-    """One ranked list (stops at the first negative index: -1 padding)."""
+    """One ranked list (stops at the first negative index: -1 padding).
+
+    width: index code (`index_code(n_items)`, or a byte width 1-4).
+    """
     indexes = np.asarray(indexes, dtype=np.int64).reshape(-1)
     negative = np.flatnonzero(indexes < 0)
     n = int(negative[0]) if len(negative) else len(indexes)
@@ -287,8 +360,9 @@ def decode_scored_list(data: memoryview | bytes, pos: int = 0) -> tuple[np.ndarr
     data = memoryview(data)
     width, code = data[pos], data[pos + 1]
     n, pos = _read_varint(data, pos + 2)
-    indexes = unpack_indexes(data[pos : pos + n * width], n, width)
-    pos += n * width
+    size = index_bytes(n, width)
+    indexes = unpack_index_code(data[pos : pos + size], n, width)
+    pos += size
     if code in (SCORE_U8, SCORE_U16):
         low, high = _F32x2.unpack_from(data, pos)
         pos += 8
@@ -361,7 +435,7 @@ def encode_user_records(
 ) -> list[bytes]:
     """One record per row of `batch` (see the module docstring for the layout)."""
     rows = batch.rows
-    width = index_width(n_items)
+    width = index_code(n_items)
     parts: list[list[bytes]] = [[bytes((RECORD_FORMAT,))] for _ in range(rows)]
     if batch.candidates is not None and batch.candidate_scores is not None:
         indexes = np.asarray(batch.candidates)
@@ -391,15 +465,16 @@ def encode_user_records(
         lists = batch.buyagain
         head = _BUYAGAIN_HEAD.pack(int(lists.trained_at), float(lists.horizon_days))
         indptr = np.asarray(lists.indptr)
-        packed = pack_indexes(np.asarray(lists.items)[None, :], width)[0]
+        byte_width = index_width(n_items)
+        packed = pack_indexes(np.asarray(lists.items)[None, :], byte_width)[0]
         columns = [np.ascontiguousarray(np.asarray(getattr(lists, name)), dtype=dtype)
                    for name, dtype in _BUYAGAIN_ARRAYS]
         for i in range(rows):
             start, end = int(indptr[i]), int(indptr[i + 1])
             if end == start:
                 continue
-            payload = [head, _varint(end - start), bytes((width,)),
-                       packed[start * width : end * width].tobytes()]
+            payload = [head, _varint(end - start), bytes((byte_width,)),
+                       packed[start * byte_width : end * byte_width].tobytes()]
             payload += [column[start:end].tobytes() for column in columns]
             parts[i].append(_section(TAG_BUYAGAIN, b"".join(payload)))
     return [b"".join(p) for p in parts]

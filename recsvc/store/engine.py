@@ -111,6 +111,7 @@ class StoreEngine(ABC):
 
     def refresh_publish_lock(self, version: str) -> None:
         """Extend the lock's lifetime during a long publish (no-op where locks do not expire)."""
+        return None
 
     # version data
     def layout_info(self, n_items: int) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def version_blobs(content: BundleContent) -> Iterator[tuple[str, bytes]]:
         for path in sorted(content.rules_dir.iterdir()):
             if path.is_file():
                 yield f"file:rules/{path.name}", path.read_bytes()
-    width = codec.index_width(content.n_items)
+    width = codec.index_code(content.n_items)
     for name, ranked in content.popularity.items():
         yield f"pop:{name}:names", codec.encode_strings(ranked.names)
         for group in ranked.names:
@@ -271,7 +271,7 @@ def similar_records(content: BundleContent, start: int, stop: int, score_code: i
     indexes = np.asarray(content.similar[0][start:stop])
     scores = np.asarray(content.similar[1][start:stop])
     lengths = codec._leading_valid(indexes)
-    batch = codec._encode_scored_batch(indexes, scores, lengths, codec.index_width(content.n_items), score_code)
+    batch = codec._encode_scored_batch(indexes, scores, lengths, codec.index_code(content.n_items), score_code)
     return [(start + i, batch.row(i)) for i in range(stop - start) if lengths[i] > 0]
 
 
