@@ -39,6 +39,7 @@ class ServeConfig:
 
     # Store access and degradation.
     poll_seconds: float = 1.0  # how often the store's `current` pointer is checked
+    store_wait_seconds: float = 30.0  # at start-up, how long to retry an unreachable store
     store_timeout_ms: float = 100.0  # socket timeout of each store call
     retry_after_ms: float = 250.0  # after a store failure, answer from the cache this long
     hot_users: int = 20_000  # users whose last features are kept for fallback answers

@@ -109,6 +109,7 @@ class BuyAgainQuery:
     user_id: str
     k: int
     filter: FilterSpec = NO_FILTER
+    as_of: float | None = None  # epoch s at which items are due; None: now
 
 
 @dataclass(frozen=True)
@@ -310,10 +311,11 @@ class RecommendationService:
             # Bought again since training: not due any more.
             session = session_of(model, features.recent)
             exclude.update(e.item for e in session.new_events if e.event_type == "purchase")
+            now = query.as_of if query.as_of is not None else time.time()
             if features.buyagain is not None and len(features.buyagain):
                 due = [
                     ScoredItem(d.item, d.score, d.reason)
-                    for d in features.buyagain.for_user(0, time.time(), min_score=MIN_DUE_SCORE)
+                    for d in features.buyagain.for_user(0, now, min_score=MIN_DUE_SCORE)
                 ]
         allowed = model.filters.allowed(query.filter)
         answer = finalize(due, query.k, allowed, exclude)

@@ -33,7 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recsvc.errors import InvalidInput
+from recsvc.errors import InvalidInput, StoreUnavailable
 from recsvc.store import FeatureStore, open_store
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -123,7 +123,16 @@ def open_serving_store(config: ServeConfig) -> FeatureStore:
         return store
     if not config.store:
         raise InvalidInput("--store", "give --store URL or --bundle DIR")
-    return open_store(config.store, **store_options(config.store, config.store_timeout_ms / 1000.0))
+    options = store_options(config.store, config.store_timeout_ms / 1000.0)
+    give_up = time.monotonic() + config.store_wait_seconds
+    while True:
+        try:
+            return open_store(config.store, **options)
+        except StoreUnavailable as exc:
+            if time.monotonic() >= give_up:
+                raise
+            log.warning("store unreachable; retrying", extra={"error": str(exc)})
+            time.sleep(1.0)
 
 
 def store_options(url: str, timeout: float) -> dict[str, object]:

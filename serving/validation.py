@@ -122,10 +122,13 @@ class Validator:
         )
 
     def buy_again(self, request: pb.BuyAgainRequest) -> BuyAgainQuery:
+        if request.as_of_ms < 0:
+            raise InvalidInput("as_of_ms", "must not be negative")
         return BuyAgainQuery(
             user_id=self.id(request.user_id, "user_id"),
             k=self.k(request.k),
             filter=self.filter(request.filter, request.HasField("filter")),
+            as_of=request.as_of_ms / 1000.0 if request.as_of_ms else None,
         )
 
     def popular(self, request: pb.PopularRequest) -> PopularQuery:

@@ -207,14 +207,14 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(store_url: str, bundle: Path | None = None, **settings: object) -> RunningServer:
     """Start an in-process server on 127.0.0.1:0 over `store_url` (publishing `bundle` first)."""
-    store = open_store(store_url, **store_options(store_url, 0.1))
+    config = replace(
+        ServeConfig(store=store_url, port=0, poll_seconds=0.1, threads=4), **settings
+    )
+    store = open_store(store_url, **store_options(store_url, config.store_timeout_ms / 1000))
     if bundle is not None:
         from recsvc.bundle import Bundle
 
         store.publish(Bundle(bundle), progress=False)
-    config = replace(
-        ServeConfig(store=store_url, port=0, poll_seconds=0.1, threads=4), **settings
-    )
     return start_server(config, store=store)
 
 

@@ -420,6 +420,34 @@ def test_slow_redis_answers_from_fallback_within_the_deadline(tmp_path: Path, bu
         process.wait(timeout=10)
 
 
+def test_drain_lets_in_flight_calls_finish(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    port = free_port()
+    process = start_redis(tmp_path / "redis", port)
+    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, store_timeout_ms=1000.0)
+    channel, client = stub_for(running.target)
+    try:
+        os.kill(process.pid, signal.SIGSTOP)  # calls now wait a full store timeout in flight
+        futures = [
+            client.Recommend.future(pb.RecommendRequest(user_id=user_id(u), k=3), timeout=10)
+            for u in range(3)
+        ]
+        time.sleep(0.3)
+        stopped = threading.Thread(target=running.stop, args=(5.0,))
+        stopped.start()
+        time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as caught:  # new calls are refused while draining
+            client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=3), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        for future in futures:  # the calls in flight all finish, answered from the fallback
+            assert future.result().source == pb.FALLBACK
+        stopped.join()
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        channel.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
 # -- the CLI -------------------------------------------------------------------------------------
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
