@@ -81,6 +81,7 @@ class RulesConfig:
     min_confidence: float = 0.1
     max_len: int = 3
     window_days: float = 1.0  # for logs without order ids: a user's purchases within a window
+    max_basket_items: int = 100  # larger baskets are left out of mining (counted in the manifest)
     max_rules: int = 2_000_000
 
 

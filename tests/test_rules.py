@@ -392,3 +392,14 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
         run_cli(["rules", "--events", str(no_groups), "--out", str(tmp_path / "r.csv")])
     with pytest.raises(NotFound):
         run_cli(["rules", "--bundle", str(tmp_path / "missing"), "--out", str(tmp_path / "r.csv")])
+
+
+def test_mining_stops_at_shorter_itemsets_when_work_explodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.rules as rules_module
+
+    full = sp.csr_matrix(np.ones((20, 12), dtype=np.uint8))  # every basket holds every item
+    lengths = [items.shape[1] for items, _ in rules_module.frequent_itemsets(full, 0.5, 3)[0]]
+    assert lengths == [1, 2, 3]
+    monkeypatch.setattr(rules_module, "MAX_WORK", 2000)  # pairs: 20 x 66, triples: 20 x 220
+    lengths = [items.shape[1] for items, _ in rules_module.frequent_itemsets(full, 0.5, 3)[0]]
+    assert lengths == [1, 2]

@@ -229,15 +229,28 @@ def train(
             from training.rules import mine_rules
 
             baskets = baskets_from_events(event_log, config.rules.window_days)
+            sizes = np.diff(baskets.matrix.indptr)
+            large = sizes > config.rules.max_basket_items
+            basket_matrix = baskets.matrix[~large] if large.any() else baskets.matrix
             rules = mine_rules(
-                baskets.matrix,
+                basket_matrix,
                 min_support=config.rules.min_support,
                 min_confidence=config.rules.min_confidence,
                 max_len=config.rules.max_len,
                 max_rules=config.rules.max_rules,
             )
             rules.save(writer.dir("rules"))
-            rules_info = {"rules": len(rules), "orders": int(rules.n_orders)}
+            rules_info = {
+                "rules": len(rules),
+                "orders": int(rules.n_orders),
+                "baskets_left_out_too_large": int(large.sum()),
+                "max_basket_items": config.rules.max_basket_items,
+            }
+            if large.any():
+                report.notes.append(
+                    f"{int(large.sum())} baskets with more than {config.rules.max_basket_items} "
+                    "items left out of association rules"
+                )
             done()
 
         if config.buyagain.enabled:

@@ -41,6 +41,7 @@ from recsvc.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
+MAX_WORK = 400_000_000  # candidate occurrences one level may enumerate before mining stops there
 PAIR_CHUNK = 4_000_000  # candidate occurrences enumerated at once (~40 bytes each in temporaries)
 DENSE_CANDIDATES = 1 << 22  # count candidates in a dense array up to this many (32 MB) ...
 DENSE_RATIO = 4  # ... or up to this many times the candidate occurrences being counted
@@ -150,6 +151,15 @@ def _next_level(
     partners = _runs(indptr, columns, group)
     total = int(partners.sum())
     if total == 0:
+        return None
+    if total > MAX_WORK:
+        # Huge baskets (a whole month of one shopper, a wholesale order) make the number of
+        # candidate itemsets explode; stop at the shorter itemsets rather than exhaust memory.
+        log.warning(
+            "itemset mining stopped early",
+            extra={"length": level.items.shape[1] + 1, "candidate_occurrences": total,
+                   "max_work": MAX_WORK},
+        )
         return None
     group_end = np.searchsorted(group, group, side="right")
     offset = np.zeros(m + 1, dtype=np.int64)
