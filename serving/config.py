@@ -42,7 +42,12 @@ class ServeConfig:
     store_wait_seconds: float = 30.0  # at start-up, how long to retry an unreachable store
     store_timeout_ms: float = 100.0  # socket timeout of each store call
     retry_after_ms: float = 250.0  # after a store failure, answer from the cache this long
-    hot_users: int = 20_000  # users whose last features are kept for fallback answers
+    # Users whose versioned features (candidates, seen, factors, segment: immutable within a
+    # version) are kept in process, about 3 KB each with 200 candidates. A cached user costs
+    # one small store read per Recommend (the real-time events) instead of the full record,
+    # and is what fallback answers use while the store is down.
+    hot_users: int = 100_000
+    hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
     hot_items: int = 20_000  # items whose similar lists are kept (cache and fallback)
 
     def masked(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import numpy as np
 from recsvc.crosssell import cross_sell
 from recsvc.errors import NotFound, StoreUnavailable
 from recsvc.ranking import Answer, ScoredItem, finalize, scored
-from recsvc.store import ALL, FeatureStore, UserFeatures
+from recsvc.store import ALL, FeatureStore, RecentEvent, UserFeatures
 from serving import metrics
 from serving.config import ServeConfig
 from serving.fallback import LruCache, StoreGuard
@@ -176,7 +176,10 @@ class RecommendationService:
             on_tick=lambda: metrics.degraded(self.guard.degraded),
         )
         self._listeners: list[Callable[[LoadedModel], None]] = []
-        self.user_cache: LruCache[str, tuple[str, UserFeatures]] = LruCache(config.hot_users)
+        # user -> (version, features without real-time events or None if unknown, read at)
+        self.user_cache: LruCache[str, tuple[str, UserFeatures | None, float]] = LruCache(
+            config.hot_users
+        )
         self.similar_cache: LruCache[tuple[str, int], tuple[np.ndarray, np.ndarray]] = LruCache(
             config.hot_items
         )
@@ -382,22 +385,38 @@ class RecommendationService:
         return deadline - time.monotonic() - DEADLINE_MARGIN
 
     def _user(self, model: LoadedModel, user_id: str, deadline: float | None) -> _UserView:
-        """The user's features from the store, or from the hot cache when the store fails."""
+        """The user's features with their real-time events: one store round trip.
+
+        A user's versioned features never change within a version, so they are cached in
+        process (`hot_users`, `hot_user_ttl_seconds`); a cached user only needs their recent
+        events read. When the store fails, the cached features answer (source FALLBACK).
+        """
+        cached = self.user_cache.get(user_id)
+        now = time.monotonic()
+        usable = cached is not None and cached[0] == model.version
+        fresh = usable and cached is not None and now - cached[2] < self.config.hot_user_ttl_seconds
+        recent_n = self.config.recent_events
         try:
+            if fresh and cached is not None:
+                metrics.cache_lookup("user", True)
+                recent = self.guard.call(
+                    self.store.recent_events, user_id, recent_n, budget=self._budget(deadline)
+                ) if recent_n else []
+                return _UserView(_with_recent(cached[1], user_id, recent), fallback=False)
+            metrics.cache_lookup("user", False)
             features = self.guard.call(
                 self.store.user_features,
                 model.version,
                 user_id,
-                self.config.recent_events,
+                recent_n,
                 budget=self._budget(deadline),
             )
         except StoreUnavailable:
-            cached = self.user_cache.get(user_id)
-            hit = cached is not None and cached[0] == model.version
-            metrics.cache_lookup("user", hit)
-            return _UserView(cached[1] if hit and cached is not None else None, fallback=True)
-        if features is not None and features.known:
-            self.user_cache.put(user_id, (model.version, features))
+            return _UserView(cached[1] if usable and cached is not None else None, fallback=True)
+        known = features if features is not None and features.known else None
+        self.user_cache.put(
+            user_id, (model.version, replace(known, recent=()) if known is not None else None, now)
+        )
         return _UserView(features, fallback=False)
 
     def _similar(
@@ -469,10 +488,8 @@ class RecommendationService:
 
     def _result(self, model: LoadedModel, answer: Answer, primary: Source, fallback: bool) -> Result:
         """Ids for indexes, and the source: `primary` unless only top-ups answered."""
-        ids = model.catalog.ids
-        items = tuple(
-            ResultItem(ids.id_of(s.item), float(s.score), s.reason) for s in answer.items
-        )
+        ids = model.catalog.ids.ids
+        items = tuple(ResultItem(ids[s.item], s.score, s.reason) for s in answer.items)
         if fallback:
             source = Source.FALLBACK
         elif answer.from_primary or not answer.items:
@@ -485,3 +502,22 @@ class RecommendationService:
 
 
 _EMPTY = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+_NO_ITEMS = np.zeros(0, dtype=np.int32)
+
+
+def _with_recent(
+    features: UserFeatures | None, user_id: str, recent: list[RecentEvent]
+) -> UserFeatures | None:
+    """Cached versioned features joined with freshly read real-time events."""
+    if features is not None:
+        return replace(features, recent=tuple(recent)) if recent else features
+    if not recent:
+        return None
+    return UserFeatures(
+        user_id=user_id,
+        candidates=_NO_ITEMS,
+        scores=_EMPTY[1],
+        seen=_NO_ITEMS,
+        recent=tuple(recent),
+        known=False,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,8 @@ class CatalogFilters:
 
     def allowed(self, spec: FilterSpec) -> np.ndarray | None:
         """Boolean mask of the items the filter's catalogue conditions allow (None: all)."""
+        if not (spec.categories or spec.in_stock_only) and spec.min_price is None and spec.max_price is None:
+            return None
         key = spec.catalog_key
         with self._lock:
             if key in self._masks:
@@ -84,7 +86,9 @@ class CatalogFilters:
                 self._masks.popitem(last=False)
         return mask
 
-    def indexes(self, item_ids: Iterable[str]) -> set[int]:
+    def indexes(self, item_ids: Collection[str]) -> set[int]:
         """Item indexes of the ids this catalogue knows (unknown ids are left out)."""
+        if not item_ids:
+            return set()
         index_of = self._catalog.index_of
         return {i for i in (index_of(item_id) for item_id in item_ids) if i >= 0}

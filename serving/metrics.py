@@ -86,7 +86,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         key = (method, id(handler))
         wrapped = self._wrapped.get(key)
         if wrapped is None:

@@ -56,7 +56,7 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
     """The client's deadline as a time.monotonic() instant (None: no deadline)."""
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None or remaining > 1e6:  # no deadline set
         return None
     return time.monotonic() + remaining
