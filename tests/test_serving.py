@@ -19,11 +19,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsvc.bundle import Bundle
+from recsvc.errors import InvalidInput
 from recsvc.store import open_store
 from recsvc.v1 import recommender_pb2 as pb
+from serving.config import ServeConfig
 from serving.server import RunningServer
+from serving.validation import Validator
 from tests.fixtures_grpc import (
     N_ITEMS,
     bundle_dir,  # noqa: F401  (fixture)
@@ -507,3 +512,34 @@ def test_cli_serve_needs_a_store_or_a_bundle() -> None:
     )
     assert result.returncode == 2
     assert "--store" in result.stderr.strip().splitlines()[-1]
+
+
+# -- validation as a property --------------------------------------------------------------------
+KNOWN_FIELDS = ("user_id", "k", "segment", "filter.")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    user=st.text(max_size=300),
+    k=st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    categories=st.lists(st.text(max_size=20), max_size=5),
+    low=st.none() | st.floats(allow_nan=True),
+    high=st.none() | st.floats(allow_nan=True),
+)
+def test_recommend_validation_accepts_or_names_the_field(
+    user: str, k: int, categories: list[str], low: float | None, high: float | None
+) -> None:
+    flt = pb.Filter(categories=categories)
+    if low is not None:
+        flt.min_price = low
+    if high is not None:
+        flt.max_price = high
+    request = pb.RecommendRequest(user_id=user, k=k, filter=flt)
+    try:
+        query = Validator(ServeConfig()).recommend(request)
+    except InvalidInput as error:
+        assert error.field.startswith(KNOWN_FIELDS), error.field
+        return
+    assert 1 <= query.k <= 100 and query.user_id == user and 0 < len(user) <= 256
+    if query.filter.min_price is not None and query.filter.max_price is not None:
+        assert query.filter.min_price <= query.filter.max_price
