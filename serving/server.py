@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -220,6 +221,7 @@ def _supervise(config: ServeConfig) -> int:
         )
     if config.port == 0:
         config = replace(config, port=_free_port(config.host))
+    directory = ""
     if config.metrics_port:
         directory = tempfile.mkdtemp(prefix="recsvc-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
@@ -248,6 +250,7 @@ def _supervise(config: ServeConfig) -> int:
         for index, process in list(workers.items()):
             if not process.is_alive():
                 log.warning("worker exited; restarting", extra={"worker": index, "code": process.exitcode})
+                _forget_worker_metrics(directory, process.pid)
                 workers[index] = spawn(index)
     for process in workers.values():
         if process.pid is not None and process.is_alive():
@@ -257,5 +260,15 @@ def _supervise(config: ServeConfig) -> int:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def _forget_worker_metrics(directory: str, pid: int | None) -> None:
+    """Drop a dead worker's live gauges from the shared metrics (prometheus multiprocess)."""
+    if directory and pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)
 
