@@ -8,6 +8,7 @@ installed (`make redis-server` installs them). Import with `from tests.fixtures_
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,25 @@ def free_port() -> int:
         return port
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (+10000) is free too (so both are <= 65535)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 45000)
+        if port not in taken and port + 10000 not in taken and _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -38,7 +58,7 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
+                if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                     return
         except OSError:
             time.sleep(0.05)
@@ -89,7 +109,9 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if REDIS_CLI is None:
         pytest.skip("redis-cli is not installed (run `make redis-server`)")
     root = tmp_path_factory.mktemp("redis-cluster")
-    ports = [free_port() for _ in range(3)]
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(free_cluster_port(set(ports) | {p + 10000 for p in ports}))
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:

@@ -260,6 +260,9 @@ def unpack_index_code(data: memoryview | bytes, n: int, code: int) -> np.ndarray
 def _quantise(scores: np.ndarray, valid: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: (low, high, q) with q = round((s - low) / (high - low) * levels)."""
     scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape[1] == 0:
+        zeros = np.zeros(scores.shape[0], dtype=np.float32)
+        return zeros, zeros, np.zeros(scores.shape)
     finite = valid & np.isfinite(scores)
     low = np.where(finite, scores, np.inf).min(axis=1)
     high = np.where(finite, scores, -np.inf).max(axis=1)
@@ -285,7 +288,7 @@ def score_tolerance(low: float, high: float, code: int) -> float:
         return (high - low) / 510 + 1e-6 * max(abs(low), abs(high), 1.0)
     if code == SCORE_U16:
         return (high - low) / 131070 + 1e-6 * max(abs(low), abs(high), 1.0)
-    if code == SCORE_F16:
+    if code == SCORE_F16:  # scores beyond +-65504 are clipped to it
         return max(abs(low), abs(high)) * 1e-3 + 1e-7
     return 0.0
 
@@ -331,7 +334,8 @@ def _encode_scored_batch(
         size = 1 if code == SCORE_U8 else 2
     elif code in (SCORE_F16, SCORE_F32):
         dtype = np.dtype("<f2") if code == SCORE_F16 else np.dtype("<f4")
-        values = np.where(valid, scores, 0).astype(dtype)
+        limit = 65504.0 if code == SCORE_F16 else float(np.finfo(np.float32).max)
+        values = np.clip(np.where(valid, scores, 0), -limit, limit).astype(dtype)  # no inf
         score_bytes = np.ascontiguousarray(values).view(np.uint8).reshape(rows, -1)
         score_heads = [b""] * rows
         size = dtype.itemsize

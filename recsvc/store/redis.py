@@ -48,7 +48,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 import redis
 import redis.cluster
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
 from recsvc.store.base import StoreState
@@ -176,7 +178,10 @@ class RedisStore(StoreEngine):
 
         settings = parse_url(url, **options)
         masked = mask_url(url)
+        # fail fast: a server answering storefronts cannot wait out long backoffs
+        retries = int(settings["options"].pop("retries", 2))
         common: dict[str, Any] = {
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries),
             "username": settings["username"],
             "password": settings["password"],
             "socket_timeout": settings["socket_timeout"],
