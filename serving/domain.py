@@ -214,35 +214,39 @@ class RecommendationService:
         model = self.tracker.require()
         view = self._user(model, query.user_id, deadline)
         features = view.features
-        session = session_of(model, features.recent) if features is not None else NO_SESSION
-        segment_lists = self._segment_lists(model, features, query.segment)
-        topups = [
-            *(scored(items, scores, reason) for (items, scores), reason in segment_lists),
-            *self._category_lists(model, query.filter),
-            self._global(model),
-        ]
-        primary: Iterable[ScoredItem] = ()
-        source = Source.POPULAR  # unknown user: the answer is all top-ups
+        allowed = model.filters.allowed(query.filter)
         exclude = model.filters.indexes(query.filter.exclude_item_ids)
+        session = session_of(model, features.recent) if features is not None else NO_SESSION
         if features is not None:
             exclude.update(np.asarray(features.seen).tolist())
             exclude.update(session.interacted)
-            if session.changed and not view.fallback:
-                head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
-                primary = rescore(
-                    model,
-                    features,
-                    session,
-                    lambda item: self._similar(model, item, deadline),
-                    head,
-                    self.config.realtime_similar_items,
-                )
-                source = Source.REALTIME
-            elif features.known:
-                primary = scored(features.candidates, features.scores, PERSONAL)
-                source = Source.PERSONALIZED
-        allowed = model.filters.allowed(query.filter)
-        answer = finalize(primary, query.k, allowed, exclude, [*topups, self._filler(model, allowed)])
+        # Without a catalogue filter finalize skips at most len(exclude) items of a list and
+        # has taken at most k before it, so the rest of a long list is never looked at.
+        limit = 2 * query.k + len(exclude) if allowed is None else None
+        segment_lists = self._segment_lists(model, features, query.segment)
+        topups = [
+            *(_scored(arrays, reason, limit) for arrays, reason in segment_lists),
+            *self._category_lists(model, query.filter),
+            _scored(model.popular("global", ALL), POPULAR, limit),
+            self._filler(model, allowed),
+        ]
+        primary: Iterable[ScoredItem] = ()
+        source = Source.POPULAR  # unknown user: the answer is all top-ups
+        if features is not None and session.changed and not view.fallback:
+            head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
+            primary = rescore(
+                model,
+                features,
+                session,
+                lambda item: self._similar(model, item, deadline),
+                head,
+                self.config.realtime_similar_items,
+            )
+            source = Source.REALTIME
+        elif features is not None and features.known:
+            primary = _scored((features.candidates, features.scores), PERSONAL, limit)
+            source = Source.PERSONALIZED
+        answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, source, view.fallback)
 
     def similar_items(self, query: SimilarQuery, deadline: float | None = None) -> Result:
@@ -502,6 +506,16 @@ class RecommendationService:
 
 
 _EMPTY = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+
+
+def _scored(
+    arrays: tuple[np.ndarray, np.ndarray], reason: str, limit: int | None
+) -> Iterator[ScoredItem]:
+    """`ranking.scored` over the first `limit` entries of a ranked list (None: all)."""
+    items, scores = arrays
+    if limit is not None:
+        items, scores = items[:limit], scores[:limit]
+    return scored(items, scores, reason)
 _NO_ITEMS = np.zeros(0, dtype=np.int32)
 
 
