@@ -69,9 +69,7 @@ def make_bundle(
     )
     writer.ids(IdMap(user_ids), IdMap(f"i{i:04d}" for i in range(n_items)), catalog)
     if "seen" in parts:
-        seen = sp.random(n_users, n_items, density=min(0.1, 4 / n_items), format="csr",
-                         random_state=seed, dtype=np.float32)
-        writer.csr("seen", seen)
+        writer.csr("seen", random_csr(rng, n_users, n_items, 4))
     if "candidates" in parts:
         others = rng.integers(0, n_items - 1, (n_users, n_candidates - 1))
         others += others >= marker  # any item but the marker
@@ -126,6 +124,17 @@ def make_bundle(
         manifest["created_at"] = created_at
     writer.commit(manifest)
     return Bundle(root / version)
+
+
+def random_csr(rng: np.random.Generator, rows: int, cols: int, mean: float) -> sp.csr_matrix:
+    """About `mean` random distinct columns per row (scipy's sparse.random is slow)."""
+    counts = rng.poisson(mean, rows)
+    indptr = np.r_[0, np.cumsum(counts)]
+    matrix = sp.csr_matrix(
+        (np.ones(indptr[-1], np.float32), rng.integers(0, cols, indptr[-1]), indptr), shape=(rows, cols)
+    )
+    matrix.sum_duplicates()
+    return matrix
 
 
 # -- stores ----------------------------------------------------------------------------------
@@ -597,7 +606,7 @@ def test_user_record_round_trip(case: tuple[int, int, int]) -> None:
     for r, length in enumerate(lengths):
         candidates[r, length:] = -1
     scores = -np.sort(-rng.standard_normal((rows, n)).astype(np.float32), axis=1)
-    seen = sp.random(rows, n_items, density=min(1.0, 5 / n_items), format="csr", random_state=seed % 2**31)
+    seen = random_csr(rng, rows, n_items, 5)
     factors = rng.standard_normal((rows, 4)).astype(np.float32)
     from recsvc.store.base import UserSegment
 
