@@ -27,6 +27,14 @@ T = TypeVar("T")
 STORE_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, ConnectionError, TimeoutError, OSError)
 
 
+# A store call that misses a deadline shorter than this does not count against the store.
+MIN_FAILURE_BUDGET = 0.01
+
+
+class _CallerTooHurried(Exception):
+    """The caller's deadline left too little time to judge the store by."""
+
+
 class LruCache(Generic[K, V]):
     """A small thread-safe LRU map."""
 
@@ -87,9 +95,13 @@ class StoreGuard:
                 self._probing = probe = True
         try:
             if budget is not None and budget < self.store_timeout:
+                if budget <= 0:  # the caller's deadline has passed: not the store's fault
+                    raise StoreUnavailable("no time left before the deadline")
                 result = self._bounded(fn, args, budget)
             else:
                 result = fn(*args)
+        except _CallerTooHurried as exc:
+            raise StoreUnavailable(str(exc)) from None
         except STORE_FAILURES as exc:
             self.record_failure()
             raise StoreUnavailable(f"feature store call failed: {type(exc).__name__}") from exc
@@ -103,8 +115,6 @@ class StoreGuard:
     def _bounded(self, fn: Callable[..., T], args: tuple[object, ...], budget: float) -> T:
         # Only requests whose deadline is shorter than the store's socket timeout pay the
         # thread hand-off; the call keeps running if we give up on it.
-        if budget <= 0:
-            raise TimeoutError("no time left before the deadline")
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
@@ -113,7 +123,10 @@ class StoreGuard:
         try:
             return future.result(timeout=budget)
         except FutureTimeout:
-            raise TimeoutError(f"store call took longer than {budget * 1000:.0f} ms") from None
+            message = f"store call took longer than {budget * 1000:.0f} ms"
+            if budget < MIN_FAILURE_BUDGET:
+                raise _CallerTooHurried(message) from None  # a healthy store may need longer
+            raise TimeoutError(message) from None
 
     def record_failure(self) -> None:
         with self._lock:

@@ -543,3 +543,29 @@ def test_recommend_validation_accepts_or_names_the_field(
     assert 1 <= query.k <= 100 and query.user_id == user and 0 < len(user) <= 256
     if query.filter.min_price is not None and query.filter.max_price is not None:
         assert query.filter.min_price <= query.filter.max_price
+
+
+# -- the circuit breaker -------------------------------------------------------------------------
+def test_breaker_opens_on_store_trouble_not_on_hurried_callers() -> None:
+    from recsvc.errors import StoreUnavailable
+    from serving.fallback import StoreGuard
+
+    guard = StoreGuard(retry_after=0.05, store_timeout=0.1)
+
+    def slow() -> str:
+        time.sleep(0.04)
+        return "late"
+
+    for budget in (0.0, -1.0, 0.005):  # the caller's deadline, not the store, is the problem
+        with pytest.raises(StoreUnavailable):
+            guard.call(slow, budget=budget)
+        assert not guard.degraded
+    with pytest.raises(StoreUnavailable):
+        guard.call(slow, budget=0.02)  # a store slower than a reasonable deadline
+    assert guard.degraded
+    with pytest.raises(StoreUnavailable):  # open: answered at once from the cache
+        guard.call(lambda: "ok")
+    time.sleep(0.06)
+    assert guard.call(lambda: "ok") == "ok"  # the probe succeeds and closes the breaker
+    assert not guard.degraded
+    guard.close()
