@@ -96,7 +96,7 @@ class StoreGuard:
         try:
             if budget is not None and budget < self.store_timeout:
                 if budget <= 0:  # the caller's deadline has passed: not the store's fault
-                    raise StoreUnavailable("no time left before the deadline")
+                    raise _CallerTooHurried("no time left before the deadline")
                 result = self._bounded(fn, args, budget)
             else:
                 result = fn(*args)
