@@ -36,6 +36,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,6 +52,12 @@ SCORE_U16 = 2
 SCORE_F16 = 3
 SCORE_F32 = 4
 SCORE_CODES = {"u8": SCORE_U8, "u16": SCORE_U16, "f16": SCORE_F16, "f32": SCORE_F32}
+_SCORE_DTYPES: dict[int, np.dtype[Any]] = {
+    SCORE_U8: np.dtype("u1"),
+    SCORE_U16: np.dtype("<u2"),
+    SCORE_F16: np.dtype("<f2"),
+    SCORE_F32: np.dtype("<f4"),
+}
 
 FLOAT16 = 1
 FLOAT32 = 2
@@ -325,23 +332,19 @@ def _encode_scored_batch(
     valid = np.arange(cols)[None, :] < lengths[:, None]
     packed = pack_index_rows(np.where(valid, indexes, 0), width)
     heads = [bytes((width, code)) + _varint(int(n)) for n in lengths.tolist()]
+    if code not in _SCORE_DTYPES:
+        raise ValueError(f"unknown score code {code}")
+    dtype = _SCORE_DTYPES[code]
     if code in (SCORE_U8, SCORE_U16):
-        levels = 255 if code == SCORE_U8 else 65535
-        low, high, q = _quantise(scores, valid, levels)
-        dtype = np.uint8 if code == SCORE_U8 else np.dtype("<u2")
+        low, high, q = _quantise(scores, valid, 255 if code == SCORE_U8 else 65535)
         score_bytes = np.ascontiguousarray(q.astype(dtype)).view(np.uint8).reshape(rows, -1)
         score_heads = [_F32x2.pack(lo, hi) for lo, hi in zip(low.tolist(), high.tolist(), strict=True)]
-        size = 1 if code == SCORE_U8 else 2
-    elif code in (SCORE_F16, SCORE_F32):
-        dtype = np.dtype("<f2") if code == SCORE_F16 else np.dtype("<f4")
+    else:
         limit = 65504.0 if code == SCORE_F16 else float(np.finfo(np.float32).max)
         values = np.clip(np.where(valid, scores, 0), -limit, limit).astype(dtype)  # no inf
         score_bytes = np.ascontiguousarray(values).view(np.uint8).reshape(rows, -1)
         score_heads = [b""] * rows
-        size = dtype.itemsize
-    else:
-        raise ValueError(f"unknown score code {code}")
-    return _ScoredBatch(heads, packed, score_heads, score_bytes, lengths, width, size)
+    return _ScoredBatch(heads, packed, score_heads, score_bytes, lengths, width, dtype.itemsize)
 
 
 def encode_scored_list(indexes: np.ndarray, scores: np.ndarray, width: int, code: int = SCORE_U8) -> bytes:
@@ -367,22 +370,18 @@ def decode_scored_list(data: memoryview | bytes, pos: int = 0) -> tuple[np.ndarr
     size = index_bytes(n, width)
     indexes = unpack_index_code(data[pos : pos + size], n, width)
     pos += size
+    if code not in _SCORE_DTYPES:
+        raise BundleFormatError(f"store record: unknown score code {code}")
+    dtype = _SCORE_DTYPES[code]
     if code in (SCORE_U8, SCORE_U16):
         low, high = _F32x2.unpack_from(data, pos)
         pos += 8
-        dtype = np.uint8 if code == SCORE_U8 else np.dtype("<u2")
-        size = 1 if code == SCORE_U8 else 2
-        q = np.frombuffer(data[pos : pos + n * size], dtype=dtype, count=n)
+        q = np.frombuffer(data[pos : pos + n * dtype.itemsize], dtype=dtype, count=n)
         scores = dequantise(low, high, q, 255 if code == SCORE_U8 else 65535)
-        pos += n * size
-    elif code in (SCORE_F16, SCORE_F32):
-        dtype = np.dtype("<f2") if code == SCORE_F16 else np.dtype("<f4")
-        scores = np.frombuffer(data[pos : pos + n * dtype.itemsize], dtype=dtype, count=n).astype(
-            np.float32
-        )
-        pos += n * dtype.itemsize
     else:
-        raise BundleFormatError(f"store record: unknown score code {code}")
+        raw = np.frombuffer(data[pos : pos + n * dtype.itemsize], dtype=dtype, count=n)
+        scores = raw.astype(np.float32)
+    pos += n * dtype.itemsize
     return indexes, scores, pos
 
 
@@ -477,10 +476,10 @@ def encode_user_records(
             start, end = int(indptr[i]), int(indptr[i + 1])
             if end == start:
                 continue
-            payload = [head, _varint(end - start), bytes((byte_width,)),
-                       packed[start * byte_width : end * byte_width].tobytes()]
-            payload += [column[start:end].tobytes() for column in columns]
-            parts[i].append(_section(TAG_BUYAGAIN, b"".join(payload)))
+            pieces = [head, _varint(end - start), bytes((byte_width,)),
+                      packed[start * byte_width : end * byte_width].tobytes()]
+            pieces += [column[start:end].tobytes() for column in columns]
+            parts[i].append(_section(TAG_BUYAGAIN, b"".join(pieces)))
     return [b"".join(p) for p in parts]
 
 
@@ -510,7 +509,8 @@ def _leading_valid(indexes: np.ndarray) -> np.ndarray:
     """Per row: how many entries come before the first negative one."""
     negative = indexes < 0
     first = np.argmax(negative, axis=1)
-    return np.where(negative.any(axis=1), first, indexes.shape[1]).astype(np.int64)
+    lengths: np.ndarray = np.where(negative.any(axis=1), first, indexes.shape[1]).astype(np.int64)
+    return lengths
 
 
 def decode_user_record(data: bytes, user_id: str) -> UserFeatures:
@@ -565,7 +565,8 @@ def encode_array(values: np.ndarray) -> bytes:
 
 
 def decode_array(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    values: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    return values
 
 
 def encode_strings(values: Sequence[str]) -> bytes:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -377,26 +377,27 @@ def publish_bundle(
         engine.put_version_meta(version, meta)
         total_bytes = 0
 
+        quiet: dict[str, Any] = {} if progress else {"disable": True}
         writer = _Writer()
         try:
             blobs: dict[str, bytes] = {}
             for name, blob in version_blobs(content):
                 blobs[name] = blob
                 total_bytes += len(blob)
-            writer.submit(lambda blobs=blobs: engine.put_blobs(version, blobs))
+            writer.submit(partial(engine.put_blobs, version, blobs))
             if on_batch:
                 on_batch("version", 1, 1)
 
             n_similar = 0
             if content.similar is not None:
                 bar = progress_bar(total=n_items, desc=f"publish {version} similar", unit="items",
-                                   disable=None if progress else True)
+                                   **quiet)
                 for start in range(0, n_items, ITEM_BATCH):
                     stop = min(start + ITEM_BATCH, n_items)
-                    records = similar_records(content, start, stop, engine.score_code)
-                    n_similar += len(records)
-                    total_bytes += sum(len(r) for _, r in records)
-                    writer.submit(lambda records=records: engine.put_items(version, records))
+                    similar = similar_records(content, start, stop, engine.score_code)
+                    n_similar += len(similar)
+                    total_bytes += sum(len(r) for _, r in similar)
+                    writer.submit(partial(engine.put_items, version, similar))
                     bar.update(stop - start)
                     if on_batch:
                         on_batch("similar", stop, n_items)
@@ -408,7 +409,7 @@ def publish_bundle(
             if keep_rows is not None:
                 order = order[keep_rows]
             bar = progress_bar(total=len(order), desc=f"publish {version} users", unit="users",
-                               disable=None if progress else True)
+                               **quiet)
             for start in range(0, len(order), USER_BATCH):
                 rows = order[start : start + USER_BATCH]
                 records = codec.encode_user_records(
@@ -416,7 +417,7 @@ def publish_bundle(
                 )
                 ids = [user_ids[i] for i in rows.tolist()]
                 total_bytes += sum(len(r) for r in records)
-                writer.submit(lambda ids=ids, records=records: engine.put_users(version, ids, records))
+                writer.submit(partial(engine.put_users, version, ids, records))
                 bar.update(len(rows))
                 engine.refresh_publish_lock(version)
                 if on_batch:

@@ -49,7 +49,7 @@ import numpy as np
 import redis
 import redis.cluster
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisError, ResponseError
 from redis.retry import Retry
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
@@ -95,7 +95,7 @@ def _guard(method: Callable[..., T]) -> Callable[..., T]:
     def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.cluster.ClusterError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, ClusterError) as exc:
             raise StoreUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         except ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
@@ -133,7 +133,7 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
             raise InvalidInput("--store", f"bad port in '{host}'") from None
     path = parts.path.strip("/")
     try:
-        db = int(path or query.get("db", 0))
+        db = int(path or query.get("db", "0"))
     except ValueError:
         raise InvalidInput("--store", f"database '{path}' is not a number") from None
     flag = str(options.pop("cluster", query.get("cluster", ""))).lower()
@@ -196,7 +196,7 @@ class RedisStore(StoreEngine):
         common.update(settings["options"])  # e.g. ssl_ca_certs, ssl_cert_reqs
         try:
             if settings["cluster"]:
-                nodes = [redis.cluster.ClusterNode(h, p) for h, p in settings["nodes"]]
+                nodes = [redis.cluster.ClusterNode(h, p) for h, p in settings["nodes"]]  # type: ignore[no-untyped-call]
                 client: Any = redis.cluster.RedisCluster(startup_nodes=nodes, **common)
             else:
                 host, port = settings["nodes"][0]
