@@ -138,6 +138,8 @@ class LatencyHistogram:
         for index in sorted(self.counts):
             seen += self.counts[index]
             if seen >= rank:
+                if index == self._top:  # the overflow bucket: only the maximum is known
+                    return self.max
                 return min(max(self.upper_bound(index), self.min), self.max)
         return self.max
 

@@ -1,0 +1,226 @@
+"""Smoke tests of the benchmarks: `recsvc bench serve` against a real gRPC server on 127.0.0.1,
+`recsvc bench train` at a tiny size, the latency histogram against numpy, the open loop's
+accounting of queueing, and where request ids come from (files, bundles, a real Redis).
+
+They assert that the tools produce well-formed results, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsvc import loadgen
+from recsvc.cli import main
+from recsvc.commands.bench import parse_duration, parse_sizes
+from recsvc.errors import InvalidInput
+from recsvc.loadgen import CallPool, LatencyHistogram, load_ids, run_phase
+from tests.fixtures_grpc import N_ITEMS, N_USERS, bundle_dir, memory_server  # noqa: F401
+from tests.fixtures_redis import redis_url  # noqa: F401  (fixture)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+QUANTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
+
+
+# -- histogram --------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(min_value=1e-6, max_value=59.0, allow_nan=False), min_size=1, max_size=400),
+    st.sampled_from(QUANTILES),
+)
+def test_histogram_percentiles_within_precision_of_numpy(values: list[float], q: float) -> None:
+    hist = LatencyHistogram(precision=0.01)
+    for value in values:
+        hist.record(value)
+    exact = float(np.percentile(np.asarray(values), q, method="inverted_cdf"))
+    reported = hist.percentile(q)
+    assert exact * (1 - 1e-9) <= reported <= exact * 1.01 * (1 + 1e-9)
+    assert hist.count == len(values)
+    assert hist.max == max(values)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(min_value=1e-6, max_value=10.0, allow_nan=False), min_size=1, max_size=200),
+    st.lists(st.floats(min_value=1e-6, max_value=10.0, allow_nan=False), min_size=1, max_size=200),
+)
+def test_histogram_merge_equals_recording_everything(left: list[float], right: list[float]) -> None:
+    a, b, both = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    for value in left:
+        a.record(value)
+        both.record(value)
+    for value in right:
+        b.record(value)
+        both.record(value)
+    a.merge(b)
+    assert a.counts == both.counts
+    assert [a.percentile(q) for q in QUANTILES] == [both.percentile(q) for q in QUANTILES]
+
+
+def test_histogram_clamps_out_of_range_and_is_empty_safe() -> None:
+    hist = LatencyHistogram()
+    assert math.isnan(hist.percentile(50))
+    assert hist.summary_ms()["p99"] is None
+    hist.record(1e-9)
+    hist.record(120.0)  # above the 60 s range: clamped into the top bucket, max stays exact
+    assert hist.clamped == 1
+    assert hist.percentile(100) == 120.0
+    with pytest.raises(InvalidInput, match="q"):
+        hist.percentile(0)
+
+
+# -- open loop vs closed loop -----------------------------------------------------------------
+def _serialised_pool(service_seconds: float) -> CallPool:
+    """Calls to a stand-in server that handles one call at a time (a queue builds under load)."""
+    lock = asyncio.Lock()
+
+    async def call() -> None:
+        async with lock:
+            await asyncio.sleep(service_seconds)
+
+    return CallPool(["Slow"], [call])
+
+
+def test_open_loop_counts_queueing_that_closed_loop_hides() -> None:
+    # A server that needs 20 ms a call can do 50/s; offered 100/s it queues. The open loop
+    # measures from the intended send time, so its latency grows with the queue; the closed
+    # loop (one call in flight) only ever sees the service time.
+    async def both() -> tuple[Any, Any]:
+        opened = await run_phase("open", _serialised_pool(0.02), duration=1.0, warmup=0.0, rate=100.0)
+        closed = await run_phase("closed", _serialised_pool(0.02), duration=1.0, warmup=0.0, concurrency=1)
+        return opened, closed
+
+    opened, closed = asyncio.run(both())
+    assert opened.mode == "open" and closed.mode == "closed"
+    assert opened.latency.count >= 40  # intended sends in the window, all answered eventually
+    assert opened.latency.percentile(90) > 0.2  # queueing (~0.5 s at the end), not 20 ms
+    assert closed.latency.percentile(90) < opened.latency.percentile(90) / 4
+    assert not opened.errors and not closed.errors
+
+
+# -- parsing ----------------------------------------------------------------------------------
+def test_durations_and_sizes_parse_and_reject_bad_values() -> None:
+    assert parse_duration("30s", "--duration") == 30.0
+    assert parse_duration("2m", "--duration") == 120.0
+    assert parse_duration("500ms", "--warmup") == 0.5
+    assert parse_duration("1.5", "--duration") == 1.5
+    assert parse_sizes("0.1M,1M,20M,5k") == [100_000, 1_000_000, 20_000_000, 5_000]
+    with pytest.raises(InvalidInput, match="--duration"):
+        parse_duration("soon", "--duration")
+    with pytest.raises(InvalidInput, match="--sizes"):
+        parse_sizes("1M,lots")
+
+
+def test_bench_serve_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "serve", "--target", "127.0.0.1:1", "--rpc", "Everything"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "--rpc" in err[0] and "Everything" in err[0]
+
+
+# -- where ids come from ----------------------------------------------------------------------
+def test_ids_from_files_and_bundles(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    plain = tmp_path / "users.txt"
+    plain.write_text("# customers\nu1\nu2\n\nu3\n")
+    assert load_ids(str(plain)).users == ("u1", "u2", "u3")
+
+    table = tmp_path / "events.csv"
+    table.write_text("user_id,item_id,event_type\na,x,view\nb,y,view\na,y,cart\n")
+    from_table = load_ids(str(table))
+    assert sorted(from_table.users) == ["a", "b"] and sorted(from_table.items) == ["x", "y"]
+
+    from_bundle = load_ids(str(bundle_dir))
+    assert len(from_bundle.users) == N_USERS and len(from_bundle.items) == N_ITEMS
+    assert "books" in from_bundle.categories
+
+    with pytest.raises(InvalidInput, match="--users-from"):
+        load_ids(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.redis
+def test_ids_from_a_redis_store(redis_url: str, bundle_dir: Path) -> None:  # noqa: F811
+    from recsvc.bundle import Bundle
+    from recsvc.store import open_store
+
+    store = open_store(redis_url)
+    try:
+        store.publish(Bundle(bundle_dir), progress=False)
+    finally:
+        store.close()
+    ids = load_ids(redis_url)
+    assert len(ids.items) == N_ITEMS
+    assert set(ids.users) == set(Bundle(bundle_dir).users.ids)  # every user of a small store
+    assert "vip" in ids.segments
+
+
+# -- the tools end to end ---------------------------------------------------------------------
+def test_bench_serve_against_a_real_server(memory_server: Any, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    out, plot = tmp_path / "serve.json", tmp_path / "serve.png"
+    code = main([
+        "bench", "serve", "--target", memory_server.target, "--rpc", "Recommend,mix",
+        "--users-from", str(bundle_dir), "--concurrency", "4", "--duration", "1s",
+        "--warmup", "200ms", "--out", str(out), "--plot", str(plot),
+    ])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["cores"] >= 1 and result["versions"]["grpcio"] and result["date"]
+    assert [p["name"] for p in result["phases"]] == ["Check", "Recommend", "mix"]
+    for phase in result["phases"]:
+        assert phase["requests_ok"] > 0 and phase["errors"] == {}
+        lat = phase["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+        assert sum(s["ok"] for s in phase["per_second"]) == phase["requests_ok"]
+        assert phase["generator"]["cpu_per_wall"] > 0
+    assert set(result["rps_vs_floor"]) == {"Recommend", "mix"}
+    assert set(result["phases"][2]["per_rpc"]) == set(loadgen.MIX_WEIGHTS)
+    assert result["ids"]["users"] == N_USERS and result["ids"]["users_known"] is True
+    assert result["model"]["n_items"] == N_ITEMS
+    assert plot.read_bytes().startswith(PNG)
+
+
+def test_bench_serve_open_loop_without_ids(memory_server: Any) -> None:  # noqa: F811
+    # No --users-from: items are harvested from the server, users are synthetic (cold start),
+    # and the result says so.
+    config = loadgen.LoadConfig(
+        target=memory_server.target, rpcs=("SimilarItems", "Recommend"), rate=200.0,
+        duration=1.0, warmup=0.1, floor=False,
+    )
+    result = loadgen.run(config)
+    assert [p["name"] for p in result["phases"]] == ["SimilarItems", "Recommend"]
+    assert result["config"]["mode"] == "open"
+    assert result["ids"]["users_known"] is False and "synthetic" in result["ids"]["source"]
+    assert 0 < result["ids"]["items"] <= N_ITEMS
+    for phase in result["phases"]:
+        assert phase["requests_ok"] > 100 and phase["errors"] == {}
+        assert phase["generator"]["not_sent"] == 0
+
+
+@pytest.mark.slow
+def test_bench_train_tiny(tmp_path: Path) -> None:
+    out, plot = tmp_path / "train.json", tmp_path / "train.png"
+    started = time.perf_counter()
+    code = main([
+        "bench", "train", "--sizes", "3k,6k", "--items", "60", "--events-per-user", "30",
+        "--work", str(tmp_path / "work"), "--out", str(out), "--plot", str(plot),
+    ])
+    assert code == 0, f"bench train failed after {time.perf_counter() - started:.0f}s"
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "train" and result["machine"]["memory_gib"] > 0
+    runs = result["runs"]
+    assert [r["events_requested"] for r in runs] == [3000, 6000]
+    for run in runs:
+        assert run["exit_code"] == 0
+        assert run["items"] <= 60 and run["interactions"] > 0
+        assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0
+        assert 0.01 < run["peak_rss_gib"] <= run["peak_tree_rss_gib"] + 1e-9
+        assert run["als_fit_seconds"] is not None and "candidates" in run["steps"]
+    assert plot.read_bytes().startswith(PNG)
