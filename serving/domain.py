@@ -156,10 +156,6 @@ class _UserView:
     features: UserFeatures | None
     fallback: bool
 
-    @property
-    def known(self) -> bool:
-        return self.features is not None and self.features.known
-
 
 class RecommendationService:
     """One method per RPC; thread-safe; holds the store, the served model and the caches."""
@@ -287,26 +283,29 @@ class RecommendationService:
                 exclude=exclude,
                 item_ids=model.catalog.ids.ids,
             )
+        # Similar items of the newest cart items, read only if the rules leave room; scored
+        # below every rule as in `recsvc.crosssell` (floor * s / (1 + s)).
         floor = model.rules.similarity_floor if model.rules is not None else 1.0
-        neighbours: list[Iterable[ScoredItem]] = []
-        for item in cart[-CROSS_SELL_SOURCES:][::-1]:  # the newest cart items first
+        failed: list[bool] = []
+
+        def neighbours(item: int) -> Iterator[ScoredItem]:
             try:
                 items, scores = self._similar(model, item, deadline)
             except StoreUnavailable:
-                fallback = True
-                continue
-            name = model.catalog.item_id(item)
-            neighbours.append(
-                ScoredItem(i, floor * max(s, 0.0) / (1.0 + max(s, 0.0)), f"similar to {name}")
-                for i, s in zip(items.tolist(), scores.tolist(), strict=False)
-                if i >= 0
-            )
+                failed.append(True)
+                return
+            reason = f"similar to {model.catalog.item_id(item)}"
+            for other, value in zip(items.tolist(), scores.tolist(), strict=False):
+                if other >= 0:
+                    yield ScoredItem(other, floor * max(value, 0.0) / (1.0 + max(value, 0.0)), reason)
+
+        newest = cart[-CROSS_SELL_SOURCES:][::-1]
+        primary = itertools.chain(rules, *(neighbours(item) for item in newest))
         categories = frozenset(str(model.catalog.category[i]) for i in cart) - {""}
         topups = [*self._category_lists(model, FilterSpec(categories=categories)), self._global(model)]
         allowed = model.filters.allowed(query.filter)
-        primary = itertools.chain(rules, *neighbours)
         answer = finalize(primary, query.k, allowed, exclude, topups)
-        return self._result(model, answer, Source.PERSONALIZED, fallback)
+        return self._result(model, answer, Source.PERSONALIZED, fallback or bool(failed))
 
     def buy_again(self, query: BuyAgainQuery, deadline: float | None = None) -> Result:
         model = self.tracker.require()
