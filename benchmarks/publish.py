@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsvc.store import codec, open_store
     from recsvc.store.redis import USER_BUCKETS, user_bucket
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="recsvc-bench-publish-"))
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -179,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         raw = [client.hget(f"rs:{{u{b}}}:v:{report.version}", content_users[i])
                for i, b in ((i, user_bucket(content_users[i])) for i in sample.tolist())]
         sizes = np.array([len(r) for r in raw if r is not None])
-        decoded = [codec.decode_user_record(r, "x") for r in raw[:200] if r is not None]
-        cand_bytes = np.mean([len(d.candidates) for d in decoded]) * (codec.index_width(args.items) + 1) + 8
+        sections = [codec.section_sizes(r) for r in raw if r is not None]
+        candidate_bytes = float(np.mean([s.get("C", 0) for s in sections]))
+        seen_bytes = float(np.mean([s.get("S", 0) for s in sections]))
 
         # one-round-trip read latency
         latencies = []
@@ -212,13 +214,18 @@ def main(argv: list[str] | None = None) -> int:
             "params": {
                 "users": args.users, "items": args.items, "candidates": args.candidates,
                 "seen_mean": args.seen_mean, "similar": args.similar, "factors": args.factors,
-                "score_encoding": "u8 affine", "index_width_bytes": codec.index_width(args.items),
+                "score_encoding": "u8 affine between the list's min and max",
+                "index_encoding": f"bit-packed, {codec.index_bits(args.items)} bits per item",
+                "seen_encoding": "ascending gaps as LEB128 varints",
             },
+            "load_average_at_start": load_at_start,
+            "note": "other jobs share this machine; load_average_at_start shows how busy it was",
             "bundle_build_seconds": round(build_seconds, 1),
             "publish": {
                 "seconds": round(seconds, 2),
                 "users_per_s": round(report.n_users / seconds),
                 "records_per_s": round((report.n_users + (args.items if args.similar else 0)) / seconds),
+                "records_note": "hash fields written: user records plus similar-item lists",
                 "redis_keys": report.keys,
                 "redis_keys_per_s": round(report.keys / seconds),
                 "encoded_bytes": report.bytes,
@@ -235,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                 "sampled_users": sampled_users,
                 "record_bytes_mean": round(float(sizes.mean()), 1),
                 "record_bytes_p99": int(np.percentile(sizes, 99)),
-                "candidate_section_bytes_mean": round(float(cand_bytes), 1),
+                "candidate_list_bytes_mean": round(candidate_bytes, 1),
+                "seen_list_bytes_mean": round(seen_bytes, 1),
             },
             "read_latency_ms": {
                 "user_features_recent10_p50": round(float(np.percentile(lat, 50)), 3),
                 "user_features_recent10_p99": round(float(np.percentile(lat, 99)), 3),
             },
+            "memory_note": "bytes per user cover the whole user record (200-candidate list, "
+            "seen items), its field name and hash-table entry, and the bucket keys' overhead",
             "targets": {
                 "seconds": TARGET_SECONDS,
                 "bytes_per_user": TARGET_BYTES_PER_USER,

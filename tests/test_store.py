@@ -526,6 +526,54 @@ def test_password_from_env_and_never_shown(tmp_path: Path, monkeypatch: pytest.M
         process.wait()
 
 
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (also its own CA) and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_store(tmp_path: Path, bundles: Path) -> None:
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path / "tls")
+    port = free_port()
+    process = start_redis(tmp_path / "tls-redis", free_port(), "--tls-port", str(port),
+                          "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                          "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+    try:
+        store = open_store(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+        store.publish(make_bundle(bundles, "v1"), progress=False)
+        assert store.user_features("v1", "u00001") is not None
+        with pytest.raises(StoreUnavailable):  # plain text to a TLS port
+            open_store(f"redis://127.0.0.1:{port}/0", socket_timeout=1)
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def test_unreachable_redis_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match="cannot reach"):
         open_store(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)

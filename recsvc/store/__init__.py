@@ -4,8 +4,9 @@
                                     is shared by every `open_store` of that name in the process;
                                     `memory://` alone is a fresh private store. It lives only as
                                     long as the process (publish into it inside `recsvc serve`).
-    redis://[:password@]host:port/db[?prefix=rs&cluster=1]
-    rediss://...                    the same over TLS
+    redis://[:password@]host:port/db[?prefix=rs&cluster=1&timeout=5]
+    rediss://...[?ssl_ca_certs=ca.pem&ssl_certfile=..&ssl_keyfile=..&ssl_cert_reqs=required]
+                                    the same over TLS
     redis+cluster://[:password@]host:port[,host:port...][?prefix=rs]
                                     Redis Cluster (also `redis://...?cluster=1` or cluster=True)
 

@@ -483,6 +483,19 @@ def encode_user_records(
     return [b"".join(p) for p in parts]
 
 
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Bytes per section of a user record (tag letter -> bytes incl. its header), for reports."""
+    view = memoryview(data)
+    sizes = {"header": 1}
+    pos = 1
+    while pos < len(view):
+        tag = chr(view[pos])
+        length, start = _read_varint(view, pos + 1)
+        sizes[tag] = sizes.get(tag, 0) + start - pos + length
+        pos = start + length
+    return sizes
+
+
 def _decode_buyagain(body: memoryview) -> BuyAgainLists:
     trained_at, horizon_days = _BUYAGAIN_HEAD.unpack_from(body, 0)
     n, pos = _read_varint(body, _BUYAGAIN_HEAD.size)

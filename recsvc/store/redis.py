@@ -64,6 +64,7 @@ ITEMS_PER_BUCKET = 256
 CHUNK = 4 << 20  # blobs above this go into several hash fields
 LOCK_TTL_MS = 60_000
 PASSWORD_ENV = "RECSVC_REDIS_PASSWORD"
+TLS_QUERY = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 _BLOB_WHOLE = b"\x00"
 _BLOB_CHUNKED = b"\x01"
 
@@ -143,6 +144,12 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
         raise InvalidInput("prefix", f"'{prefix}' must be non-empty without braces, colons or spaces")
     if cluster and db != 0:
         raise InvalidInput("--store", "Redis Cluster has only database 0")
+    for name in TLS_QUERY:  # TLS settings may come in the URL, e.g. ?ssl_ca_certs=/etc/ca.pem
+        if name in query and name not in options:
+            value: Any = query[name]
+            if name == "ssl_check_hostname":
+                value = value.lower() in ("1", "true", "yes", "on")
+            options[name] = value
     return {
         "nodes": nodes,
         "tls": tls,
