@@ -569,3 +569,14 @@ def test_breaker_opens_on_store_trouble_not_on_hurried_callers() -> None:
     assert guard.call(lambda: "ok") == "ok"  # the probe succeeds and closes the breaker
     assert not guard.degraded
     guard.close()
+
+
+# -- the storefront demo -------------------------------------------------------------------------
+def test_storefront_demo_calls_every_rpc(memory_server: RunningServer, bundle_dir: Path) -> None:  # noqa: F811
+    from serving.demo_client import run_storefront_demo
+
+    text = run_storefront_demo(memory_server.target, bundle_dir)
+    for call in ("Recommend(", "SimilarItems(", "CrossSell(", "BuyAgain(", "Popular(", "RecordEvent(", "version"):
+        assert call in text, call
+    assert "is no longer recommended" in text
+    assert "INVALID_ARGUMENT: k: must be between 1 and 100" in text
