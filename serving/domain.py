@@ -205,6 +205,10 @@ class RecommendationService:
         for listener in self._listeners:
             listener(model)
 
+    def drop_user(self, user_id: str) -> None:
+        """Forget what this process caches about a user (e.g. after a ForgetUser)."""
+        self.user_cache.pop(user_id)
+
     # -- RPCs -----------------------------------------------------------------------------
     def recommend(self, query: RecommendQuery, deadline: float | None = None) -> Result:
         model = self.tracker.require()

@@ -59,6 +59,10 @@ class LruCache(Generic[K, V]):
             if len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
 
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
