@@ -311,6 +311,20 @@ def test_forget_user_everywhere(store: Any, bundles: Path) -> None:
     assert store.versions()[-1].n_users == 59
 
 
+def test_user_forgotten_during_a_publish_is_not_published(store: Any, bundles: Path) -> None:
+    bundle = make_bundle(bundles, "v1", n_users=9000)
+    other = open_store(store.url)
+
+    def forget_midway(stage: str, done: int, total: int) -> None:
+        if stage == "users" and done == 4096:
+            other.forget_user("u08999")  # written in a later batch, or already: either way gone
+
+    report = store.publish(bundle, progress=False, on_batch=forget_midway)
+    assert report.n_users == 8999
+    assert store.user_features("v1", "u08999") is None
+    assert store.user_features("v1", "u08998") is not None
+
+
 def test_item_updates_without_retrain(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     before = store.state()

@@ -128,29 +128,42 @@ class BundleContent:
         return users, items
 
     @cached_property
-    def segments(self) -> list[UserSegment | None] | None:
+    def segments(self) -> dict[str, np.ndarray] | None:
+        """Columns of segments/users.parquet (row = user index), defaults for missing ones."""
         if not self.bundle.has("segments/users.parquet"):
             return None
         frame = self.bundle.frame("segments/users")
+        rows = len(frame)
+        defaults: dict[str, tuple[Any, Any]] = {
+            "segment": ("", object), "cluster": (-1, np.int64), "recency_days": (np.nan, np.float64),
+            "frequency": (0.0, np.float64), "monetary": (0.0, np.float64),
+            "r": (0, np.int64), "f": (0, np.int64), "m": (0, np.int64),
+        }
+        columns: dict[str, np.ndarray] = {}
+        for name, (default, dtype) in defaults.items():
+            if name not in frame.columns:
+                columns[name] = np.full(rows, default, dtype=dtype)
+            elif dtype is object:
+                columns[name] = frame[name].fillna("").astype(str).to_numpy(dtype=object)
+            else:
+                columns[name] = frame[name].fillna(default).to_numpy(dtype=dtype)
+        return columns
 
-        def column(name: str, default: float) -> list[Any]:
-            if name in frame.columns:
-                values = frame[name]
-                return list(values.fillna(default).tolist())
-            return [default] * len(frame)
-
-        segment = [str(s) for s in frame["segment"].fillna("").tolist()] if "segment" in frame else [""] * len(frame)
-        cols = {n: column(n, d) for n, d in (("cluster", -1), ("recency_days", np.nan),
-                                            ("frequency", 0.0), ("monetary", 0.0),
-                                            ("r", 0), ("f", 0), ("m", 0))}
-        out: list[UserSegment | None] = [None] * len(self.user_ids)
-        for i in range(min(len(frame), len(out))):
-            out[i] = UserSegment(
-                segment[i], int(cols["cluster"][i]), float(cols["recency_days"][i]),
-                float(cols["frequency"][i]), float(cols["monetary"][i]),
-                int(cols["r"][i]), int(cols["f"][i]), int(cols["m"][i]),
-            )
-        return out
+    def segment_rows(self, rows: np.ndarray) -> list[UserSegment | None] | None:
+        columns = self.segments
+        if columns is None:
+            return None
+        n = len(columns["segment"])
+        picked = {name: values[np.minimum(rows, max(n - 1, 0))].tolist() if n else []
+                  for name, values in columns.items()}
+        return [
+            UserSegment(picked["segment"][i], int(picked["cluster"][i]),
+                        float(picked["recency_days"][i]), float(picked["frequency"][i]),
+                        float(picked["monetary"][i]), int(picked["r"][i]), int(picked["f"][i]),
+                        int(picked["m"][i]))
+            if row < n else None
+            for i, row in enumerate(rows.tolist())
+        ]
 
     @cached_property
     def buyagain(self) -> BuyAgainLists | None:
@@ -211,7 +224,7 @@ class BundleContent:
         if self.factors is not None:
             batch.factors = np.asarray(self.factors[0][rows])
         if self.segments is not None:
-            batch.segments = [self.segments[i] for i in rows.tolist()]
+            batch.segments = self.segment_rows(rows)
         if self.buyagain is not None:
             batch.buyagain = _buyagain_rows(self.buyagain, rows)
         if batch.rows == 0 and len(rows):  # a bundle with no per-user component at all
@@ -432,9 +445,10 @@ def publish_bundle(
 
         # users forgotten while we wrote: remove them before anyone can read this version
         late = set(engine.forgotten_users()) - forgotten
-        if late:
-            engine.delete_users(version, [u for u in late if u in set(user_ids)])
-        expected_users = len(order) - len(late & set(user_ids))
+        late_here = [u for u in late if bundle.users.get(u) >= 0]
+        if late_here:
+            engine.delete_users(version, late_here)
+        expected_users = len(order) - len(late_here)
         verify_version(engine, version, expected_users, n_similar, set(blobs))
         keys = engine.count_keys(version)
         meta.update(status=READY, published_at=utc_now(), n_users=expected_users,
