@@ -151,6 +151,23 @@ def basket_split(
     return test_basket, pair_held[inverse]
 
 
+def training_rows(log: EventLog, method: str, ratio: float = 0.25, seed: int = 42) -> np.ndarray:
+    """Mask of the rows on the training side of a split (to carve a validation split from)."""
+    if method not in SPLITS:
+        raise InvalidInput("--split", f"unknown split '{method}' (one of {', '.join(SPLITS)})")
+    if method in ("temporal", "leave-last") and not log.has_column.get("timestamp", False):
+        raise InvalidInput("--split", f"'{method}' needs a timestamp column in the log")
+    if method == "random":
+        return ~random_split(log.user, log.item, ratio, seed)
+    if method == "temporal":
+        return ~temporal_split(log.timestamp, ratio)
+    if method == "leave-last":
+        return ~leave_last_split(log.user, log.item, log.timestamp)
+    time = log.timestamp if log.has_column.get("timestamp", False) else log.user
+    test_basket, _ = basket_split(log.user, log.item, time, ratio, seed)
+    return ~test_basket
+
+
 @dataclass(frozen=True)
 class Split:
     """Users x items matrices of one split (all with the log's full shape)."""
@@ -170,22 +187,12 @@ def split_log(
     events: EventsConfig | None = None,
 ) -> Split:
     """Split `log` by `method` (one of SPLITS); training strengths use `events` weights."""
-    if method not in SPLITS:
-        raise InvalidInput("--split", f"unknown split '{method}' (one of {', '.join(SPLITS)})")
     events = events or EventsConfig()
     shape = (len(log.users), len(log.items))
     counts: dict[str, int] = {}
-    needs_time = method in ("temporal", "leave-last")
-    if needs_time and not log.has_column.get("timestamp", False):
-        raise InvalidInput("--split", f"'{method}' needs a timestamp column in the log")
-    if method == "random":
-        test_rows = random_split(log.user, log.item, ratio, seed)
-    elif method == "temporal":
-        test_rows = temporal_split(log.timestamp, ratio)
-    elif method == "leave-last":
-        test_rows = leave_last_split(log.user, log.item, log.timestamp)
-    else:
+    if method == "baskets":
         return _basket_matrices(log, ratio, seed, events, shape)
+    test_rows = ~training_rows(log, method, ratio, seed)
 
     train_log = log.mask(~test_rows)
     train = interaction_matrix(train_log, event_weights(train_log, events), shape)
