@@ -1,0 +1,244 @@
+"""Recommendation quality benchmark: every model against popularity and implicit's ALS at its
+library defaults, on MovieLens 100k, a synthetic store and the Groceries baskets, in one run.
+
+Protocols (top-10, seen items removed, ranking through recsvc.ranking.rank_users):
+- MovieLens 100k: all ratings as implicit positives, per-user stratified random 75/25 split,
+  split seeds 1-5 (mean and spread).
+- synthetic store (recsvc.synth, views/carts/purchases): temporal split, last 25% of events.
+- Groceries: basket completion over time: the last 25% of baskets are hidden from training,
+  each shows half of its items and the models must find the other half (seeds 1-3).
+Also measured: the default model's fit time on all of MovieLens 100k, and at a ~100k-item
+catalogue its fit time and the time to score and rank one user.
+
+Writes benchmarks/results/quality.json and quality.png. Run: `python benchmarks/quality.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsvc.config import TrainConfig, load_train_config  # noqa: E402
+from recsvc.events import EventLog, LoadOptions, load_events  # noqa: E402
+from recsvc.matrix import event_weights, interaction_matrix  # noqa: E402
+from recsvc.ranking import rank_users  # noqa: E402
+from training.evaluation.evaluate import evaluate, format_table  # noqa: E402
+from training.models import build_model  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ["popular", "als-defaults", "bpr", "als", "itemknn", "ease", "blend"]
+
+
+def machine() -> dict[str, Any]:
+    import implicit
+    import scipy
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "implicit": implicit.__version__,
+        "load_average_at_start": list(os.getloadavg()),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def model_list(config: TrainConfig) -> list[str]:
+    names = list(MODELS)
+    if config.default_recommender not in names:
+        names.append(config.default_recommender)
+    return names
+
+
+def ratios(summary: dict[str, dict[str, float]], default: str) -> dict[str, float]:
+    out = {}
+    for baseline in ("popular", "als-defaults"):
+        for metric in ("ndcg", "precision"):
+            base = summary[baseline][metric]
+            out[f"{metric}_vs_{baseline}"] = round(summary[default][metric] / base, 3) if base else 0.0
+    return out
+
+
+def run_dataset(
+    name: str, log: EventLog, config: TrainConfig, split: str, seeds: list[int], k: int = 10
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    report = evaluate(log, model_list(config), config, split, 0.25, seeds, k)
+    print(f"\n== {name}: {split} split, seeds {seeds} ==")
+    print(format_table(report), flush=True)
+    result = report.to_dict()
+    result["default_model"] = config.default_recommender
+    result["default_vs_baselines"] = ratios(report.summary, config.default_recommender)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print("default vs baselines:", result["default_vs_baselines"])
+    return result
+
+
+def synthetic_log(directory: Path, users: int, items: int, seed: int) -> EventLog:
+    from recsvc.synth import SynthConfig, generate, write
+
+    store = generate(SynthConfig(users=users, items=items, days=90, seed=seed, clusters=12))
+    paths = write(store, directory, fmt="parquet")
+    log, _ = load_events(paths["events"], LoadOptions())
+    return log
+
+
+def fit_time_ml100k(config: TrainConfig) -> dict[str, Any]:
+    log, _ = load_events(DATA / "ml-100k" / "ratings.csv", LoadOptions())
+    matrix = interaction_matrix(log, event_weights(log, config.events))
+    model = build_model(config.default_recommender, config)
+    started = time.perf_counter()
+    model.fit(matrix)
+    seconds = time.perf_counter() - started
+    print(f"\ndefault model ({config.default_recommender}) fit on all of MovieLens 100k: {seconds:.2f} s")
+    return {"model": config.default_recommender, "fit_seconds": round(seconds, 3),
+            "params": model.params()}  # fmt: skip
+
+
+def scale_check(config: TrainConfig, directory: Path, items: int, users: int) -> dict[str, Any]:
+    """Fit the default and its parts at a ~100k-item catalogue; time one user's scoring."""
+    log = synthetic_log(directory, users=users, items=items, seed=5)
+    matrix = interaction_matrix(log, event_weights(log, config.events))
+    rng = np.random.default_rng(0)
+    active = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    sample = rng.choice(active, size=min(200, len(active)), replace=False)
+    out: dict[str, Any] = {
+        "catalogue_items": int(matrix.shape[1]),
+        "users": int(matrix.shape[0]),
+        "interactions": int(matrix.nnz),
+        "models": {},
+    }
+    names = [config.default_recommender]
+    if config.default_recommender == "blend":
+        names += [n for n, w in config.blend.items() if w > 0]
+    for name in dict.fromkeys(names):
+        model = build_model(name, config)
+        model.fit(matrix)
+        scorer = model.scorer()
+        timings = []
+        for user in sample.tolist():
+            history = matrix[user : user + 1]
+            started = time.perf_counter()
+            for _ in rank_users(scorer, history, np.array([user]), 10, exclude=history):
+                pass
+            timings.append(time.perf_counter() - started)
+        ms = np.array(timings) * 1000
+        params = model.params()
+        entry = {
+            "fit_seconds": round(model.fit_seconds, 2),
+            "score_one_user_ms_median": round(float(np.median(ms)), 3),
+            "score_one_user_ms_p95": round(float(np.percentile(ms, 95)), 3),
+            "params": params,
+        }
+        weights = getattr(scorer, "weights", None)
+        if weights is not None and hasattr(weights, "nnz"):
+            entry["item_item_nonzeros"] = int(weights.nnz)
+        out["models"][name] = entry
+        print(f"scale {name}: {entry}", flush=True)
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in results["datasets"]]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 5.2), squeeze=False)
+    for axis, name in zip(axes[0], datasets, strict=True):
+        summary = results["datasets"][name]["summary"]
+        models = list(summary)
+        x = np.arange(len(models))
+        for offset, metric, label in ((-0.2, "precision", "precision@10"), (0.2, "ndcg", "nDCG@10")):
+            means = [summary[m][metric] for m in models]
+            spread = [summary[m][f"{metric}_std"] for m in models]
+            axis.bar(x + offset, means, 0.4, yerr=spread, capsize=2, label=label)
+        axis.set_xticks(x, models, rotation=35, ha="right")
+        axis.set_title(f"{name}\n({results['datasets'][name]['protocol']['split']} split, "
+                       f"seeds {results['datasets'][name]['protocol']['seeds']})", fontsize=10)  # fmt: skip
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=8)
+    info = results["machine"]
+    fig.suptitle(
+        f"recsvc quality, default model: {results['default_model']}  |  {info['date']}  "
+        f"{info['cpus']} CPUs, Python {info['python']}, implicit {info['implicit']}, "
+        f"numpy {info['numpy']}, scipy {info['scipy']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="TOML config (default: packaged defaults)")
+    parser.add_argument("--out", default=str(RESULTS / "quality.json"))
+    parser.add_argument("--png", default=str(RESULTS / "quality.png"))
+    parser.add_argument("--scale-items", type=int, default=100_000)
+    parser.add_argument("--scale-users", type=int, default=20_000)
+    parser.add_argument("--skip-scale", action="store_true")
+    args = parser.parse_args(argv)
+
+    config = load_train_config(args.config, environ={})
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "default_model": config.default_recommender,
+        "config": {"events": vars(config.events), "ease": vars(config.ease), "als": vars(config.als),
+                   "itemknn": vars(config.itemknn), "blend": config.blend},  # fmt: skip
+        "baselines": "popular = distinct users per item; als-defaults = implicit "
+        "AlternatingLeastSquares() at library defaults (only random_state set) on the binary matrix",
+        "datasets": {},
+    }
+    ml = DATA / "ml-100k" / "ratings.csv"
+    if ml.exists():
+        log, _ = load_events(ml, LoadOptions())
+        results["datasets"]["MovieLens 100k"] = run_dataset(
+            "MovieLens 100k", log, config, "random", [1, 2, 3, 4, 5]
+        )
+        results["ml100k_fit"] = fit_time_ml100k(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = synthetic_log(Path(tmp) / "synth", users=4000, items=2000, seed=7)
+        results["datasets"]["synthetic store"] = run_dataset(
+            "synthetic store", log, config, "temporal", [1]
+        )
+        groceries = DATA / "groceries" / "baskets.csv"
+        if groceries.exists():
+            options = LoadOptions(columns={"user_id": "order_id"}, cancel_prefix=None)
+            log, _ = load_events(groceries, options)
+            results["datasets"]["Groceries"] = run_dataset(
+                "Groceries", log, config, "baskets", [1, 2, 3]
+            )
+        if not args.skip_scale:
+            results["scale"] = scale_check(
+                config, Path(tmp) / "scale", args.scale_items, args.scale_users
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    plot(results, Path(args.png))
+    print(f"\nwritten {args.out} and {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
