@@ -422,7 +422,8 @@ class RedisStore(StoreEngine):
     def count_keys(self, version: str) -> int:
         keys = [self._users(version, b) for b in range(USER_BUCKETS)]
         keys += [self._items(version, b) for b in range(self._item_buckets(version))]
-        return sum(n > 0 for n in self._hlens(keys)) + 1
+        keys.append(self._data(version))
+        return sum(n > 0 for n in self._hlens(keys))
 
     @_guard
     def drop_version(self, version: str, meta: dict[str, Any]) -> None:
