@@ -394,7 +394,7 @@ def test_reader_never_sees_a_mixed_or_missing_version(store: Any, bundles: Path)
         f"x{n}-{i:05d}" for i in range(3000 - len(users))]) for n in (2, 3)]
     reader = open_store(store.url)  # a second client (a named memory store is shared)
     problems: list[str] = []
-    seen_versions: set[str] = set()
+    seen_versions: list[str] = []
     stop = threading.Event()
 
     def read() -> None:
@@ -403,7 +403,7 @@ def test_reader_never_sees_a_mixed_or_missing_version(store: Any, bundles: Path)
             version = reader.current_version()
             picked = [users[i] for i in rng.choice(len(users), 5, replace=False)]
             answers = reader.user_features_many(version, picked)
-            seen_versions.add(version)
+            seen_versions.append(version)
             marker = int(version[1:])
             for user, answer in zip(picked, answers, strict=True):
                 if answer is None:
@@ -411,17 +411,25 @@ def test_reader_never_sees_a_mixed_or_missing_version(store: Any, bundles: Path)
                 elif answer.candidates[0] != marker:
                     problems.append(f"{version}: {user} has data of another version")
 
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while version not in seen_versions and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     thread = threading.Thread(target=read)
     thread.start()
     try:
+        wait_for("v1")
         for bundle in later:
             store.publish(bundle, progress=False)
-            time.sleep(0.05)
+        wait_for("v3")
     finally:
         stop.set()
         thread.join()
     assert not problems, problems[:5]
-    assert {"v1", "v3"} <= seen_versions
+    assert seen_versions[0] == "v1" and seen_versions[-1] == "v3"
+    assert seen_versions == sorted(seen_versions)  # never back to an older version
+    assert len(seen_versions) > 10
 
 
 class Boom(Exception):
