@@ -77,7 +77,11 @@ def start_redis(directory: Path, port: int, *extra: str) -> subprocess.Popen[byt
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_ready(port, process, log)
+    try:
+        _wait_ready(port, process, log)
+    except BaseException:
+        _stop([process])
+        raise
     return process
 
 
