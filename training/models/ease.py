@@ -3,6 +3,10 @@
 B = argmin ||X - X B||^2 + l2 ||B||^2 subject to diag(B) = 0, solved as P = (X^T X + l2 I)^-1,
 B = -P / diag(P) column-wise, diag(B) = 0. Scores are `history @ B` (an `item_item` scorer).
 
+The interactions are first divided by the root-mean-square of their stored values, so `l2`
+means the same for a binary log and for one whose purchases weigh 8 (a raw l2 would be ~100x
+too weak there: on the synthetic store nDCG@10 0.14 instead of 0.19).
+
 Two ways to solve, chosen by catalogue size:
 
 - dense (n_items <= max_items): one Cholesky inverse of the n x n Gram matrix, float64;
@@ -174,6 +178,12 @@ class EASEModel(Recommender):
         return cls(**params)
 
     def _fit(self, interactions: sp.csr_matrix) -> None:
+        # l2 is relative to strengths scaled to a root-mean-square of 1, so one l2 suits event
+        # weights of any scale (purchase = 8 makes raw Gram entries ~100x a binary log's)
+        if interactions.nnz:
+            rms = float(np.sqrt(np.mean(np.square(interactions.data, dtype=np.float64))))
+            if rms > 0:
+                interactions = interactions / rms
         n_items = interactions.shape[1]
         if n_items <= self.max_items:
             self.solver = "dense"
