@@ -225,9 +225,9 @@ class RecommendationService:
         limit = 2 * query.k + len(exclude) if allowed is None else None
         segment_lists = self._segment_lists(model, features, query.segment)
         topups = [
-            *(_scored(arrays, reason, limit) for arrays, reason in segment_lists),
-            *self._category_lists(model, query.filter),
-            _scored(model.popular("global", ALL), POPULAR, limit),
+            *(_scored(arrays, reason, limit, allowed) for arrays, reason in segment_lists),
+            *self._category_lists(model, query.filter.categories, allowed),
+            self._global(model, allowed, limit),
             self._filler(model, allowed),
         ]
         primary: Iterable[ScoredItem] = ()
@@ -244,7 +244,7 @@ class RecommendationService:
             )
             source = Source.REALTIME
         elif features is not None and features.known:
-            primary = _scored((features.candidates, features.scores), PERSONAL, limit)
+            primary = _scored((features.candidates, features.scores), PERSONAL, limit, allowed)
             source = Source.PERSONALIZED
         answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, source, view.fallback)
@@ -262,12 +262,13 @@ class RecommendationService:
         exclude, user_fallback = self._exclusions(model, query.filter, query.user_id, deadline)
         exclude.add(item)
         category = str(model.catalog.category[item])
-        topups = [
-            *self._category_lists(model, FilterSpec(categories=frozenset({category} - {""}))),
-            self._global(model),
-        ]
         allowed = model.filters.allowed(query.filter)
-        answer = finalize(scored(items, scores, "similar"), query.k, allowed, exclude, topups)
+        topups = [
+            *self._category_lists(model, frozenset({category} - {""}), allowed),
+            self._global(model, allowed),
+        ]
+        primary = _scored((items, scores), "similar", allowed=allowed)
+        answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, Source.PERSONALIZED, fallback or user_fallback)
 
     def cross_sell(self, query: CrossSellQuery, deadline: float | None = None) -> Result:
@@ -276,10 +277,11 @@ class RecommendationService:
         cart = list(dict.fromkeys(known))
         exclude, fallback = self._exclusions(model, query.filter, query.user_id, deadline)
         exclude.update(cart)
+        allowed = model.filters.allowed(query.filter)
         rules: list[ScoredItem] = []
         if model.rules is not None and cart:
             # Ask for more than k: the filter may drop some (finalize applies it).
-            wanted = query.k * 4 + 20 if model.filters.allowed(query.filter) is not None else query.k
+            wanted = query.k * 4 + 20 if allowed is not None else query.k
             rules = cross_sell(
                 model.rules,
                 np.asarray(cart, dtype=np.int64),
@@ -306,8 +308,7 @@ class RecommendationService:
         newest = cart[-CROSS_SELL_SOURCES:][::-1]
         primary = itertools.chain(rules, *(neighbours(item) for item in newest))
         categories = frozenset(str(model.catalog.category[i]) for i in cart) - {""}
-        topups = [*self._category_lists(model, FilterSpec(categories=categories)), self._global(model)]
-        allowed = model.filters.allowed(query.filter)
+        topups = [*self._category_lists(model, categories, allowed), self._global(model, allowed)]
         answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, Source.PERSONALIZED, fallback or bool(failed))
 
@@ -334,23 +335,24 @@ class RecommendationService:
     def popular(self, query: PopularQuery, deadline: float | None = None) -> Result:
         model = self.tracker.require()
         flt = query.filter
+        if query.category:
+            # Popular in a category: its own list, then the other lists within the category.
+            wanted = frozenset({query.category})
+            flt = replace(flt, categories=flt.categories & wanted if flt.categories else wanted)
+        allowed = model.filters.allowed(flt)
         lists: list[Iterable[ScoredItem]] = []
         source = Source.POPULAR
         if query.trending:
-            lists.append(scored(*model.popular("trending"), TRENDING))
+            lists.append(_scored(model.popular("trending"), TRENDING, allowed=allowed))
         if query.category:
-            # Popular in a category: its own list, then the global list within the category.
-            wanted = frozenset({query.category})
-            flt = replace(flt, categories=flt.categories & wanted if flt.categories else wanted)
-            lists.extend(self._category_lists(model, FilterSpec(categories=wanted)))
+            lists.extend(self._category_lists(model, frozenset({query.category}), allowed))
         elif query.segment:
             items, scores = model.popular("segment", query.segment)
             if len(items):
-                lists.append(scored(items, scores, IN_SEGMENT))
+                lists.append(_scored((items, scores), IN_SEGMENT, allowed=allowed))
                 source = Source.SEGMENT
         exclude, fallback = self._exclusions(model, flt, query.user_id, deadline)
-        allowed = model.filters.allowed(flt)
-        topups = [self._global(model), self._filler(model, allowed)]
+        topups = [self._global(model, allowed), self._filler(model, allowed)]
         answer = finalize(itertools.chain(*lists), query.k, allowed, exclude, topups)
         return self._result(model, answer, source, fallback)
 
@@ -475,17 +477,21 @@ class RecommendationService:
                 lists.append((found, IN_SEGMENT))
         return lists
 
-    def _category_lists(self, model: LoadedModel, flt: FilterSpec) -> list[Iterable[ScoredItem]]:
+    def _category_lists(
+        self, model: LoadedModel, categories: frozenset[str], allowed: np.ndarray | None
+    ) -> list[Iterable[ScoredItem]]:
+        """The popularity lists of these categories (those the model has)."""
         out: list[Iterable[ScoredItem]] = []
-        for category in sorted(flt.categories):
+        for category in sorted(categories):
             items, scores = model.popular("category", category)
             if len(items):
-                out.append(scored(items, scores, f"popular in {category}"))
+                out.append(_scored((items, scores), f"popular in {category}", allowed=allowed))
         return out
 
-    def _global(self, model: LoadedModel) -> Iterable[ScoredItem]:
-        items, scores = model.popular("global", ALL)
-        return scored(items, scores, POPULAR)
+    def _global(
+        self, model: LoadedModel, allowed: np.ndarray | None, limit: int | None = None
+    ) -> Iterable[ScoredItem]:
+        return _scored(model.popular("global", ALL), POPULAR, limit, allowed)
 
     def _filler(self, model: LoadedModel, allowed: np.ndarray | None) -> Iterator[ScoredItem]:
         """Last resort when popularity lists run dry under a strict filter: any allowed item."""
@@ -512,10 +518,24 @@ _EMPTY = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
 
 
 def _scored(
-    arrays: tuple[np.ndarray, np.ndarray], reason: str, limit: int | None
+    arrays: tuple[np.ndarray, np.ndarray],
+    reason: str,
+    limit: int | None = None,
+    allowed: np.ndarray | None = None,
 ) -> Iterator[ScoredItem]:
-    """`ranking.scored` over the first `limit` entries of a ranked list (None: all)."""
+    """`ranking.scored` over a ranked list, cut to what finalize can use.
+
+    limit: only the first `limit` entries (None: all). allowed: drop the entries the mask
+    forbids first, in one vectorised step, so a strict filter does not turn hundreds of
+    forbidden entries into items one by one (finalize still checks every item it takes).
+    """
     items, scores = arrays
+    if allowed is not None and len(items):
+        items = np.asarray(items)
+        valid = (items >= 0) & (items < len(allowed))
+        keep = valid.copy()
+        keep[valid] = allowed[items[valid]]
+        items, scores = items[keep], np.asarray(scores)[keep]
     if limit is not None:
         items, scores = items[:limit], scores[:limit]
     return scored(items, scores, reason)

@@ -20,7 +20,7 @@ from recsvc.events import Catalog
 from recsvc.ranking import ItemFilter, allowed_mask
 from recsvc.store import ItemCatalog
 
-MASK_CACHE_SIZE = 128
+MASK_CACHE_SIZE = 256  # about 100 KB each at 100k items
 
 
 @dataclass(frozen=True)
