@@ -135,3 +135,34 @@ def test_movielens_default_model_beats_the_published_table() -> None:
     # Microsoft Recommenders' best published row (BiVAE): precision@10 0.412, nDCG@10 0.475
     assert result["precision"] > 0.412
     assert result["ndcg"] > 0.475
+
+
+def test_item_similarities_by_hand() -> None:
+    import scipy.sparse as sp
+
+    from training.models.itemknn import cooccurrence, item_similarity
+
+    # item 0 bought by users 0,1,2; item 1 by users 1,2; item 2 by user 3
+    matrix = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [5, 1, 0], [0, 0, 2]], dtype=np.float32))
+    counts = cooccurrence(matrix)
+    assert counts.toarray().tolist() == [[3, 2, 0], [2, 2, 0], [0, 0, 1]]
+    assert item_similarity(counts, "cosine")[0, 1] == pytest.approx(2 / np.sqrt(6))
+    assert item_similarity(counts, "jaccard")[0, 1] == pytest.approx(2 / 3)
+    assert item_similarity(counts, "lift")[0, 1] == pytest.approx(2 / 6)
+    assert item_similarity(counts, "cosine", shrink=1.0)[0, 1] == pytest.approx(2 / (np.sqrt(6) + 1))
+    assert item_similarity(counts, "cosine")[0, 0] == 0.0
+
+
+def test_local_ease_for_large_catalogues_ranks_close_to_the_dense_solve(tmp_path: Path) -> None:
+    from training.evaluation.evaluate import ModelSpec, evaluate_split
+    from training.evaluation.splits import split_log
+    from training.models.ease import EASEModel
+
+    log, _ = load_events(taste_store(tmp_path / "events.csv", users=300), LoadOptions())
+    split = split_log(log, "random", 0.25, seed=1)
+    dense, local = evaluate_split(split, [
+        ModelSpec("dense", lambda: EASEModel(l2=50.0)),
+        ModelSpec("local", lambda: EASEModel(l2=50.0, max_items=10, local_neighbours=20)),
+    ], k=5)  # fmt: skip
+    assert dense.params["solver"] == "dense" and local.params["solver"] == "local"
+    assert local.metrics["ndcg"] > 0.9 * dense.metrics["ndcg"]
