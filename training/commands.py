@@ -27,7 +27,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--bpr", action="store_true", default=None, help="also fit BPR")
     for name in ("als", "ease", "itemknn", "rules", "buyagain", "segments"):
         parser.add_argument(f"--no-{name}", action="store_true", help=f"skip {name}")
-    parser.add_argument("--forget-list", default=None, help="file of customer ids to leave out")
+    parser.add_argument(
+        "--forget-list",
+        default=None,
+        help="customer ids to leave out: a file (one a line) or a store URL (its forget list)",
+    )
     parser.add_argument("--engine", choices=["local", "spark"], default="local")
     parser.add_argument("--spark-master", default="local[2]")
     parser.set_defaults(func=run)

@@ -22,6 +22,7 @@ from recsvc.bundle import BundleWriter, fingerprint_files
 from recsvc.config import TrainConfig, to_dict
 from recsvc.errors import InvalidInput
 from recsvc.events import Catalog, EventLog, LoadOptions, LoadReport, load_catalog, load_events
+from recsvc.ids import IdMap
 from recsvc.matrix import event_weights, interaction_matrix
 from recsvc.progress import progress
 from recsvc.ranking import top_candidates
@@ -44,9 +45,17 @@ class TrainResult:
 
 
 def read_forget_list(path: str | Path | None) -> set[str]:
-    """Customer ids to leave out of training (one per line; '#' comments)."""
+    """Customer ids to leave out of training: a file (one per line; '#' comments) or a store URL."""
     if not path:
         return set()
+    if "://" in str(path):
+        from recsvc.store import open_store
+
+        store = open_store(str(path))
+        try:
+            return set(store.forgotten_users())
+        finally:
+            store.close()
     path = Path(path)
     if not path.exists():
         return set()
@@ -58,14 +67,23 @@ def read_forget_list(path: str | Path | None) -> set[str]:
 
 
 def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport) -> EventLog:
-    """Remove every event of the given customers (privacy requests); counted in the report."""
+    """Remove forgotten customers (privacy requests): their events and their ids; counted."""
     indexes = [event_log.users.get(u) for u in user_ids]
     indexes = [i for i in indexes if i >= 0]
     if not indexes:
         return event_log
-    drop = np.isin(event_log.user, np.asarray(indexes, dtype=np.int32))
+    forgotten = np.zeros(len(event_log.users), dtype=bool)
+    forgotten[indexes] = True
+    drop = forgotten[event_log.user]
     report.notes.append(f"{int(drop.sum())} events of {len(indexes)} forgotten customers dropped")
-    return event_log.mask(~drop)
+    kept = event_log.mask(~drop)
+    # A forgotten id must not survive in the bundle's id map either: renumber the others.
+    remaining = np.flatnonzero(~forgotten)
+    renumber = np.full(len(event_log.users), -1, dtype=np.int32)
+    renumber[remaining] = np.arange(len(remaining), dtype=np.int32)
+    kept.users = IdMap(event_log.users.id_of(int(i)) for i in remaining)
+    kept.user = renumber[kept.user]
+    return kept
 
 
 def similar_from_factors(item_factors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,59 @@
+"""Training pipeline details: forgotten customers, bad rows in the manifest, switches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsvc.bundle import Bundle
+from recsvc.config import load_train_config
+from recsvc.store import open_store
+from recsvc.synth import SynthConfig, generate, write
+from training.pipeline import train
+
+FAST = {"als.iterations": 3, "itemknn.enabled": False, "segments.enabled": False}
+
+
+@pytest.fixture(scope="module")
+def store_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    write(generate(SynthConfig(users=300, items=60, days=30, seed=2, clusters=3)), root)
+    return root
+
+
+def test_forgotten_customers_are_not_trained_on(store_data: Path, tmp_path: Path) -> None:
+    listed = tmp_path / "forget.txt"
+    listed.write_text("# privacy requests\nu000001\n")
+    store = open_store("memory://forget-test")
+    store.forget_user("u000002")
+    config = load_train_config(None, FAST)
+    from_file = Bundle(train(store_data / "events.csv", tmp_path / "a", config, forget_list=listed).path)
+    assert "u000001" not in from_file.users and "u000002" in from_file.users
+    from_store = Bundle(
+        train(store_data / "events.csv", tmp_path / "b", config, forget_list="memory://forget-test").path
+    )
+    assert "u000002" not in from_store.users and "u000001" in from_store.users
+    assert from_store.manifest["forgotten_users"] == 1
+    assert any("forgotten" in note for note in from_store.manifest["rows"]["notes"])
+
+
+def test_bad_rows_reach_the_manifest(store_data: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.csv"
+    lines = (store_data / "events.csv").read_text().splitlines()
+    lines.insert(5, ",i00001,view,2026-01-02T00:00:00Z,,,")
+    lines.insert(9, "u000001,i00001,view,yesterday,,,")
+    events.write_text("\n".join(lines) + "\n")
+    result = train(events, tmp_path / "b", load_train_config(None, FAST))
+    rows = Bundle(result.path).manifest["rows"]
+    assert rows["bad_rows"] == {"missing user_id": 1, "unparsable timestamp": 1}
+    assert rows["rows_kept"] == len(lines) - 3  # header and the two bad rows
+
+
+def test_switched_off_models_are_absent(store_data: Path, tmp_path: Path) -> None:
+    config = load_train_config(
+        None, {**FAST, "rules.enabled": False, "buyagain.enabled": False, "default_recommender": "als"}
+    )
+    bundle = Bundle(train(store_data / "events.csv", tmp_path / "c", config).path)
+    assert not bundle.has("rules") and not bundle.has("buyagain")
+    assert "als" in bundle.recommenders and bundle.default_recommender == "als"
