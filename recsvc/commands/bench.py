@@ -189,6 +189,9 @@ def environment() -> dict[str, Any]:
             "memory_gib": memory,
             "cpu": cpu_model,
             "platform": platform.platform(),
+            # Other work on the machine skews every figure: the 1/5/15-minute load averages
+            # when the result was taken (near 0 on an otherwise idle machine).
+            "load_average": [round(v, 2) for v in os.getloadavg()],
         },
         "versions": versions,
         "commit": commit or None,

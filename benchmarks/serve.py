@@ -1,0 +1,242 @@
+"""The serving benchmark of issues 7 and 8: 100k items, 200k users, a real Redis, concurrency 16.
+
+    python benchmarks/serve.py [--work DIR] [--duration 30s] [--warmup 5s] [--workers 1,2]
+
+1. Builds the model once (cached in --work): `recsvc synth` of 200k users, 100k items and 4M
+   events, then `recsvc train --model als --no-ease --no-itemknn` (ALS, 64 factors; candidates,
+   similar items, rules, buy-again, segments, popularity: every component the server reads).
+2. Starts a real `redis-server` on a free port (no persistence) and `recsvc publish`es the
+   bundle into it.
+3. For each --workers value: starts `recsvc serve --store redis://... --workers N`, waits for
+   the health check to say SERVING, and runs `recsvc bench serve` with the health `Check`
+   floor, `Recommend` and the storefront `mix` (users drawn uniformly from all 200k).
+4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
+   target held or missed) and serve.png.
+
+Everything runs as separate processes, as deployed: the script imports only `recsvc`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsvc.commands.bench import SERVE_TARGETS, environment, plot_serve, write_json  # noqa: E402
+from recsvc.commands.demo import free_port, wait_serving  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+USERS, ITEMS, EVENTS = 200_000, 100_000, 4_000_000
+
+
+def recsvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "recsvc.cli", *args]
+
+
+def env() -> dict[str, str]:
+    values = dict(os.environ)
+    values.setdefault("OPENBLAS_NUM_THREADS", "1")
+    values["RECSVC_PROGRESS"] = "0"
+    return values
+
+
+def step(title: str, command: list[str]) -> str:
+    print(f"$ recsvc {' '.join(command[3:])}", flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env())
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
+        raise SystemExit(f"serve benchmark: {title} failed (exit {result.returncode})")
+    print(f"  {title}: {time.perf_counter() - started:.1f}s", flush=True)
+    return result.stdout
+
+
+def build_bundle(work: Path) -> Path:
+    """The 200k-user / 100k-item bundle, trained once and reused."""
+    bundles = work / "bundles"
+    if (bundles / "latest" / "manifest.json").exists():
+        return (bundles / "latest").resolve()
+    data = work / "data"
+    step("synth", recsvc("synth", "--users", str(USERS), "--items", str(ITEMS), "--events",
+                         str(EVENTS), "--format", "parquet", "--seed", "0", "--out", str(data)))
+    step("train", recsvc("train", "--events", str(data / "events.parquet"), "--items",
+                         str(data / "items.csv"), "--out", str(bundles), "--model", "als",
+                         "--no-ease", "--no-itemknn"))
+    return (bundles / "latest").resolve()
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("serve benchmark: redis-server is not installed (make redis-server)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    import socket
+
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("serve benchmark: redis-server did not start")
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def redis_memory(url: str) -> int | None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Serve from `store` with `workers` processes and load it with `recsvc bench serve`."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    log = open(work / f"serve-{workers}.log", "w")
+    server = subprocess.Popen(
+        recsvc("serve", "--store", store, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers)),
+        stdout=log, stderr=subprocess.STDOUT, env=env(),
+    )
+    try:
+        wait_serving(target, 120.0, server)  # type: ignore[arg-type]
+        if workers > 1:
+            time.sleep(3.0)  # every worker loaded the version, not only the first to answer
+        out = work / f"bench-{workers}.json"
+        command = recsvc("bench", "serve", "--target", target, "--rpc", "Recommend,mix",
+                         "--users-from", str(bundle), "--concurrency", str(args.concurrency),
+                         "--duration", args.duration, "--warmup", args.warmup,
+                         "--server-pid", str(server.pid), "--out", str(out))
+        print(f"$ recsvc {' '.join(command[3:])}", flush=True)
+        result = subprocess.run(command, text=True, capture_output=True, env=env())
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr[-3000:])
+            raise SystemExit(f"serve benchmark: bench serve failed (exit {result.returncode})")
+    finally:
+        stop(server)
+        log.close()
+    run: dict[str, Any] = json.loads(out.read_text())
+    run["label"] = f"recsvc serve --workers {workers}"
+    run["workers"] = workers
+    run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
+    return run
+
+
+def verdict(run: dict[str, Any]) -> dict[str, Any]:
+    """Recommend's ratio to the Check floor and its p99 against the targets."""
+    phases = {p["name"]: p for p in run["phases"]}
+    recommend, mix = phases["Recommend"], phases.get("mix")
+    ratio = recommend["rps_vs_floor"]
+    p99 = recommend["latency_ms"]["p99"]
+    out = {
+        "recommend_rps": recommend["rps"],
+        "check_rps": phases["Check"]["rps"],
+        "recommend_vs_check": ratio,
+        "recommend_p99_ms": p99,
+        "ratio_target_met": ratio >= SERVE_TARGETS["rps_vs_floor_min"],
+        "p99_target_met": p99 is not None and p99 <= SERVE_TARGETS["p99_ms_max"],
+        "recommend_errors": sum(recommend["errors"].values()),
+    }
+    if mix:
+        out.update({"mix_rps": mix["rps"], "mix_vs_check": mix["rps_vs_floor"],
+                    "mix_p99_ms": mix["latency_ms"]["p99"]})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default=None, help="cache for data and bundle (default: a temp dir)")
+    parser.add_argument("--duration", default="30s")
+    parser.add_argument("--warmup", default="5s")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
+    parser.add_argument("--out", default=str(RESULTS / "serve.json"))
+    parser.add_argument("--plot", default=str(RESULTS / "serve.png"))
+    args = parser.parse_args()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="recsvc-bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    bundle = build_bundle(work)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    redis_process, store = start_redis(work / "redis")
+    try:
+        started = time.perf_counter()
+        step("publish", recsvc("publish", "--bundle", str(bundle), "--store", store))
+        publish_seconds = time.perf_counter() - started
+        setup = {
+            "bundle": {"version": manifest["version"], "counts": manifest.get("counts"),
+                       "default_recommender": manifest.get("default_recommender"),
+                       "candidates": manifest.get("params", {}).get("candidates"),
+                       "als_factors": manifest.get("params", {}).get("als", {}).get("factors")},
+            "store": "redis-server on 127.0.0.1 (no persistence), same machine",
+            "publish_seconds": round(publish_seconds, 1),
+            "redis_used_memory_mib": round((redis_memory(store) or 0) / 2**20, 1),
+            "model_build": f"recsvc synth --users {USERS} --items {ITEMS} --events {EVENTS}; "
+            "recsvc train --model als --no-ease --no-itemknn",
+        }
+        runs = [bench_once(store, bundle, int(w), args, work) for w in args.workers.split(",")]
+    finally:
+        stop(redis_process)
+    for run in runs:
+        run["verdict"] = verdict(run)
+    result = {
+        "benchmark": "serve",
+        **environment(),
+        "reproduce": "python benchmarks/serve.py",
+        "targets": {"recommend_vs_check_min": SERVE_TARGETS["rps_vs_floor_min"],
+                    "recommend_p99_ms_max": SERVE_TARGETS["p99_ms_max"],
+                    "concurrency": SERVE_TARGETS["concurrency"]},
+        "setup": setup,
+        "runs": runs,
+    }
+    write_json(args.out, result)
+    plot_serve(runs, args.plot)
+    print(f"\nresults: {args.out}, plot: {args.plot}")
+    for run in runs:
+        v = run["verdict"]
+        print(
+            f"  {run['label']}: Recommend {v['recommend_rps']:,.0f}/s = {v['recommend_vs_check']:.0%} "
+            f"of Check ({v['check_rps']:,.0f}/s) [{'met' if v['ratio_target_met'] else 'MISSED'}], "
+            f"p99 {v['recommend_p99_ms']:.2f} ms [{'met' if v['p99_target_met'] else 'MISSED'}]; "
+            f"mix {v.get('mix_rps', 0):,.0f}/s p99 {v.get('mix_p99_ms') or 0:.2f} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
