@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "recsvc.commands.recommend",
     "recsvc.commands.store",
     "serving.commands",
+    "serving.commands_token",
     "recsvc.commands.bench",
     "recsvc.commands.demo",
 )

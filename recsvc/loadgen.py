@@ -25,6 +25,15 @@ Valid ids: see `load_ids` (a file of ids, a bundle directory, or a feature-store
 them, users are synthetic (unknown to the model, so Recommend measures the cold-start path,
 which the result says) and items are harvested from the server's Popular and SimilarItems.
 
+Security: with `LoadConfig.token` (`--token` / `$RECSVC_TOKEN`) every call carries
+`authorization: Bearer <token>` (the health floor does not: load balancers call it without
+one); `tls_ca` / `tls_cert` / `tls_key` connect with TLS or mutual TLS (`recsvc.client`).
+`retries` turns on the client retry policy we recommend to storefronts (`recsvc.client`).
+
+Each answer's `source` is counted per phase (how many came from the fallback cache), and
+`run_phase(..., observer=...)` hands every call to a callback as it finishes (the chaos
+benchmark uses it to time faults).
+
 Imports only grpc, numpy, the generated stubs and `recsvc` helpers: never `serving` or
 `training`.
 """
@@ -47,6 +56,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsvc.client import ClientSecurity, retry_options
 from recsvc.errors import InvalidInput, NotFound
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -284,17 +294,25 @@ def load_ids(source: str, max_users: int = 1_000_000) -> Ids:
     return Ids(tuple(users), (), f"file {path.name}")
 
 
-async def harvest_items(stub: pb_grpc.RecommenderStub, max_k: int, limit: int = 2000) -> list[str]:
+async def harvest_items(
+    stub: pb_grpc.RecommenderStub,
+    max_k: int,
+    limit: int = 2000,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     """Item ids the server knows: its global and trending lists, widened through SimilarItems."""
     found: dict[str, None] = {}
     for trending in (False, True):
-        reply = await stub.Popular(pb.PopularRequest(k=max_k, trending=trending), timeout=5)
+        request = pb.PopularRequest(k=max_k, trending=trending)
+        reply = await stub.Popular(request, timeout=5, metadata=metadata)
         found.update((item.item_id, None) for item in reply.items)
     frontier = list(found)
     while frontier and len(found) < limit:
         item = frontier.pop(0)
         try:
-            reply = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=item, k=max_k), timeout=5)
+            reply = await stub.SimilarItems(
+                pb.SimilarItemsRequest(item_id=item, k=max_k), timeout=5, metadata=metadata
+            )
         except grpc.aio.AioRpcError:
             continue
         for scored in reply.items:
@@ -357,8 +375,12 @@ def build_pool(
     timeout: float,
     seed: int = 0,
     size: int = REQUEST_POOL,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> CallPool:
-    """Prebuilt calls for `rpc` (an RPC name, `mix` or `Check`), spread over the channels."""
+    """Prebuilt calls for `rpc` (an RPC name, `mix` or `Check`), spread over the channels.
+
+    metadata: sent with every Recommender call (the bearer token); not with Check.
+    """
     rng = random.Random(seed)
     if rpc == FLOOR:
         request = health_pb2.HealthCheckRequest(service="")
@@ -377,7 +399,10 @@ def build_pool(
     for i, name in enumerate(names):
         method = getattr(stubs[i % len(stubs)], name)
         request = next(by_rpc[name])
-        calls.append(partial(method, request, timeout=timeout))
+        if metadata:
+            calls.append(partial(method, request, timeout=timeout, metadata=metadata))
+        else:
+            calls.append(partial(method, request, timeout=timeout))
     return CallPool(names, calls)
 
 
@@ -397,6 +422,7 @@ class PhaseResult:
     server_cpu_seconds: float | None
     max_send_lag: float = 0.0  # open loop: how late the generator sent (seconds)
     not_sent: int = 0  # open loop: intended sends skipped at the outstanding-call cap
+    sources: dict[str, int] = field(default_factory=dict)  # answers by source name
 
     @property
     def ok(self) -> int:
@@ -414,6 +440,7 @@ class PhaseResult:
             "seconds": round(self.seconds, 3),
             "requests_ok": self.ok,
             "errors": dict(sorted(self.errors.items())),
+            "sources": dict(sorted(self.sources.items())),
             "error_rate": round(sum(self.errors.values()) / total, 6) if total else 0.0,
             "rps": round(self.rps, 1),
             "latency_ms": self.latency.summary_ms(),
@@ -483,14 +510,19 @@ class _Recorder:
         self.latency = LatencyHistogram(precision)
         self.per_rpc: dict[str, LatencyHistogram] = {}
         self.errors: dict[str, int] = {}
+        self.sources: dict[str, int] = {}  # answers by `source` (RPCs that have one)
         seconds = max(1, math.ceil(window_end - window_start))
         self.second_ok = [0] * seconds
         self.second_errors = [0] * seconds
         self.second_hist = [LatencyHistogram(precision) for _ in range(seconds)]
 
-    def add(self, name: str, sent: float, done: float, error: str | None) -> None:
+    def add(
+        self, name: str, sent: float, done: float, error: str | None, source: str | None = None
+    ) -> None:
         if sent < self.start or sent >= self.end:
             return  # warm-up, or sent after the window closed
+        if source is not None:
+            self.sources[source] = self.sources.get(source, 0) + 1
         second = min(int(done - self.start), len(self.second_ok) - 1)
         if error is not None:
             self.errors[error] = self.errors.get(error, 0) + 1
@@ -518,18 +550,30 @@ class _Recorder:
         ]
 
 
-async def _invoke(pool: CallPool, recorder: _Recorder, sent: float) -> None:
+SOURCE_NAMES = {value: name for name, value in pb.Source.items()}
+# Called for every finished call: (rpc, sent, done, error code name or None, reply or None).
+Observer = Callable[[str, float, float, "str | None", Any], None]
+
+
+async def _invoke(
+    pool: CallPool, recorder: _Recorder, sent: float, observer: Observer | None = None
+) -> None:
     name, call = pool.next()
     error: str | None = None
+    reply: Any = None
     try:
-        await call()
+        reply = await call()
     except grpc.aio.AioRpcError as exc:
         error = exc.code().name
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken call is counted, not fatal
         error = type(exc).__name__
-    recorder.add(name, sent, time.perf_counter(), error)
+    done = time.perf_counter()
+    source = getattr(reply, "source", None) if reply is not None and name != FLOOR else None
+    recorder.add(name, sent, done, error, SOURCE_NAMES.get(source) if source is not None else None)
+    if observer is not None:
+        observer(name, sent, done, error, reply)
 
 
 Progress = Callable[[str, float, _Recorder], None]
@@ -546,11 +590,13 @@ async def run_phase(
     server_pids: Sequence[int] = (),
     on_tick: Progress | None = None,
     precision: float = 0.01,
+    observer: Observer | None = None,
 ) -> PhaseResult:
     """Apply load for `warmup + duration` seconds; measure the last `duration` seconds.
 
     rate: None for closed loop with `concurrency` workers; else open loop at `rate` requests/s
     (at most `max_outstanding` calls in flight; sends beyond that are counted as not sent).
+    observer: called with every finished call, warm-up included (see `Observer`).
     """
     started = time.perf_counter()
     window_start, window_end = started + warmup, started + warmup + duration
@@ -582,7 +628,7 @@ async def run_phase(
             sent = time.perf_counter()
             if sent >= window_end:
                 return
-            await _invoke(pool, recorder, sent)
+            await _invoke(pool, recorder, sent, observer)
 
     async def open_dispatcher() -> None:
         nonlocal lag, not_sent
@@ -603,7 +649,7 @@ async def run_phase(
             if len(in_flight) >= max_outstanding:
                 not_sent += intended >= window_start
             else:
-                task = asyncio.create_task(_invoke(pool, recorder, intended))
+                task = asyncio.create_task(_invoke(pool, recorder, intended, observer))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
             i += 1
@@ -635,6 +681,7 @@ async def run_phase(
         seconds=duration,
         latency=recorder.latency,
         errors=recorder.errors,
+        sources=recorder.sources,
         per_rpc=recorder.per_rpc,
         per_second=recorder.per_second(),
         generator_cpu_seconds=end_cpu - start_cpu,
@@ -663,6 +710,8 @@ class LoadConfig:
     seed: int = 0
     server_pids: tuple[int, ...] = ()
     progress: bool = field(default=False)
+    security: ClientSecurity = field(default_factory=ClientSecurity)  # token, TLS
+    retries: bool = False  # the recommended client retry policy (UNAVAILABLE, idempotent)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -686,6 +735,20 @@ class LoadConfig:
         if self.connections is not None:
             return self.connections
         return min(self.concurrency, 64) if self.rate is None else 16
+
+    def open_channels(self) -> list[grpc.aio.Channel]:
+        """`channel_count` channels to the target, each on its own connection."""
+        # A local subchannel pool per channel: otherwise identical channels share one
+        # connection and `--workers N` servers (SO_REUSEPORT spreads connections, not calls)
+        # get one worker.
+        extra = retry_options() if self.retries else []
+        return [
+            self.security.aio_channel(
+                self.target,
+                [("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i), *extra],
+            )
+            for i in range(self.channel_count)
+        ]
 
 
 def _progress_line(name: str, elapsed: float, recorder: _Recorder, warmup: float, total: float) -> None:
@@ -734,26 +797,23 @@ def _model_info(reply: pb.GetModelInfoResponse) -> dict[str, Any]:
 
 async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]:
     """The Check floor, then each of `config.rpcs`, against one server; a JSON-ready dict."""
-    # A local subchannel pool per channel: otherwise identical channels share one connection
-    # and `--workers N` servers (SO_REUSEPORT spreads connections, not calls) get one worker.
-    channels = [
-        grpc.aio.insecure_channel(
-            config.target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)]
-        )
-        for i in range(config.channel_count)
-    ]
+    channels = config.open_channels()
+    metadata = config.security.metadata()
     try:
         await _wait_serving(channels[0], 30.0)
         stubs = [pb_grpc.RecommenderStub(c) for c in channels]
         health_stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
-        info = await stubs[0].GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        info = await stubs[0].GetModelInfo(pb.GetModelInfoRequest(), timeout=5, metadata=metadata)
         if ids is None and config.users_from:
             ids = load_ids(config.users_from)
         ids = await _complete_ids(ids, stubs[0], info, config)
         phases: list[PhaseResult] = []
         names = ([FLOOR] if config.floor else []) + list(config.rpcs)
         for index, name in enumerate(names):
-            pool = build_pool(name, stubs, health_stubs, ids, config.k, config.timeout, config.seed + index)
+            pool = build_pool(
+                name, stubs, health_stubs, ids, config.k, config.timeout, config.seed + index,
+                metadata=metadata,
+            )
             total = config.warmup + config.duration
 
             def tick(phase: str, elapsed: float, recorder: _Recorder, total: float = total) -> None:
@@ -794,6 +854,9 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
             "k": config.k,
             "timeout_s": config.timeout,
             "connections": config.channel_count,
+            "auth": bool(config.security.token),
+            "tls": config.security.uses_tls,
+            "retries": config.retries,
             "rpcs": list(config.rpcs),
             "mix_weights": MIX_WEIGHTS if "mix" in config.rpcs else None,
             "request_pool": REQUEST_POOL,
@@ -824,7 +887,9 @@ async def _complete_ids(
     source = ids.source if ids else "server"
     known = ids.users_known if ids else True
     if needs_items and not items:
-        items = tuple(await harvest_items(stub, max(1, info.max_k or 100)))
+        items = tuple(
+            await harvest_items(stub, max(1, info.max_k or 100), metadata=config.security.metadata())
+        )
         source += " + items harvested from Popular/SimilarItems"
     if needs_users and not users:
         # Unknown to the model: Recommend answers them from popularity (the cold-start path).

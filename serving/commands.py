@@ -1,4 +1,8 @@
-"""`recsvc serve`: run the gRPC server over a feature store or a bundle."""
+"""`recsvc serve`: run the gRPC server over a feature store or a bundle.
+
+Authentication is on by default: give `--tokens-file` (made with `recsvc token create`) or
+`$RECSVC_TOKENS`, or `--insecure-no-auth` for a local demo. See docs/security.md.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +38,36 @@ def register(subparsers: Any) -> None:
         "--grace", type=float, default=None, dest="grace_seconds",
         help="seconds in-flight calls get to finish after SIGTERM (default 5)",
     )
+    security = parser.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--tokens-file", default=None,
+        help="client tokens (hashes) from `recsvc token create`; also $RECSVC_TOKENS",
+    )
+    security.add_argument(
+        "--insecure-no-auth", action="store_true", default=None,
+        help="no authentication: anyone may call (local demos only; admin RPCs refused)",
+    )
+    security.add_argument(
+        "--rate-limit", type=float, default=None,
+        help="requests/s per client token (default 0: unlimited; a token's rate= wins)",
+    )
+    security.add_argument(
+        "--rate-burst", type=float, default=None,
+        help="calls a client may make at once (default: one second's worth)",
+    )
+    security.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS only")
+    security.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    security.add_argument(
+        "--tls-client-ca", default=None,
+        help="PEM CA: require client certificates signed by it (mutual TLS)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from serving.config import load_serve_config
+    from serving.server import INSECURE_WARNING, check_security
     from serving.server import run as run_server
 
     config = load_serve_config(
@@ -54,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "max_k": args.max_k,
             "grace_seconds": args.grace_seconds,
+            "tokens_file": args.tokens_file,
+            "insecure_no_auth": args.insecure_no_auth,
+            "rate_limit": args.rate_limit,
+            "rate_burst": args.rate_burst,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
         },
     )
     if not 0 <= config.port <= 65535:
@@ -64,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--threads", f"must be at least 1, got {config.threads}")
     if config.max_k < 1:
         raise InvalidInput("--max-k", f"must be at least 1, got {config.max_k}")
+    if config.rate_limit < 0:
+        raise InvalidInput("--rate-limit", f"must be 0 or more, got {config.rate_limit}")
+    if config.rate_burst < 0:
+        raise InvalidInput("--rate-burst", f"must be 0 or more, got {config.rate_burst}")
+    check_security(config)  # before opening the store: bad tokens or TLS files fail at once
     settings = " ".join(f"{k}={v}" for k, v in config.masked().items())
     print(f"recsvc serve: {settings}", file=sys.stderr, flush=True)
+    if config.insecure_no_auth:
+        banner = "!" * 78
+        print(f"{banner}\nrecsvc serve: WARNING: {INSECURE_WARNING}\n{banner}", file=sys.stderr, flush=True)
     return run_server(config)

@@ -50,6 +50,17 @@ class ServeConfig:
     hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
     hot_items: int = 20_000  # items whose similar lists are kept (cache and fallback)
 
+    # Security (docs/security.md). Authentication is on unless insecure_no_auth: tokens come
+    # from tokens_file and/or $RECSVC_TOKENS (hashes only; see serving.auth).
+    tokens_file: str = ""
+    insecure_no_auth: bool = False  # local demos only: anyone may call (admin RPCs refused)
+    rate_limit: float = 0.0  # requests/s per client (0: unlimited); a token's rate= wins
+    rate_burst: float = 0.0  # calls a client may make at once (0: one second's worth)
+    tls_cert: str = ""  # PEM certificate chain of the server; with tls_key: TLS only
+    tls_key: str = ""  # PEM private key of the server
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed
+    forget_poll_seconds: float = 5.0  # how often other processes' forgets are picked up
+
     def masked(self) -> dict[str, Any]:
         """The settings, safe to print and log (store password hidden)."""
         values = dataclasses.asdict(self)

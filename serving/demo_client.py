@@ -8,6 +8,7 @@ shoppers and items with planted structure and say whether the answers find it; a
 directory; or None (ids then come from the server's own answers).
 
     python -m serving.demo_client --target 127.0.0.1:50051 [--ground-truth FILE | --bundle DIR]
+        [--token TOKEN (default $RECSVC_TOKEN)] [--tls-ca ca.pem [--tls-cert c.pem --tls-key k.pem]]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from recsvc.client import ClientSecurity
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -76,11 +78,17 @@ class _Page:
         return "\n".join(self.lines).lstrip("\n") + "\n"
 
 
-def run_storefront_demo(target: str, bundle_or_store_info: Any = None) -> str:
-    """Call every RPC of the server at `target` as a storefront would; return what happened."""
+def run_storefront_demo(
+    target: str, bundle_or_store_info: Any = None, security: ClientSecurity | None = None
+) -> str:
+    """Call every RPC of the server at `target` as a storefront would; return what happened.
+
+    security: token and TLS settings (default: plaintext, token from $RECSVC_TOKEN if set).
+    """
     truth = _load_info(bundle_or_store_info)
     page = _Page()
-    with grpc.insecure_channel(target) as channel:
+    security = security if security is not None else ClientSecurity.from_env()
+    with security.channel(target) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         _walk(stub, truth, page)
     return page.text()
@@ -216,9 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ground-truth", help="ground_truth.json of a synthetic store")
     source.add_argument("--bundle", help="the bundle the server serves")
+    parser.add_argument("--token", default=None, help="bearer token (default $RECSVC_TOKEN)")
+    parser.add_argument("--tls-ca", default=None, help="PEM CA of the server certificate: use TLS")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
     args = parser.parse_args(argv)
+    security = ClientSecurity.from_env(
+        args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
     try:
-        sys.stdout.write(run_storefront_demo(args.target, args.ground_truth or args.bundle))
+        sys.stdout.write(run_storefront_demo(args.target, args.ground_truth or args.bundle, security))
     except grpc.RpcError as error:
         print(f"demo_client: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -67,6 +67,11 @@ class LruCache(Generic[K, V]):
         with self._lock:
             self._data.clear()
 
+    def keys(self) -> list[K]:
+        """A snapshot of the keys (e.g. to find cached customers who were forgotten)."""
+        with self._lock:
+            return list(self._data)
+
     def __len__(self) -> int:
         return len(self._data)
 

@@ -7,6 +7,12 @@
     recsvc_cache_lookups_total{cache, result} hot-key cache hits and misses
     recsvc_model_info{version}                1 for the version being served
     recsvc_store_degraded                     1 while the store's circuit breaker is open
+    recsvc_auth_rejected_total{reason}        calls refused by authentication (missing token,
+                                              unknown token, not admin, ...)
+    recsvc_rate_limited_total{client}         calls refused by a client's rate limit
+
+Labels never hold a customer id or a token: RPC names, status codes, sources, cache names,
+model versions, rejection reasons and client (token) names only.
 
 With several worker processes the parent sets PROMETHEUS_MULTIPROC_DIR before they start and
 serves the sum over workers (`serve_metrics(..., multiprocess=True)`).
@@ -38,6 +44,9 @@ DEGRADED = Gauge(
     "recsvc_store_degraded", "1 while the feature store is bypassed", multiprocess_mode="livemax"
 )
 
+AUTH_REJECTED = Counter("recsvc_auth_rejected", "Calls refused by authentication", ["reason"])
+RATE_LIMITED = Counter("recsvc_rate_limited", "Calls refused by a client's rate limit", ["client"])
+
 _current_version: str | None = None
 _cache_children: dict[tuple[str, bool], Any] = {}
 
@@ -61,6 +70,14 @@ def answered(rpc: str, source: str) -> None:
     ANSWERS.labels(rpc, source).inc()
     if source == "fallback":
         FALLBACKS.labels(rpc).inc()
+
+
+def auth_rejected(reason: str) -> None:
+    AUTH_REJECTED.labels(reason).inc()
+
+
+def rate_limited(client: str) -> None:
+    RATE_LIMITED.labels(client).inc()
 
 
 def degraded(flag: bool) -> None:

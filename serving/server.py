@@ -7,8 +7,14 @@ GIL, so a few threads overlap store round trips); `--workers N` runs N such proc
 port (SO_REUSEPORT) so both cores serve Python code.
 
 Interceptors: `build_server(..., interceptors=[...])` puts `MetricsInterceptor` first, then
-the given ones in order (e.g. authentication and rate limits): every RPC, including the health
-service, passes through them, so an interceptor can exempt `/grpc.health.v1.Health/` itself.
+the given ones in order: every RPC, including the health service, passes through them, so an
+interceptor can exempt `/grpc.health.v1.Health/` itself. `start_server` puts the security
+interceptors from the config first among them (`security_interceptors`: bearer-token
+authentication, then per-client rate limits; see serving.auth, serving.ratelimit), so
+refused calls are still counted by status in the metrics.
+
+Security (docs/security.md): authentication is on unless `insecure_no_auth`; the port uses
+TLS when `tls_cert` / `tls_key` are given (mutual TLS with `tls_client_ca`; serving.tls).
 
 Health (`grpc.health.v1`): NOT_SERVING for "" and "recsvc.v1.Recommender" until a model
 version is loaded, SERVING afterwards (also while the store is down: answers then come from the
@@ -40,7 +46,9 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving.config import ServeConfig
 from serving.domain import RecommendationService
+from serving.privacy import ForgetWatcher
 from serving.servicer import RecommenderServicer
+from serving.tls import server_credentials
 from serving.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     store: FeatureStore
+    forget_watcher: ForgetWatcher | None = None
 
     @property
     def target(self) -> str:
@@ -66,7 +75,51 @@ class RunningServer:
         """Drain: health NOT_SERVING, refuse new calls, let in-flight ones finish within grace."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.forget_watcher is not None:
+            self.forget_watcher.stop()
         self.service.stop()
+
+
+INSECURE_WARNING = (
+    "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can read "
+    "recommendations and customer histories. Use only for local demos."
+)
+
+
+def security_interceptors(config: ServeConfig) -> list[grpc.ServerInterceptor]:
+    """Authentication (unless `insecure_no_auth`) and rate limits, in that order.
+
+    Raises InvalidInput when authentication is on and no token is configured, or the tokens
+    file is malformed.
+    """
+    from serving.auth import AuthInterceptor, registry_from
+    from serving.ratelimit import RateLimiter, RateLimitInterceptor
+
+    if config.insecure_no_auth:
+        return [AuthInterceptor(None)]
+    registry = registry_from(config.tokens_file)
+    return [
+        AuthInterceptor(registry),
+        RateLimitInterceptor(RateLimiter(config.rate_limit, config.rate_burst)),
+    ]
+
+
+def check_security(config: ServeConfig) -> None:
+    """Fail fast on unusable security settings (tokens, TLS files) and warn about weak ones."""
+    security_interceptors(config)
+    server_credentials(config)
+    if config.insecure_no_auth:
+        log.warning(INSECURE_WARNING)
+    elif not config.tls_cert and not _loopback(config.host):
+        log.warning(
+            "tokens travel in clear text: listening beyond loopback without TLS "
+            "(give --tls-cert and --tls-key, or terminate TLS in front of the server)",
+            extra={"host": config.host},
+        )
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 def build_server(
@@ -104,8 +157,13 @@ def build_server(
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     service.add_listener(set_health)
+    credentials = server_credentials(config)
+    address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise InvalidInput("--port", f"cannot listen on {config.host}:{config.port}: {exc}") from None
     if port == 0:
@@ -157,14 +215,33 @@ def start_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     reuse_port: bool = False,
 ) -> RunningServer:
-    """Open the store (unless given), load the current model if any, start serving."""
+    """Open the store (unless given), load the current model if any, start serving.
+
+    The security interceptors of `config` (authentication, rate limits) come before
+    `interceptors`. Raises InvalidInput for unusable security settings.
+    """
+    chain = [*security_interceptors(config), *interceptors]
+    if config.insecure_no_auth:
+        log.warning(INSECURE_WARNING)
     store = store if store is not None else open_serving_store(config)
     service = RecommendationService(store, config)
-    server, health_servicer, port = build_server(service, config, interceptors, reuse_port)
+    server, health_servicer, port = build_server(service, config, chain, reuse_port)
     service.start()
+    watcher = ForgetWatcher(service, config.forget_poll_seconds)
+    watcher.poll()  # what is already forgotten is not "new" later
+    watcher.start()
     server.start()
-    log.info("serving", extra={"port": port, "ready": service.ready, "pid": os.getpid()})
-    return RunningServer(server, service, health_servicer, port, store)
+    log.info(
+        "serving",
+        extra={
+            "port": port,
+            "ready": service.ready,
+            "pid": os.getpid(),
+            "auth": not config.insecure_no_auth,
+            "tls": "mutual" if config.tls_client_ca else bool(config.tls_cert),
+        },
+    )
+    return RunningServer(server, service, health_servicer, port, store, watcher)
 
 
 # -- process entry points ---------------------------------------------------------------------

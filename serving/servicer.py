@@ -2,12 +2,17 @@
 
 No business logic here. `_status_of` is the one place where domain errors become gRPC status
 codes; `_items_response` the one place where domain answers become protobuf.
+
+Logs never carry request contents: an unexpected error is logged with its type and where it
+happened (file:line frames), not its message, which could quote a customer id.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +29,7 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving import metrics
 from serving.domain import RecommendationService, Result, Source
+from serving.privacy import forget_user
 from serving.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,12 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RecsvcError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _frames(error: BaseException, depth: int = 6) -> str:
+    """Where an error happened, innermost last, without its message (which may quote ids)."""
+    frames = traceback.extract_tb(error.__traceback__)[-depth:]
+    return " > ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in frames)
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -84,7 +96,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception as error:
             code, details = _status_of(error)
             if code is grpc.StatusCode.INTERNAL:
-                log.exception("unexpected error", extra={"error": type(error).__name__})
+                log.error(
+                    "unexpected error",
+                    extra={"error": type(error).__name__, "at": _frames(error)},
+                )
             context.abort(code, details)
             raise  # unreachable: abort raises
 
@@ -152,5 +167,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 max_k=info.max_k,
                 degraded=info.degraded,
             )
+
+        return self._call(context, answer)
+
+    def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.ServicerContext) -> Any:
+        def answer() -> pb.ForgetUserResponse:
+            user_id = self.validate.forget_user(request)
+            return pb.ForgetUserResponse(versions=forget_user(self.service, user_id, _deadline(context)))
 
         return self._call(context, answer)

@@ -164,3 +164,6 @@ class Validator:
             event_type=event_type,
             ts=ts,
         )
+
+    def forget_user(self, request: pb.ForgetUserRequest) -> str:
+        return self.id(request.user_id, "user_id")

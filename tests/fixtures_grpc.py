@@ -206,7 +206,12 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def serve(store_url: str, bundle: Path | None = None, **settings: object) -> RunningServer:
-    """Start an in-process server on 127.0.0.1:0 over `store_url` (publishing `bundle` first)."""
+    """Start an in-process server on 127.0.0.1:0 over `store_url` (publishing `bundle` first).
+
+    Without authentication unless `settings` give `tokens_file` (tests of the answers; the
+    security tests in tests/test_security.py turn it on).
+    """
+    settings.setdefault("insecure_no_auth", not settings.get("tokens_file"))
     config = replace(
         ServeConfig(store=store_url, port=0, poll_seconds=0.1, threads=4), **settings
     )

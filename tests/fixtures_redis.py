@@ -130,9 +130,12 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         )
         deadline = time.monotonic() + 20
         while True:
-            info = subprocess.run([REDIS_CLI, "-p", str(ports[0]), "cluster", "info"],
-                                  capture_output=True, text=True, timeout=5).stdout
-            if "cluster_state:ok" in info:
+            # every node must say ok: a node that has not yet seen the others' slots answers
+            # CLUSTERDOWN for a moment after the first node is ready
+            infos = [subprocess.run([REDIS_CLI, "-p", str(p), "cluster", "info"],
+                                    capture_output=True, text=True, timeout=5).stdout for p in ports]
+            info = infos[0]
+            if all("cluster_state:ok" in i for i in infos):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster did not become ok: {info}")

@@ -485,7 +485,8 @@ def _wait_serving(target: str, process: subprocess.Popen[str], timeout: float = 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_cli_serve_bundle_and_sigterm_drain(bundle_dir: Path, workers: int) -> None:  # noqa: F811
     port = free_port()
-    process = _start_cli("--bundle", str(bundle_dir), "--port", str(port), "--workers", str(workers), "--grace", "3")
+    process = _start_cli("--bundle", str(bundle_dir), "--port", str(port), "--workers", str(workers), "--grace", "3",
+                         "--insecure-no-auth")
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(target, process)
@@ -507,7 +508,7 @@ def test_cli_serve_bundle_and_sigterm_drain(bundle_dir: Path, workers: int) -> N
 
 def test_cli_serve_needs_a_store_or_a_bundle() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "recsvc.cli", "serve", "--store", "nosuch://x", "--port", "0"],
+        [sys.executable, "-m", "recsvc.cli", "serve", "--store", "nosuch://x", "--port", "0", "--insecure-no-auth"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )
     assert result.returncode == 2

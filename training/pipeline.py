@@ -67,8 +67,14 @@ def read_forget_list(path: str | Path | None) -> set[str]:
 
 
 def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport) -> EventLog:
-    """Remove forgotten customers (privacy requests): their events and their ids; counted."""
-    indexes = [event_log.users.get(u) for u in user_ids]
+    """Remove forgotten customers (privacy requests): their events and their ids; counted.
+
+    `user_ids` is the forget list: customer ids, or keyed hashes from a store that hashes ids
+    (matched by hashing this log's ids with RECSVC_ID_SECRET; see recsvc.privacy).
+    """
+    from recsvc.privacy import resolve_forgotten
+
+    indexes = [event_log.users.get(u) for u in resolve_forgotten(user_ids, event_log.users.ids)]
     indexes = [i for i in indexes if i >= 0]
     if not indexes:
         return event_log

@@ -3,6 +3,7 @@
     recsvc bench serve --target HOST:PORT [--rpc Recommend|SimilarItems|CrossSell|BuyAgain|
         Popular|mix[,...]] [--users-from STORE_URL|BUNDLE|FILE] [--concurrency 16 | --rate R]
         [--duration 30s] [--warmup 5s] [--out results.json] [--plot latency.png]
+        [--token TOKEN] [--tls-ca ca.pem [--tls-cert c.pem --tls-key c.key]] [--retries]
     recsvc bench train [--sizes 0.1M,1M,5M,20M] [--items 100000] [--spark]
         [--out train.json] [--plot train.png]
 
@@ -82,6 +83,15 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--out", default=None, help="write the results as JSON here")
     serve.add_argument("--plot", default=None, help="write a PNG plot here")
+    serve.add_argument("--token", default=None,
+                       help="bearer token for an authenticating server (default $RECSVC_TOKEN)")
+    serve.add_argument("--tls-ca", default=None, help="PEM CA of the server's certificate: use TLS")
+    serve.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
+    serve.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
+    serve.add_argument("--tls-server-name", default=None,
+                       help="name to check the server certificate against (default: the host)")
+    serve.add_argument("--retries", action="store_true",
+                       help="retry UNAVAILABLE calls as storefronts should (recsvc.client)")
     serve.set_defaults(func=run_serve)
 
     train = commands.add_parser(
@@ -207,6 +217,7 @@ def write_json(path: str | Path, value: dict[str, Any]) -> None:
 # -- bench serve ------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     from recsvc import loadgen
+    from recsvc.client import ClientSecurity
     from recsvc.progress import progress_enabled
 
     rpcs = tuple(r.strip() for r in args.rpc.split(",") if r.strip())
@@ -225,6 +236,11 @@ def run_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         server_pids=tuple(args.server_pid),
         progress=progress_enabled(),
+        security=ClientSecurity.from_env(
+            args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            server_name=args.tls_server_name,
+        ),
+        retries=args.retries,
     )
     result = {"benchmark": "serve", **environment(), **loadgen.run(config)}
     for line in serve_summary(result):
@@ -255,7 +271,10 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
         def ms(name: str, lat: dict[str, Any] = lat) -> str:
             return f"{lat[name]:8.2f}" if lat[name] is not None else "       -"
 
-        ratio = f"{phase['rps_vs_floor']:9.0%}" if "rps_vs_floor" in phase else "    floor"
+        if "rps_vs_floor" in phase:
+            ratio = f"{phase['rps_vs_floor']:9.0%}"
+        else:
+            ratio = "    floor" if phase["name"] == "Check" else "        -"
         errors = ",".join(f"{k}:{v}" for k, v in phase["errors"].items()) or "0"
         lines.append(
             f"  {phase['name']:<13}{phase['rps']:9,.0f} {ratio}{ms('p50')} {ms('p90')} {ms('p99')} "
@@ -454,7 +473,7 @@ def train_one(events: int, args: argparse.Namespace, work: Path) -> dict[str, An
     synth = _synth(events, args, data)
     bundles = work / f"bundles-{label}"
     shutil.rmtree(bundles, ignore_errors=True)
-    command = _recsvc("train", "--events", str(data / f"events.{args.format}"),
+    command = _recsvc("--log-level", "INFO", "train", "--events", str(data / f"events.{args.format}"),
                       "--items", str(data / "items.csv"), "--out", str(bundles),
                       *args.train_args.split())
     log = work / f"train-{label}.log"

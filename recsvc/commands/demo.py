@@ -82,10 +82,12 @@ def run(args: argparse.Namespace) -> int:
                           str(data / "items.csv"), "--out", str(bundles)))
     port = free_port()
     target = f"127.0.0.1:{port}"
-    print(f"\n$ recsvc serve --bundle {bundles / 'latest'} --port {port}", flush=True)
+    # A local demo on loopback: no tokens (recsvc serve says loudly that auth is off).
+    print(f"\n$ recsvc serve --bundle {bundles / 'latest'} --port {port} --insecure-no-auth",
+          flush=True)
     server = subprocess.Popen(
         _recsvc("serve", "--bundle", str(bundles / "latest"), "--host", "127.0.0.1",
-                "--port", str(port)),
+                "--port", str(port), "--insecure-no-auth"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

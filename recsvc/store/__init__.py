@@ -10,6 +10,11 @@
     redis+cluster://[:password@]host:port[,host:port...][?prefix=rs]
                                     Redis Cluster (also `redis://...?cluster=1` or cluster=True)
 
+    any of the above + ?hash_ids=1[&id_secret_file=PATH]
+                                    customer ids are stored only as keyed hashes (HMAC-SHA256
+                                    with the secret in $RECSVC_ID_SECRET or the file; see
+                                    recsvc.privacy)
+
 The Redis password comes from the URL or from `RECSVC_REDIS_PASSWORD`; it is never logged
 (`mask_url` hides it). Must not import `training` or `serving`.
 """
@@ -17,7 +22,7 @@ The Redis password comes from the URL or from `RECSVC_REDIS_PASSWORD`; it is nev
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from recsvc.errors import InvalidInput
 from recsvc.store.base import (
@@ -78,21 +83,45 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     """Open the feature store at `url` (see the module docstring for the schemes).
 
     options: implementation settings, e.g. `cluster=True`, `prefix="rs"`, `password=...`,
-    `socket_timeout=1.0`, `recent_max=50`, `recent_ttl=86400` (Redis); overriding URL queries.
-    Raises InvalidInput for an unknown scheme or a malformed URL, StoreUnavailable when a
-    Redis server cannot be reached.
+    `socket_timeout=1.0`, `recent_max=50`, `recent_ttl=86400` (Redis), `hash_ids=True`,
+    `id_secret_file=PATH` (any store); overriding URL queries.
+    Raises InvalidInput for an unknown scheme or a malformed URL (or hash_ids without a
+    secret), StoreUnavailable when a Redis server cannot be reached.
     """
     if not url or "://" not in url:
         raise InvalidInput("--store", f"'{mask_url(url)}' is not a store URL (memory:// or redis://...)")
     scheme = url.split("://", 1)[0].lower()
+    hasher = _id_hasher(url, options)
+    store: FeatureStore
     if scheme == "memory":
         from recsvc.store.memory import MemoryStore
 
-        return MemoryStore.open(url, **options)
-    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        store = MemoryStore.open(url, **options)
+    elif scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from recsvc.store.redis import RedisStore
 
-        return RedisStore.from_url(url, **options)
-    raise InvalidInput(
-        "--store", f"unknown store scheme '{scheme}://' (one of {', '.join(s + '://' for s in SCHEMES)})"
-    )
+        store = RedisStore.from_url(url, **options)
+    else:
+        raise InvalidInput(
+            "--store", f"unknown store scheme '{scheme}://' (one of {', '.join(s + '://' for s in SCHEMES)})"
+        )
+    if hasher is not None:
+        store.enable_id_hashing(hasher)
+    return store
+
+
+def _id_hasher(url: str, options: dict[str, Any]) -> Any:
+    """The IdHasher asked for by `hash_ids` (option or URL query), else None; pops the options."""
+    try:
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    except ValueError:
+        query = {}
+    flag = options.pop("hash_ids", query.get("hash_ids", ""))
+    secret_file = options.pop("id_secret_file", query.get("id_secret_file")) or None
+    if str(flag).lower() not in ("1", "true", "yes", "on"):
+        if str(flag).lower() not in ("", "0", "false", "no", "off", "none"):
+            raise InvalidInput("hash_ids", f"'{flag}' is not 1 or 0")
+        return None
+    from recsvc.privacy import hasher_from_env
+
+    return hasher_from_env(secret_file)

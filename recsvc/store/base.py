@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from recsvc.bundle import Bundle
+    from recsvc.privacy import IdHasher
 
 # Names of the popularity lists a bundle may carry (bundle `popularity/<list>/`).
 POPULARITY_LISTS = ("global", "trending", "category", "segment", "cluster")
@@ -295,7 +296,23 @@ class FeatureStore(Protocol):
         ...
 
     def forgotten_users(self) -> list[str]:
-        """Ids passed to `forget_user`, for the trainer to drop their events."""
+        """The forget list, for the trainer to drop these customers' events.
+
+        Entries are customer ids, or `hmac-sha256:<fingerprint>:<key>` when the store keeps
+        ids as keyed hashes (`recsvc.privacy.resolve_forgotten` matches both).
+        """
+        ...
+
+    def forget_entry(self, user_id: str) -> str:
+        """What the forget list holds for a customer (the id, or its tagged keyed hash)."""
+        ...
+
+    def is_forgotten(self, user_ids: Sequence[str]) -> list[bool]:
+        """Whether each customer is on the forget list (hashed or not)."""
+        ...
+
+    def enable_id_hashing(self, hasher: IdHasher) -> None:
+        """Keep customer ids only as keyed hashes (`open_store(url, hash_ids=True)` calls it)."""
         ...
 
     def update_items(self, catalog_frame: pd.DataFrame) -> ItemUpdateReport:

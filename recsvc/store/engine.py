@@ -6,6 +6,13 @@ records, item records, the version table, the `current` pointer, the publish loc
 embedded store (`recsvc.store.memory`) and the Redis store (`recsvc.store.redis`) implement
 only the primitives, so both hold the same bytes (`recsvc.store.codec`) and behave alike.
 
+Customer ids reach the primitives only through `user_key` (user records, real-time lists) and
+`forget_entry` (the forget list). By default both are the id itself; with id hashing on
+(`enable_id_hashing`, see `recsvc.privacy`) they are keyed hashes, so the backend never holds
+a customer id in clear. Each version's meta records which (`user_ids`), and reading the item
+catalogue of a version written the other way raises InvalidInput rather than silently
+treating every customer as unknown.
+
 Must not import `training` or `serving`.
 """
 
@@ -28,6 +35,7 @@ import numpy as np
 
 from recsvc.errors import InvalidInput, NotFound
 from recsvc.ids import IdMap
+from recsvc.privacy import PLAIN, IdHasher
 from recsvc.store import codec
 from recsvc.store.base import (
     ALL,
@@ -81,6 +89,52 @@ class StoreEngine(ABC):
         self.recent_ttl = int(recent_ttl)
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.id_hasher: IdHasher | None = None
+
+    # == customer ids ============================================================================
+
+    def enable_id_hashing(self, hasher: IdHasher) -> None:
+        """Store customer ids only as keyed hashes from now on (see `recsvc.privacy`)."""
+        self.id_hasher = hasher
+
+    @property
+    def user_id_mode(self) -> str:
+        """`plain`, or `hmac-sha256:<key fingerprint>` (recorded in every version's meta)."""
+        return PLAIN if self.id_hasher is None else self.id_hasher.mode
+
+    def user_key(self, user_id: str) -> str:
+        """The key the backend files a customer under (the id itself unless hashing)."""
+        return user_id if self.id_hasher is None else self.id_hasher.user_key(user_id)
+
+    def user_keys(self, user_ids: Sequence[str]) -> list[str]:
+        if self.id_hasher is None:
+            return list(user_ids)
+        key = self.id_hasher.user_key
+        return [key(u) for u in user_ids]
+
+    def entry_of_key(self, key: str) -> str:
+        """The forget-list entry of a user key."""
+        return key if self.id_hasher is None else self.id_hasher.entry_of_key(key)
+
+    def forget_entry(self, user_id: str) -> str:
+        """What the forget list holds for a customer (the id, or a tagged keyed hash)."""
+        return self.entry_of_key(self.user_key(user_id))
+
+    def is_forgotten(self, user_ids: Sequence[str]) -> list[bool]:
+        """Whether each customer is on the forget list (works with hashed ids too)."""
+        listed = set(self.forgotten_users())
+        return [self.forget_entry(u) in listed for u in user_ids]
+
+    def _check_user_ids(self, version: str, meta: dict[str, Any]) -> None:
+        stored = str(meta.get("user_ids", PLAIN))
+        if meta and stored != self.user_id_mode:
+            ours = self.user_id_mode
+            raise InvalidInput(
+                "hash_ids",
+                f"version '{version}' stores customer ids as {stored}, this store handle "
+                f"reads them as {ours}: open the store with the same ?hash_ids= setting and "
+                "RECSVC_ID_SECRET the publisher used",
+            )
 
     # == primitives ==============================================================================
 
@@ -174,10 +228,12 @@ class StoreEngine(ABC):
     def delete_events(self, user_id: str) -> None: ...
 
     @abstractmethod
-    def add_forgotten(self, user_id: str, ts: float) -> None: ...
+    def add_forgotten(self, user_id: str, ts: float) -> None:
+        """Add a forget-list entry (`forget_entry(id)`: the id, or its tagged keyed hash)."""
 
     @abstractmethod
-    def forgotten_users(self) -> list[str]: ...
+    def forgotten_users(self) -> list[str]:
+        """Forget-list entries, oldest first (`recsvc.privacy.resolve_forgotten` matches them)."""
 
     @abstractmethod
     def put_item_updates(self, updates: dict[str, bytes]) -> int:
@@ -265,8 +321,9 @@ class StoreEngine(ABC):
             raise InvalidInput("recent", "must not be negative")
         out: list[UserFeatures | None] = []
         empty = np.zeros(0, dtype=np.int32)
+        keys = user_ids if self.id_hasher is None else self.user_keys(user_ids)
         for user_id, (record, raw_events) in zip(
-            user_ids, self.get_users(version, user_ids, min(recent, self.recent_max)), strict=True
+            user_ids, self.get_users(version, keys, min(recent, self.recent_max)), strict=True
         ):
             events = tuple(codec.decode_event(e) for e in raw_events)
             if record is not None:
@@ -298,7 +355,9 @@ class StoreEngine(ABC):
         base = self._cached(version, "catalog", lambda: self._load_catalog(version))
         revision = self.state().items_revision
         updates = self.item_updates()
-        created = _epoch(str(self.version_table().get(version, {}).get("created_at", "")))
+        meta = self.version_table().get(version, {})
+        self._check_user_ids(version, meta)
+        created = _epoch(str(meta.get("created_at", "")))
         category = base["category"].copy()
         price = base["price"].copy()
         in_stock = base["in_stock"].copy()
@@ -391,12 +450,14 @@ class StoreEngine(ABC):
             raise InvalidInput("user_id", "must not be empty")
         if int(item_index) < 0:
             raise InvalidInput("item_index", "must not be negative")
-        self.push_event(user_id, codec.encode_event(int(item_index), event_type, time.time() if ts is None else ts))
+        event = codec.encode_event(int(item_index), event_type, time.time() if ts is None else ts)
+        self.push_event(self.user_key(user_id), event)
 
     def recent_events(self, user_id: str, limit: int = 50) -> list[RecentEvent]:
         if limit <= 0:
             return []
-        return [codec.decode_event(e) for e in self.read_events(user_id, min(limit, self.recent_max))]
+        raw = self.read_events(self.user_key(user_id), min(limit, self.recent_max))
+        return [codec.decode_event(e) for e in raw]
 
     # -- admin ------------------------------------------------------------------------------
 
@@ -444,12 +505,13 @@ class StoreEngine(ABC):
     def forget_user(self, user_id: str) -> int:
         if not user_id:
             raise InvalidInput("--user", "must not be empty")
+        key = self.user_key(user_id)
         # record first: a publish running now drops the user before it verifies
-        self.add_forgotten(user_id, time.time())
+        self.add_forgotten(self.entry_of_key(key), time.time())
         held = 0
         for version in self.version_table():
-            held += self.delete_users(version, [user_id]) > 0
-        self.delete_events(user_id)
+            held += self.delete_users(version, [key]) > 0
+        self.delete_events(key)
         log.info("forgot a user", extra={"versions": held})
         return held
 

@@ -16,6 +16,8 @@ primitives):
 6. delete READY versions beyond the newest `keep` (never the current one).
 
 Users on the store's forget list are never written. Components the bundle lacks are skipped.
+Customer ids go to the store as `engine.user_key(id)` (keyed hashes when the store hashes ids,
+see `recsvc.privacy`); the version's meta records which (`user_ids`).
 """
 
 from __future__ import annotations
@@ -386,6 +388,7 @@ def publish_bundle(
             "components": list(content.components),
             "factor_model": content.factor_model,
             "layout": engine.layout_info(n_items),
+            "user_ids": engine.user_id_mode,
         }
         engine.put_version_meta(version, meta)
         total_bytes = 0
@@ -416,8 +419,10 @@ def publish_bundle(
                         on_batch("similar", stop, n_items)
                 bar.close()
 
-            order = engine.user_write_order(user_ids)
-            keep_rows = np.fromiter((user_ids[i] not in forgotten for i in order.tolist()),
+            user_keys = engine.user_keys(user_ids)  # the ids themselves unless hashing
+            order = engine.user_write_order(user_keys)
+            entry = engine.entry_of_key
+            keep_rows = np.fromiter((entry(user_keys[i]) not in forgotten for i in order.tolist()),
                                     dtype=bool, count=len(order)) if forgotten else None
             if keep_rows is not None:
                 order = order[keep_rows]
@@ -428,7 +433,7 @@ def publish_bundle(
                 records = codec.encode_user_records(
                     content.user_batch(rows), n_items, engine.score_code, engine.factor_code
                 )
-                ids = [user_ids[i] for i in rows.tolist()]
+                ids = [user_keys[i] for i in rows.tolist()]
                 total_bytes += sum(len(r) for r in records)
                 writer.submit(partial(engine.put_users, version, ids, records))
                 bar.update(len(rows))
@@ -445,7 +450,7 @@ def publish_bundle(
 
         # users forgotten while we wrote: remove them before anyone can read this version
         late = set(engine.forgotten_users()) - forgotten
-        late_here = [u for u in late if bundle.users.get(u) >= 0]
+        late_here = [k for k in user_keys if engine.entry_of_key(k) in late] if late else []
         if late_here:
             engine.delete_users(version, late_here)
         expected_users = len(order) - len(late_here)
