@@ -1714,15 +1714,29 @@ def train_spark(
             rules_info: dict[str, Any] = {}
             if config.rules.enabled:
                 done = step("rules")
+                baskets = cache(spark_baskets(spark_log, config.rules.window_days))
+                too_large = F.size("items") > config.rules.max_basket_items
+                left_out = baskets.where(too_large).count()
                 rules = mine_rules_spark(
-                    spark_baskets(spark_log, config.rules.window_days),
+                    baskets.where(~too_large),
                     min_support=config.rules.min_support,
                     min_confidence=config.rules.min_confidence,
                     max_len=config.rules.max_len,
                     max_rules=config.rules.max_rules,
                 )
+                cache.drop(baskets)
                 rules.save(writer.dir("rules"))
-                rules_info = {"rules": len(rules), "orders": int(rules.n_orders)}
+                rules_info = {
+                    "rules": len(rules),
+                    "orders": int(rules.n_orders),
+                    "baskets_left_out_too_large": int(left_out),
+                    "max_basket_items": config.rules.max_basket_items,
+                }
+                if left_out:
+                    report.notes.append(
+                        f"{left_out} baskets with more than {config.rules.max_basket_items} "
+                        "items left out of association rules"
+                    )
                 done()
 
             if config.buyagain.enabled:

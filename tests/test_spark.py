@@ -1,0 +1,396 @@
+"""The Spark engine against the local one: the same bundle, rows, rules and statistics, and
+recommendations of the same quality.
+
+Every Spark test shares one local[2] SparkSession (session scope, small shuffles, no UI).
+They skip, saying why, only when pyspark or a Java runtime cannot be had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recsvc.bundle import Bundle
+from recsvc.config import TrainConfig, load_train_config
+from recsvc.events import LoadOptions, load_events
+
+pytestmark = pytest.mark.slow
+
+SPARK_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    # Short JVM: the C1 compiler alone starts the tests about twice as fast.
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+}
+K = 10
+
+
+def _java_problem() -> str | None:
+    """Why no usable Java runtime is here (None: there is one)."""
+    home = os.environ.get("JAVA_HOME")
+    java = shutil.which("java") or (str(Path(home) / "bin" / "java") if home else None)
+    if not java or not Path(java).exists():
+        return "no Java runtime (java not on PATH, JAVA_HOME unset): apt-get install -y default-jre-headless"
+    probe = subprocess.run([java, "-version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"java -version failed: {probe.stderr.strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
+    problem = _java_problem()
+    if problem:
+        pytest.skip(problem)
+    from pyspark.errors import PySparkRuntimeError
+
+    from training.engines.spark import spark_session
+
+    try:
+        session = spark_session("local[2]", SPARK_CONF)
+    except PySparkRuntimeError as exc:  # the JVM would not start (e.g. a Java too old for pyspark)
+        pytest.skip(f"Spark could not start a JVM here: {exc}")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def _config(**overrides: Any) -> TrainConfig:
+    return load_train_config(None, overrides, environ={})
+
+
+# --- parity on a synthetic store ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A synthetic store with each user's last 20% of distinct items held out (random per user)."""
+    from recsvc.synth import SynthConfig, generate, write
+    from training.evaluation.splits import random_split
+
+    root = tmp_path_factory.mktemp("spark-store")
+    paths = write(generate(SynthConfig(users=1500, items=250, days=60, seed=11)), root)
+    events = pd.read_csv(paths["events"], dtype=str, keep_default_na=False)
+    user = pd.factorize(events["user_id"])[0]
+    item = pd.factorize(events["item_id"])[0]
+    held_out = random_split(user, item, ratio=0.2, seed=7)
+    train_path = root / "train.csv"
+    events[~held_out].to_csv(train_path, index=False)
+    test = events.loc[held_out, ["user_id", "item_id"]].drop_duplicates()
+    return {"train": train_path, "items": paths["items"], "test": test, "root": root}
+
+
+PARITY = {"default_recommender": "als", "ease.enabled": False, "itemknn.enabled": False,
+          "candidates": 50, "als.factors": 32}
+
+
+@pytest.fixture(scope="module")
+def bundles(spark: Any, store: dict[str, Any]) -> dict[str, Bundle]:
+    """The same training data and config through both engines."""
+    from training.engines.spark import train_spark
+    from training.pipeline import train
+
+    config = _config(**PARITY)
+    local = train(store["train"], store["root"] / "local", config, items=store["items"])
+    spark_result = train_spark(store["train"], store["root"] / "spark", config, items=store["items"],
+                               spark=spark)
+    return {"local": Bundle(local.path), "spark": Bundle(spark_result.path)}
+
+
+def ndcg_from_candidates(bundle: Bundle, test: pd.DataFrame, k: int = K) -> float:
+    """nDCG@k of the bundle's stored candidates against held-out (user_id, item_id) pairs."""
+    from training.evaluation.metrics import ndcg_at_k
+
+    users = np.asarray(sorted(test["user_id"].unique()), dtype=object)
+    item_ids = np.asarray(bundle.items.ids, dtype=object)
+    rows = np.array([bundle.users.get(u) for u in users])
+    ranked = np.full((len(users), k), -1, dtype=np.int64)
+    known = rows >= 0
+    candidates = np.asarray(bundle.array("candidates/items"))[rows[known], :k]
+    ranked[known] = candidates
+    user_row = {u: i for i, u in enumerate(users)}
+    columns = np.array([bundle.items.get(i) for i in test["item_id"]])
+    inside = columns >= 0  # an item seen only in the held-out part cannot be recommended by either
+    relevant = sp.csr_matrix(
+        (np.ones(int(inside.sum())), ([user_row[u] for u in test["user_id"][inside]], columns[inside])),
+        shape=(len(users), len(item_ids)),
+    )
+    return ndcg_at_k(ranked, relevant, k)
+
+
+def test_spark_recommendations_are_as_good_as_local(bundles: dict[str, Bundle], store: dict[str, Any]) -> None:
+    local = ndcg_from_candidates(bundles["local"], store["test"])
+    spark = ndcg_from_candidates(bundles["spark"], store["test"])
+    print(f"nDCG@{K} on held-out items: local ALS {local:.4f}, Spark ALS {spark:.4f}")
+    assert local > 0.05  # the planted tastes are learnable at all
+    assert spark >= 0.85 * local
+
+
+def test_spark_bundle_loads_with_the_local_layout(bundles: dict[str, Bundle]) -> None:
+    from recsvc.scorers import FactorScorer
+
+    local, spark = bundles["local"], bundles["spark"]
+    assert spark.manifest["engine"]["name"] == "spark"
+    assert set(spark.manifest["artifacts"]) == set(local.manifest["artifacts"])
+    assert spark.default_recommender == "als" and spark.recommenders == ["als", "popular"]
+    assert set(spark.users.ids) == set(local.users.ids) and set(spark.items.ids) == set(local.items.ids)
+    assert spark.manifest["rows"] == local.manifest["rows"]
+    scorer = spark.scorer()
+    assert isinstance(scorer, FactorScorer)
+    assert scorer.user_factors.shape == (len(spark.users), 32)
+    assert scorer.item_factors.shape == (len(spark.items), 32)
+    # The catalogue is aligned with the (differently ordered) item ids.
+    local_category = dict(zip(local.items.ids, local.catalog.category, strict=True))
+    assert all(local_category[i] == c for i, c in zip(spark.items.ids, spark.catalog.category, strict=True))
+
+
+def _aligned(bundle: Bundle, reference: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column permutations taking `reference`'s indexes to `bundle`'s."""
+    users = np.array([bundle.users.get(u) for u in reference.users.ids])
+    items = np.array([bundle.items.get(i) for i in reference.items.ids])
+    return users, items
+
+
+def test_seen_matrix_and_candidates_match_local(bundles: dict[str, Bundle]) -> None:
+    local, spark = bundles["local"], bundles["spark"]
+    users, items = _aligned(spark, local)
+    seen = spark.seen[users][:, items]
+    assert (seen != 0).nnz == local.seen.nnz
+    np.testing.assert_allclose(seen.toarray(), local.seen.toarray(), rtol=1e-5)
+    candidates = np.asarray(spark.array("candidates/items"))
+    assert candidates.shape == (len(spark.users), 50)
+    rows = np.repeat(np.arange(candidates.shape[0]), candidates.shape[1])
+    cols = candidates.ravel()
+    valid = cols >= 0
+    assert valid.mean() > 0.99
+    assert not np.asarray(spark.seen[rows[valid], cols[valid]]).any()  # never a seen item
+    similar = np.asarray(spark.array("similar/indices"))
+    assert similar.shape == (len(spark.items), 50)
+    assert not (similar == np.arange(len(spark.items))[:, None]).any()  # never the item itself
+
+
+def test_commerce_lists_match_local(bundles: dict[str, Bundle]) -> None:
+    """Rules, buy-again, RFM segments and popularity: same definitions, same answers."""
+    from recsvc.buyagain import BuyAgainLists
+    from recsvc.rules import RuleSet
+    from training.segments import Segments
+
+    local, spark = bundles["local"], bundles["spark"]
+    rules = {name: RuleSet.load(b.path / "rules").to_frame(b.items.ids) for name, b in bundles.items()}
+    _assert_same_rules(rules["spark"], rules["local"])
+
+    def due(bundle: Bundle) -> pd.DataFrame:
+        lists = BuyAgainLists.read(bundle)
+        return pd.DataFrame({
+            "user_id": np.asarray(bundle.users.ids, dtype=object)[lists.row_users()],
+            "item_id": np.asarray(bundle.items.ids, dtype=object)[np.asarray(lists.items)],
+            "next_due": np.asarray(lists.next_due), "count": np.asarray(lists.count),
+            "due_score": np.asarray(lists.due_score),
+        }).sort_values(["user_id", "item_id"], ignore_index=True)
+
+    spark_due, local_due = due(spark), due(local)
+    assert len(local_due) > 0
+    pd.testing.assert_frame_equal(spark_due, local_due, rtol=1e-5)
+
+    def rfm(bundle: Bundle) -> pd.DataFrame:
+        frame = Segments.read(bundle).to_frame()
+        frame["user_id"] = np.asarray(bundle.users.ids, dtype=object)[frame["user_index"]]
+        columns = ["user_id", "segment", "frequency", "r", "f", "m"]
+        return frame[columns].sort_values("user_id", ignore_index=True)
+
+    pd.testing.assert_frame_equal(rfm(spark), rfm(local))
+    clusters = Segments.read(spark).cluster
+    assert len(set(clusters.tolist()) - {-1}) == 8
+
+    for name in ("global", "trending", "category"):
+        lists = {e: b.popularity(name) for e, b in bundles.items()}
+        assert lists["spark"].names == lists["local"].names
+        for group in lists["local"].names:
+            _assert_same_ranking(
+                *(_ranked(bundles[e], lists[e].get(group)) for e in ("spark", "local"))  # type: ignore[arg-type]
+            )
+    assert spark.popularity("segment").names == local.popularity("segment").names
+    assert len(spark.popularity("cluster").names) == 8
+
+
+def _ranked(bundle: Bundle, entry: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    items, scores = entry
+    return {bundle.items.id_of(int(i)): float(s) for i, s in zip(items, scores, strict=True)}
+
+
+def _assert_same_ranking(spark: dict[str, float], local: dict[str, float]) -> None:
+    """Same items with the same scores, up to the order of ties (item indexes differ by engine)."""
+    assert len(spark) == len(local)
+    for item in spark.keys() & local.keys():
+        assert spark[item] == pytest.approx(local[item], rel=1e-5)
+    cutoff = min(local.values())  # a tie at the end of the list may keep either item
+    for item in spark.keys() ^ local.keys():
+        assert (spark.get(item) or local[item]) == pytest.approx(cutoff, rel=1e-5)
+
+
+def _assert_same_rules(spark: pd.DataFrame, local: pd.DataFrame) -> None:
+    keys = ["antecedents", "consequent"]
+    spark = spark.sort_values(keys, ignore_index=True)
+    local = local.sort_values(keys, ignore_index=True)
+    assert len(local) > 0
+    assert spark[keys].equals(local[keys])
+    for metric in ("support", "confidence", "lift", "leverage", "conviction"):
+        np.testing.assert_array_equal(spark[metric].to_numpy(), local[metric].to_numpy(), err_msg=metric)
+
+
+# --- association rules on Groceries ------------------------------------------------------------
+
+GROCERIES = LoadOptions(columns={"user_id": "order_id", "order_id": "order_id"})
+RULES_ONLY = {"default_recommender": "popular", "als.enabled": False, "ease.enabled": False,
+              "itemknn.enabled": False, "buyagain.enabled": False, "segments.enabled": False,
+              "rules.min_support": 0.002, "rules.min_confidence": 0.1, "rules.max_len": 3}
+
+
+def test_groceries_rules_equal_local(spark: Any, groceries_path: Path, tmp_path: Path) -> None:
+    from recsvc.rules import RuleSet
+    from training.engines.spark import train_spark
+    from training.pipeline import train
+
+    config = _config(**RULES_ONLY)
+    local = Bundle(train(groceries_path, tmp_path / "local", config, load_options=GROCERIES).path)
+    spark_bundle = Bundle(
+        train_spark(groceries_path, tmp_path / "spark", config, load_options=GROCERIES, spark=spark).path
+    )
+    frames = [RuleSet.load(b.path / "rules").to_frame(b.items.ids) for b in (spark_bundle, local)]
+    _assert_same_rules(*frames)
+    assert spark_bundle.manifest["rules"] == local.manifest["rules"]
+    print(f"Groceries: {len(frames[0])} rules from {local.manifest['rules']['orders']} baskets, equal")
+
+
+# --- loading: the local loader's rows, reasons and row numbers ---------------------------------
+
+BAD_LOG = """user_id,item_id,event_type,timestamp,order_id,quantity,price
+u1,i1,view,2026-01-01T10:00:00Z,,,
+u1,i2,purchase,2026-01-02T10:00:00Z,o1,2,3.5
+,i3,view,2026-01-01,,,
+u2,,view,2026-01-01,,,
+u2,i1,teleport,2026-01-01,,,
+u2,i1,purchase,not a time,o2,1,
+u3,i1,purchase,1767261600,C9,1,2
+u3,i4,purchase,1767261600000,o3,-1,2
+u3,i5,purchase,1767261600,o4,0,2
+u3,i6,purchase,1767261600,o5,x,2
+u3,i7,purchase,1767261600,o6,1,-4
+u4,i8,,2026-01-03,,,
+{long},i1,view,2026-01-03,,,
+u4,i9,CART,2026-01-03,,1,
+""".replace("{long}", "u" * 300)
+
+
+def _reports(spark: Any, path: Path, options: LoadOptions) -> tuple[Any, Any]:
+    from training.engines.spark import Cache, _effective_options, load_spark_log
+
+    options = _effective_options(options, TrainConfig())
+    _, local = load_events(path, options)
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), options, cache)
+        return spark_log.report, local
+    finally:
+        cache.release()
+
+
+def test_bad_rows_counted_like_the_local_loader(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(BAD_LOG)
+    spark_report, local = _reports(spark, path, LoadOptions())
+    assert spark_report.to_dict() == local.to_dict()
+    assert local.rows_bad == 11 and len(local.bad_rows) == 11  # one row per reason
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_other_formats_and_mappings_counted_like_local(spark: Any, tmp_path: Path, fmt: str) -> None:
+    frame = pd.read_csv(pd.io.common.StringIO(BAD_LOG), dtype=str, keep_default_na=False)
+    frame = frame.rename(columns={"user_id": "CustomerID", "item_id": "StockCode"})
+    path = tmp_path / f"events.{fmt}"
+    if fmt == "parquet":
+        frame.replace("", None).to_parquet(path, index=False)
+    else:
+        lines = [json.dumps({k: v for k, v in row.items() if v != ""}) for row in frame.to_dict("records")]
+        path.write_text("\n".join([*lines, "{broken", "[1, 2]"]) + "\n")
+    options = LoadOptions(columns={"user_id": "CustomerID", "item_id": "StockCode"})
+    spark_report, local = _reports(spark, path, options)
+    assert spark_report.rows_read == local.rows_read
+    assert spark_report.rows_kept == local.rows_kept
+    assert dict(spark_report.bad_rows) == dict(local.bad_rows)
+
+
+def test_forgotten_customers_leave_no_trace(spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsvc.privacy import IdHasher
+    from training.engines.spark import Cache, _effective_options, load_spark_log
+
+    secret = b"0123456789abcdef-test-secret"
+    monkeypatch.setenv("RECSVC_ID_SECRET", secret.decode())
+    path = tmp_path / "events.csv"
+    path.write_text(BAD_LOG)
+    forget = {"u1", IdHasher(secret).forget_entry("u3")}
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), _effective_options(None, TrainConfig()), cache,
+                                      forget=forget)
+        users = {r["user_id"] for r in spark_log.users.collect()}
+        assert users == {"u4"}  # u1 and u3 forgotten; every row of u2 is a bad row
+        assert spark_log.forgotten_users == 2
+        assert any("forgotten customers dropped" in note for note in spark_log.report.notes)
+    finally:
+        cache.release()
+
+
+def test_cli_trains_with_the_spark_engine(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recsvc.cli import main
+
+    path = tmp_path / "events.csv"
+    path.write_text(BAD_LOG)
+    code = main(["train", "--engine", "spark", "--events", str(path), "--out", str(tmp_path / "b"),
+                 "--no-segments", "--no-rules"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rows read 14, kept 3, bad 11" in out
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.manifest["engine"]["name"] == "spark"
+    assert bundle.manifest["rows"]["bad_rows"]["unknown event_type"] == 1
+
+
+def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
+    from recsvc.errors import InvalidInput, TooManyBadRows
+    from training.engines.spark import train_spark
+
+    path = tmp_path / "events.csv"
+    path.write_text(BAD_LOG)
+    with pytest.raises(TooManyBadRows, match="events.csv: 11 of 14 rows are bad"):
+        train_spark(path, tmp_path / "b", _config(), load_options=LoadOptions(max_bad_rows=5), spark=spark)
+    with pytest.raises(InvalidInput, match="--events: file not found"):
+        train_spark(tmp_path / "nope.csv", tmp_path / "b", _config(), spark=spark)
+    no_items = tmp_path / "bad.csv"
+    no_items.write_text("user_id,sku\nu1,i1\n")
+    with pytest.raises(InvalidInput, match="item_id: column 'item_id' not found"):
+        train_spark(no_items, tmp_path / "b", _config(), spark=spark)
+    assert not list((tmp_path / "b").glob(".partial-*"))  # nothing half-written is left
+
+
+def test_spark_als_fit_seconds(spark: Any) -> None:
+    from training.engines.spark import spark_als_fit_seconds
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(200, 80, density=0.05, random_state=rng, format="csr", dtype=np.float32)
+    seconds = spark_als_fit_seconds(matrix, factors=8, iterations=3, regularization=0.05, alpha=2.0,
+                                    spark=spark)
+    assert 0 < seconds < 300
