@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RecsvcError as exc:
-        print(f"recsvc {args.command}: error: {exc}", file=sys.stderr)
+        # one printable line, whatever a library put in the message
+        message = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+        print(f"recsvc {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"recsvc {args.command}: interrupted", file=sys.stderr)

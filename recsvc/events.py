@@ -3,14 +3,26 @@
 A log is read in chunks; every row is either kept (mapped to dense ids and compact arrays) or
 counted as bad under a named reason, with the first few row numbers kept as examples so a
 nightly job can say where its input went wrong. Nothing is dropped silently.
+
+A file that cannot be read as a whole (not a file, truncated or mislabelled compression, a
+truncated or corrupt Parquet file, binary data or another encoding than UTF-8 where text is
+expected) raises InvalidInput naming the flag and the reason, never a library exception.
+Ids must be printable UTF-8 text, as the server requires of requests: ids with undecodable
+bytes (a Latin-1 file read as UTF-8), control characters, or JSON objects / arrays in JSON
+Lines are counted as bad rows rather than trained on under a mangled name.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import json
 import logging
+import lzma
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +51,10 @@ FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_EVENT_TYPE = "interaction"  # used when a log has no event column and none is given
 MAX_ID_LENGTH = 256
 EXAMPLES_PER_REASON = 5
+REPLACEMENT = "\ufffd"  # what undecodable bytes become when text is read as UTF-8
+_NESTED = "\x00<nested JSON>"  # stands for a JSON object or array where a value was expected
+# What a broken compressed stream or file raises while being read.
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
@@ -209,24 +225,81 @@ class LoadOptions:
 BadLines = list[tuple[str, int]]  # (reason, 1-based line number) of lines no parser could split
 
 
-def _iter_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+def check_input_file(path: Path, flag: str) -> None:
+    """InvalidInput naming `flag` unless `path` is an existing regular file."""
+    if not path.exists():
+        raise InvalidInput(flag, f"file not found: {path}")
+    if not path.is_file():
+        raise InvalidInput(flag, f"{path} is not a file")
+
+
+def _iter_chunks(
+    path: Path, fmt: str, chunk_rows: int, flag: str = "--events"
+) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     """Yield the file as DataFrames of strings (None for missing), chunk by chunk.
 
     Lines that cannot be split into a row at all (wrong field count, broken JSON) come back
-    beside the chunk so the caller counts them.
+    beside the chunk so the caller counts them. A file that cannot be read at all raises
+    InvalidInput naming `flag`.
     """
-    if fmt == "csv":
-        yield from _csv_chunks(path, chunk_rows)
-    elif fmt == "jsonl":
-        yield from _jsonl_chunks(path, chunk_rows)
-    else:
-        yield from _parquet_chunks(path, chunk_rows)
+    try:
+        if fmt == "csv":
+            yield from _csv_chunks(path, chunk_rows, flag)
+        elif fmt == "jsonl":
+            yield from _jsonl_chunks(path, chunk_rows)
+        else:
+            yield from _parquet_chunks(path, chunk_rows, flag)
+    except _READ_ERRORS as exc:
+        raise InvalidInput(flag, f"cannot read {path.name}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a read failure, with a hint for broken compression."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, EOFError | zlib.error | lzma.LZMAError | gzip.BadGzipFile) or "compress" in text.lower():
+        return f"{text} (truncated, or not compressed the way its name says?)"
+    return text
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """The file as UTF-8 text (a BOM is skipped, undecodable bytes become U+FFFD),
+    decompressed by extension."""
+    suffix = path.suffix.lower()
+    encoding, errors = "utf-8-sig", "replace"
+    if suffix == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, errors=errors)  # type: ignore[return-value]
+    if suffix == ".bz2":
+        return bz2.open(path, "rt", encoding=encoding, errors=errors)  # type: ignore[return-value]
+    if suffix == ".xz":
+        return lzma.open(path, "rt", encoding=encoding, errors=errors)  # type: ignore[return-value]
+    if suffix == ".zst":
+        raise InvalidInput("--events", f"{path.name}: zstd-compressed JSON Lines are not supported")
+    return open(path, encoding=encoding, errors=errors)  # type: ignore[return-value]  # noqa: SIM115
+
+
+def check_text_columns(columns: Sequence[object], path: Path, flag: str) -> None:
+    """InvalidInput when a header shows the file is binary or not UTF-8 (e.g. UTF-16)."""
+    for name in columns:
+        text = str(name)
+        if REPLACEMENT in text or not text.isprintable():
+            raise InvalidInput(
+                flag,
+                f"{path.name} is not UTF-8 text (binary data, or another encoding such as "
+                "UTF-16 or Latin-1: convert it to UTF-8)",
+            )
+
+
+def show_columns(columns: Sequence[object], limit: int = 12) -> str:
+    """Column names for an error message: a few, each short and printable."""
+    shown = [ascii(str(c)[:40]) if not str(c).isprintable() else str(c)[:40] for c in columns[:limit]]
+    more = f", ... ({len(columns)} in all)" if len(columns) > limit else ""
+    return ", ".join(shown) + more
 
 
 _SKIP_LINE = re.compile(r"Skipping line (\d+)")
 
 
-def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -251,13 +324,14 @@ def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, Bad
     except pd.errors.EmptyDataError:
         return
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidInput("--events", f"cannot parse {path.name} as CSV: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise InvalidInput(flag, f"cannot parse {path.name} as CSV: {reason}") from exc
 
 
 def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     records: list[dict[str, Any]] = []
     bad: BadLines = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with _open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -269,10 +343,7 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, B
             if not isinstance(record, dict):
                 bad.append(("JSON line is not an object", line_no))
                 continue
-            records.append(
-                {k: None if v is None else v if isinstance(v, str) else json.dumps(v)
-                 for k, v in record.items()}
-            )
+            records.append({k: _json_value(v) for k, v in record.items()})
             if len(records) >= chunk_rows:
                 yield pd.DataFrame.from_records(records), bad
                 records, bad = [], []
@@ -280,7 +351,16 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, B
         yield pd.DataFrame.from_records(records), bad
 
 
-def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+def _json_value(value: Any) -> str | None:
+    """A JSON value as the text the checks expect (objects and arrays marked unusable)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return _NESTED
+    return json.dumps(value)
+
+
+def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -299,7 +379,8 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame,
                     columns[name] = text.astype(object).where(text.notna(), None)
             yield pd.DataFrame(columns), []
     except (OSError, pa.ArrowException) as exc:
-        raise InvalidInput("--events", f"cannot read {path.name} as Parquet: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise InvalidInput(flag, f"cannot read {path.name} as Parquet: {reason}") from exc
 
 
 def parse_timestamps(values: pd.Series) -> np.ndarray:
@@ -314,6 +395,25 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
         seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
         out[text] = seconds.to_numpy(dtype="float64", na_value=np.nan)
     return out
+
+
+_ID_PROBLEMS = {
+    1: "{} longer than " + str(MAX_ID_LENGTH) + " characters",
+    2: "{} is a JSON object or array",
+    3: "{} is not valid UTF-8 (wrong file encoding?)",
+    4: "{} has control characters",
+}
+
+
+def _id_problem(value: object) -> int:
+    """0 for a usable id (or a missing one, counted elsewhere), else a key of _ID_PROBLEMS."""
+    if not isinstance(value, str):
+        return 0
+    if len(value) > MAX_ID_LENGTH:
+        return 1
+    if value.isprintable():
+        return 3 if REPLACEMENT in value else 0
+    return 2 if value == _NESTED else 4
 
 
 class _Chunk:
@@ -347,8 +447,10 @@ class _Chunk:
         stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
         if canonical in required:
             self.reject((stripped.isna() | (stripped == "")).to_numpy(), f"missing {canonical}")
-        too_long = stripped.map(lambda v: isinstance(v, str) and len(v) > MAX_ID_LENGTH)
-        self.reject(too_long.to_numpy(dtype=bool), f"{canonical} longer than {MAX_ID_LENGTH} characters")
+        problems = stripped.map(_id_problem).to_numpy(dtype=np.int8)
+        if problems.any():
+            for code, reason in _ID_PROBLEMS.items():
+                self.reject(problems == code, reason.format(canonical))
         return stripped.to_numpy(dtype=object)
 
     def numeric(self, canonical: str, default: float) -> np.ndarray:
@@ -372,8 +474,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
 
     options = options or LoadOptions()
     path = Path(path)
-    if not path.exists():
-        raise InvalidInput("--events", f"file not found: {path}")
+    check_input_file(path, "--events")
     fmt = detect_format(path, options.fmt)
     users, items, orders = IdMap(), IdMap(), IdMap()
     event_types: list[str] = list(options.known_event_types or [])
@@ -392,6 +493,8 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         if not checked and len(chunk.columns) == 0:
             continue
         if not checked:
+            if fmt == "csv":
+                check_text_columns(list(chunk.columns), path, "--events")
             present = set(chunk.columns)
             for canonical in options.required:
                 if canonical == "event_type" and options.event_type:
@@ -400,7 +503,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
                     raise InvalidInput(
                         canonical,
                         f"column '{source_of[canonical]}' not found in {path.name} "
-                        f"(columns: {', '.join(map(str, chunk.columns))}); map it with --columns",
+                        f"(columns: {show_columns(list(chunk.columns))}); map it with --columns",
                     )
             for canonical in CANONICAL_COLUMNS:
                 has_column[canonical] = source_of[canonical] in present
@@ -463,6 +566,8 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
                 lambda v: v.strip().lower() if isinstance(v, str) else v
             )
             reject((names.isna() | (names == "")).to_numpy(), "missing event_type")
+            unusable = names.map(lambda v: isinstance(v, str) and _id_problem(v) != 0)
+            reject(unusable.to_numpy(dtype=bool), "unparsable event_type")
             events = np.zeros(n, dtype=np.int16)
             for name in pd.unique(names[rows.ok]):
                 if name is None:
@@ -552,15 +657,33 @@ _FALSE = {"0", "false", "no", "n", "f", "out_of_stock", "outofstock", ""}
 
 
 def read_catalog_frame(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
-    """Read an items file (item_id, category, price, in_stock, title) as strings."""
+    """Read an items file (item_id, category, price, in_stock, title) as strings.
+
+    Raises InvalidInput (field --items or item_id) for a file that cannot be read or has no
+    item_id column.
+    """
     path = Path(path)
-    if not path.exists():
-        raise InvalidInput("--items", f"file not found: {path}")
-    fmt = detect_format(path, fmt)
-    frames = [frame for frame, _ in _iter_chunks(path, fmt, 1_000_000)]
+    check_input_file(path, "--items")
+    try:
+        fmt = detect_format(path, fmt)
+    except InvalidInput as exc:
+        raise InvalidInput("--items", exc.reason) from None
+    frames: list[pd.DataFrame] = []
+    bad_lines: BadLines = []
+    for chunk, bad in _iter_chunks(path, fmt, 1_000_000, "--items"):
+        frames.append(chunk)
+        bad_lines += bad
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if fmt == "csv":
+        check_text_columns(list(frame.columns), path, "--items")
+    if len(frame.columns) == 0 and bad_lines:
+        raise InvalidInput("--items", f"{path.name} holds no readable rows ({len(bad_lines)} malformed lines)")
+    # Lines no parser could split are counted by the caller (load_catalog, update_items).
+    frame.attrs["bad_lines"] = bad_lines
     if "item_id" not in frame.columns:
-        raise InvalidInput("item_id", f"column not found in {path.name}")
+        raise InvalidInput(
+            "item_id", f"column not found in {path.name} (columns: {show_columns(list(frame.columns))})"
+        )
     return frame
 
 
@@ -573,11 +696,17 @@ def load_catalog(
     """
     frame = read_catalog_frame(path)
     report = report if report is not None else LoadReport()
+    for reason, line_no in frame.attrs.get("bad_lines", []):
+        report.add_bad(f"catalog: {reason}", np.array([line_no]))
     ids = frame["item_id"].astype(object).where(frame["item_id"].notna(), None)
     ids = ids.map(lambda v: v.strip() if isinstance(v, str) else v)
     rows = np.arange(1, len(frame) + 1)
     missing = (ids.isna() | (ids == "")).to_numpy()
     report.add_bad("catalog: missing item_id", rows[missing])
+    problems = ids.map(_id_problem).to_numpy(dtype=np.int8)
+    for code, reason in _ID_PROBLEMS.items():
+        report.add_bad("catalog: " + reason.format("item_id"), rows[(problems == code) & ~missing])
+    missing = missing | (problems != 0)
     frame = frame[~missing]
     ids = ids[~missing]
     rows = rows[~missing]

@@ -43,11 +43,10 @@ from grpc_reflection.v1alpha import reflection
 from recsvc.errors import InvalidInput, StoreUnavailable
 from recsvc.store import FeatureStore, open_store
 from recsvc.v1 import recommender_pb2 as pb
-from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving.config import ServeConfig
 from serving.domain import RecommendationService
 from serving.privacy import ForgetWatcher
-from serving.servicer import RecommenderServicer
+from serving.servicer import RecommenderServicer, add_to_server
 from serving.tls import server_credentials
 from serving.validation import Validator
 
@@ -142,9 +141,7 @@ def build_server(
             ("grpc.max_receive_message_length", 1 << 20),
         ],
     )
-    pb_grpc.add_RecommenderServicer_to_server(
-        RecommenderServicer(service, Validator(config)), server
-    )
+    add_to_server(RecommenderServicer(service, Validator(config)), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

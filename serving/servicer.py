@@ -3,6 +3,10 @@
 No business logic here. `_status_of` is the one place where domain errors become gRPC status
 codes; `_items_response` the one place where domain answers become protobuf.
 
+`add_to_server` registers the servicer with request parsing that cannot fail the call with
+INTERNAL: bytes that are not a valid request message (truncated, invalid UTF-8 in a string,
+garbage) are answered with INVALID_ARGUMENT naming the message type.
+
 Logs never carry request contents: an unexpected error is logged with its type and where it
 happened (file:line frames), not its message, which could quote a customer id.
 """
@@ -176,3 +180,51 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return pb.ForgetUserResponse(versions=forget_user(self.service, user_id, _deadline(context)))
 
         return self._call(context, answer)
+
+
+class _Undecodable:
+    """Stands for request bytes that did not parse (the handler answers INVALID_ARGUMENT)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    problem = _Undecodable(f"request: not a valid {message_class.DESCRIPTOR.full_name} message")
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - DecodeError, or whatever else the parser raises
+            return problem
+
+    return decode
+
+
+def _guarded(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if type(request) is _Undecodable:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return behaviour(request, context)
+
+    return handle
+
+
+def add_to_server(servicer: RecommenderServicer, server: grpc.Server) -> None:
+    """Register `servicer` for recsvc.v1.Recommender (as the generated function does, but with
+    request parsing that answers INVALID_ARGUMENT instead of INTERNAL)."""
+    service = pb.DESCRIPTOR.services_by_name["Recommender"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, method.name)),
+            request_deserializer=_tolerant(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -172,11 +172,13 @@ def test_unknown_extension_needs_format(tmp_path: Path) -> None:
     assert len(log) == 1
 
 
-def test_wrong_encoding_is_replaced_not_fatal(tmp_path: Path) -> None:
+def test_wrong_encoding_is_counted_not_fatal(tmp_path: Path) -> None:
+    # Latin-1 read as UTF-8 would turn "José" and "Josè" into one mangled id: counted instead.
     path = tmp_path / "latin1.csv"
-    path.write_bytes("user_id,item_id\nJos\xe9,caf\xe9\n".encode("latin-1"))
+    path.write_bytes("user_id,item_id\nJos\xe9,caf\xe9\nAnn,tea\n".encode("latin-1"))
     log, report = load_events(path)
-    assert len(log) == 1 and report.rows_bad == 0
+    assert len(log) == 1 and list(log.users.ids) == ["Ann"]
+    assert dict(report.bad_rows) == {"user_id is not valid UTF-8 (wrong file encoding?)": 1}
 
 
 def test_parse_timestamps_units() -> None:

@@ -534,6 +534,8 @@ class StoreEngine(ABC):
         ids = ids.map(lambda v: v.strip() if isinstance(v, str) else v)
         missing = (ids.isna() | (ids == "")).to_numpy()
         count("missing item_id", int(missing.sum()))
+        for reason, _line in frame.attrs.get("bad_lines", []):  # lines no parser could split
+            count(reason, 1)
         columns: dict[str, list[Any]] = {}
         n = len(frame)
         if "category" in frame.columns:
