@@ -1,0 +1,94 @@
+"""The training benchmark of issue 8: `recsvc train` on 0.1M .. 20M events x 100k items.
+
+    python benchmarks/train.py [--sizes 0.1M,1M,5M,20M] [--no-spark] [--work DIR]
+
+Runs `recsvc bench train --sizes ... --items 100000 --spark` (users = events / 100, so the
+20M log has 200k users; the default `recsvc train` configuration: every model, rules,
+buy-again, segments and popularity; each training a child process whose wall time, CPU time
+and peak RSS are measured), then judges the largest size against the targets:
+
+- under 5 minutes and under 8 GiB peak memory for 20M interactions x 100k items;
+- our ALS fit at least 10x faster than Spark MLlib ALS (implicitPrefs, local[2]) on the same
+  interaction matrix with the same factors, iterations, regularisation and alpha.
+
+Writes benchmarks/results/train.json (with the verdict) and train.png. Imports only `recsvc`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsvc.commands.bench import TRAIN_TARGETS, plot_train, write_json  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """The largest run that finished, against the training targets."""
+    runs = [r for r in result["runs"] if "error" not in r]
+    failed = [r["label"] for r in result["runs"] if "error" in r]
+    if not runs:
+        return {"failed": failed}
+    biggest = runs[-1]
+    out: dict[str, Any] = {
+        "size": biggest["label"],
+        "events": biggest["events"],
+        "interactions": biggest["interactions"],
+        "wall_seconds": biggest["wall_seconds"],
+        "peak_rss_gib": biggest["peak_rss_gib"],
+        "time_target_met": biggest["wall_seconds"] <= TRAIN_TARGETS["seconds_max"],
+        "memory_target_met": biggest["peak_rss_gib"] <= TRAIN_TARGETS["peak_gib_max"],
+        "slowest_steps": sorted(biggest["steps"].items(), key=lambda kv: -kv[1])[:4],
+        "failed": failed,
+    }
+    ratios = {r["label"]: r["spark_als"]["ratio_vs_local_als"] for r in runs
+              if "ratio_vs_local_als" in r.get("spark_als", {})}
+    if ratios:
+        out["spark_ratio_by_size"] = ratios
+        out["spark_target_met"] = all(v >= TRAIN_TARGETS["spark_ratio_min"] for v in ratios.values())
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="0.1M,1M,5M,20M")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--no-spark", action="store_true", help="skip the Spark MLlib comparison")
+    parser.add_argument("--work", default=None, help="keep logs and bundles here (reused)")
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
+    parser.add_argument("--plot", default=str(RESULTS / "train.png"))
+    args = parser.parse_args()
+    command = [sys.executable, "-m", "recsvc.cli", "bench", "train", "--sizes", args.sizes,
+               "--items", str(args.items), "--out", args.out]
+    if not args.no_spark:
+        command.append("--spark")
+    if args.work:
+        command += ["--work", args.work]
+    print("$ recsvc " + " ".join(command[3:]), flush=True)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    code = subprocess.run(command, env=env).returncode
+    if not Path(args.out).exists():
+        return code or 1
+    result = json.loads(Path(args.out).read_text())
+    result["reproduce"] = "python benchmarks/train.py"
+    result["verdict"] = verdict(result)
+    for run in result["runs"]:
+        run.pop("bundle", None)  # a local path, meaningless elsewhere
+    write_json(args.out, result)
+    plot_train(result, args.plot)
+    print(json.dumps(result["verdict"], indent=2))
+    print(f"results: {args.out}, plot: {args.plot}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
