@@ -118,12 +118,15 @@ def fit_time_ml100k(config: TrainConfig) -> dict[str, Any]:
 def scale_check(config: TrainConfig, directory: Path, items: int, users: int) -> dict[str, Any]:
     """Fit the default and its parts at a ~100k-item catalogue; time one user's scoring."""
     log = synthetic_log(directory, users=users, items=items, seed=5)
-    matrix = interaction_matrix(log, event_weights(log, config.events))
+    # the whole catalogue, also the items nobody touched in this log: scores cover every item
+    shape = (len(log.users), max(items, len(log.items)))
+    matrix = interaction_matrix(log, event_weights(log, config.events), shape)
     rng = np.random.default_rng(0)
     active = np.flatnonzero(np.diff(matrix.indptr) > 0)
     sample = rng.choice(active, size=min(200, len(active)), replace=False)
     out: dict[str, Any] = {
         "catalogue_items": int(matrix.shape[1]),
+        "items_with_events": int(len(log.items)),
         "users": int(matrix.shape[0]),
         "interactions": int(matrix.nnz),
         "models": {},
