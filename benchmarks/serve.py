@@ -33,7 +33,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsvc.commands.bench import SERVE_TARGETS, environment, plot_serve, write_json  # noqa: E402
+from recsvc.commands.bench import (  # noqa: E402
+    SERVE_TARGETS,
+    environment,
+    parse_duration,
+    plot_serve,
+    write_json,
+)
 from recsvc.commands.demo import free_port, wait_serving  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -122,6 +128,48 @@ def redis_memory(url: str) -> int | None:
         client.close()
 
 
+BOILERPLATE = ("threading.py", "concurrent/futures/thread.py", "<frozen runpy>")
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Top frames by own and by inclusive share of the samples in a py-spy `--format raw` file."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            if not any(b in frame for b in BOILERPLATE):
+                inclusive[frame] = inclusive.get(frame, 0) + n
+
+    def best(counts: dict[str, int]) -> list[list[Any]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [[round(n / total, 3), frame] for frame, n in ranked]
+
+    return {"samples": total, "own": best(own), "inclusive": best(inclusive)}
+
+
+def profile_later(pid: int, delay: float, seconds: float, raw: Path) -> subprocess.Popen[bytes] | None:
+    """Start `py-spy record` on the server's process tree after `delay` seconds (GIL holder
+    only: where the Python CPU goes); None when py-spy is not installed."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return None
+    time.sleep(delay)
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--rate", "200",
+         "--duration", str(int(seconds)), "--format", "raw", "--output", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Serve from `store` with `workers` processes and load it with `recsvc bench serve`."""
     port = free_port()
@@ -142,7 +190,17 @@ def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace,
                          "--duration", args.duration, "--warmup", args.warmup,
                          "--server-pid", str(server.pid), "--out", str(out))
         print(f"$ recsvc {' '.join(command[3:])}", flush=True)
-        result = subprocess.run(command, text=True, capture_output=True, env=env())
+        bench = subprocess.Popen(command, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env())
+        profiler, raw = None, work / f"profile-recommend-{workers}.txt"
+        if args.profile:
+            # Check runs first (warm-up + duration), then Recommend: profile inside its window.
+            warmup, duration = parse_duration(args.warmup, "--warmup"), parse_duration(args.duration, "--duration")
+            profiler = profile_later(server.pid, duration + 2 * warmup + 3.0, max(1.0, duration - 4.0), raw)
+        stdout, stderr = bench.communicate()
+        result = subprocess.CompletedProcess(command, bench.returncode, stdout, stderr)
+        if profiler is not None:
+            profiler.wait()
         sys.stdout.write(result.stdout)
         if result.returncode != 0:
             sys.stderr.write(result.stderr[-3000:])
@@ -154,6 +212,9 @@ def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace,
     run["label"] = f"recsvc serve --workers {workers}"
     run["workers"] = workers
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
+    if args.profile and raw.exists():
+        run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
+                                    **summarise_profile(raw)}
     return run
 
 
@@ -185,6 +246,8 @@ def main() -> int:
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the server during the Recommend phase (top frames in the JSON)")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     parser.add_argument("--plot", default=str(RESULTS / "serve.png"))
     args = parser.parse_args()
