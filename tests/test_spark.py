@@ -31,8 +31,10 @@ SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",
-    # Short JVM: the C1 compiler alone starts the tests about twice as fast.
+    # Tiny data: the C1 compiler alone starts the JVM about twice as fast, and without adaptive
+    # execution every shuffle is not a job of its own (half the jobs).
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    "spark.sql.adaptive.enabled": "false",
 }
 K = 10
 
@@ -93,8 +95,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"train": train_path, "items": paths["items"], "test": test, "root": root}
 
 
-PARITY = {"default_recommender": "als", "ease.enabled": False, "itemknn.enabled": False,
-          "candidates": 50, "als.factors": 32}
+PARITY = {
+    "default_recommender": "als",
+    "ease.enabled": False,
+    "itemknn.enabled": False,
+    "candidates": 50,
+    "als.factors": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +112,9 @@ def bundles(spark: Any, store: dict[str, Any]) -> dict[str, Bundle]:
 
     config = _config(**PARITY)
     local = train(store["train"], store["root"] / "local", config, items=store["items"])
-    spark_result = train_spark(store["train"], store["root"] / "spark", config, items=store["items"],
-                               spark=spark)
+    spark_result = train_spark(
+        store["train"], store["root"] / "spark", config, items=store["items"], spark=spark
+    )
     return {"local": Bundle(local.path), "spark": Bundle(spark_result.path)}
 
 
@@ -125,13 +133,18 @@ def ndcg_from_candidates(bundle: Bundle, test: pd.DataFrame, k: int = K) -> floa
     columns = np.array([bundle.items.get(i) for i in test["item_id"]])
     inside = columns >= 0  # an item seen only in the held-out part cannot be recommended by either
     relevant = sp.csr_matrix(
-        (np.ones(int(inside.sum())), ([user_row[u] for u in test["user_id"][inside]], columns[inside])),
+        (
+            np.ones(int(inside.sum())),
+            ([user_row[u] for u in test["user_id"][inside]], columns[inside]),
+        ),
         shape=(len(users), len(item_ids)),
     )
     return ndcg_at_k(ranked, relevant, k)
 
 
-def test_spark_recommendations_are_as_good_as_local(bundles: dict[str, Bundle], store: dict[str, Any]) -> None:
+def test_spark_recommendations_are_as_good_as_local(
+    bundles: dict[str, Bundle], store: dict[str, Any]
+) -> None:
     local = ndcg_from_candidates(bundles["local"], store["test"])
     spark = ndcg_from_candidates(bundles["spark"], store["test"])
     print(f"nDCG@{K} on held-out items: local ALS {local:.4f}, Spark ALS {spark:.4f}")
@@ -146,7 +159,9 @@ def test_spark_bundle_loads_with_the_local_layout(bundles: dict[str, Bundle]) ->
     assert spark.manifest["engine"]["name"] == "spark"
     assert set(spark.manifest["artifacts"]) == set(local.manifest["artifacts"])
     assert spark.default_recommender == "als" and spark.recommenders == ["als", "popular"]
-    assert set(spark.users.ids) == set(local.users.ids) and set(spark.items.ids) == set(local.items.ids)
+    assert set(spark.users.ids) == set(local.users.ids) and set(spark.items.ids) == set(
+        local.items.ids
+    )
     assert spark.manifest["rows"] == local.manifest["rows"]
     scorer = spark.scorer()
     assert isinstance(scorer, FactorScorer)
@@ -154,7 +169,9 @@ def test_spark_bundle_loads_with_the_local_layout(bundles: dict[str, Bundle]) ->
     assert scorer.item_factors.shape == (len(spark.items), 32)
     # The catalogue is aligned with the (differently ordered) item ids.
     local_category = dict(zip(local.items.ids, local.catalog.category, strict=True))
-    assert all(local_category[i] == c for i, c in zip(spark.items.ids, spark.catalog.category, strict=True))
+    assert all(
+        local_category[i] == c for i, c in zip(spark.items.ids, spark.catalog.category, strict=True)
+    )
 
 
 def _aligned(bundle: Bundle, reference: Bundle) -> tuple[np.ndarray, np.ndarray]:
@@ -189,17 +206,22 @@ def test_commerce_lists_match_local(bundles: dict[str, Bundle]) -> None:
     from training.segments import Segments
 
     local, spark = bundles["local"], bundles["spark"]
-    rules = {name: RuleSet.load(b.path / "rules").to_frame(b.items.ids) for name, b in bundles.items()}
+    rules = {
+        name: RuleSet.load(b.path / "rules").to_frame(b.items.ids) for name, b in bundles.items()
+    }
     _assert_same_rules(rules["spark"], rules["local"])
 
     def due(bundle: Bundle) -> pd.DataFrame:
         lists = BuyAgainLists.read(bundle)
-        return pd.DataFrame({
-            "user_id": np.asarray(bundle.users.ids, dtype=object)[lists.row_users()],
-            "item_id": np.asarray(bundle.items.ids, dtype=object)[np.asarray(lists.items)],
-            "next_due": np.asarray(lists.next_due), "count": np.asarray(lists.count),
-            "due_score": np.asarray(lists.due_score),
-        }).sort_values(["user_id", "item_id"], ignore_index=True)
+        return pd.DataFrame(
+            {
+                "user_id": np.asarray(bundle.users.ids, dtype=object)[lists.row_users()],
+                "item_id": np.asarray(bundle.items.ids, dtype=object)[np.asarray(lists.items)],
+                "next_due": np.asarray(lists.next_due),
+                "count": np.asarray(lists.count),
+                "due_score": np.asarray(lists.due_score),
+            }
+        ).sort_values(["user_id", "item_id"], ignore_index=True)
 
     spark_due, local_due = due(spark), due(local)
     assert len(local_due) > 0
@@ -248,15 +270,25 @@ def _assert_same_rules(spark: pd.DataFrame, local: pd.DataFrame) -> None:
     assert len(local) > 0
     assert spark[keys].equals(local[keys])
     for metric in ("support", "confidence", "lift", "leverage", "conviction"):
-        np.testing.assert_array_equal(spark[metric].to_numpy(), local[metric].to_numpy(), err_msg=metric)
+        np.testing.assert_array_equal(
+            spark[metric].to_numpy(), local[metric].to_numpy(), err_msg=metric
+        )
 
 
 # --- association rules on Groceries ------------------------------------------------------------
 
 GROCERIES = LoadOptions(columns={"user_id": "order_id", "order_id": "order_id"})
-RULES_ONLY = {"default_recommender": "popular", "als.enabled": False, "ease.enabled": False,
-              "itemknn.enabled": False, "buyagain.enabled": False, "segments.enabled": False,
-              "rules.min_support": 0.002, "rules.min_confidence": 0.1, "rules.max_len": 3}
+RULES_ONLY = {
+    "default_recommender": "popular",
+    "als.enabled": False,
+    "ease.enabled": False,
+    "itemknn.enabled": False,
+    "buyagain.enabled": False,
+    "segments.enabled": False,
+    "rules.min_support": 0.002,
+    "rules.min_confidence": 0.1,
+    "rules.max_len": 3,
+}
 
 
 def test_groceries_rules_equal_local(spark: Any, groceries_path: Path, tmp_path: Path) -> None:
@@ -267,12 +299,16 @@ def test_groceries_rules_equal_local(spark: Any, groceries_path: Path, tmp_path:
     config = _config(**RULES_ONLY)
     local = Bundle(train(groceries_path, tmp_path / "local", config, load_options=GROCERIES).path)
     spark_bundle = Bundle(
-        train_spark(groceries_path, tmp_path / "spark", config, load_options=GROCERIES, spark=spark).path
+        train_spark(
+            groceries_path, tmp_path / "spark", config, load_options=GROCERIES, spark=spark
+        ).path
     )
     frames = [RuleSet.load(b.path / "rules").to_frame(b.items.ids) for b in (spark_bundle, local)]
     _assert_same_rules(*frames)
     assert spark_bundle.manifest["rules"] == local.manifest["rules"]
-    print(f"Groceries: {len(frames[0])} rules from {local.manifest['rules']['orders']} baskets, equal")
+    print(
+        f"Groceries: {len(frames[0])} rules from {local.manifest['rules']['orders']} baskets, equal"
+    )
 
 
 # --- loading: the local loader's rows, reasons and row numbers ---------------------------------
@@ -317,14 +353,19 @@ def test_bad_rows_counted_like_the_local_loader(spark: Any, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_other_formats_and_mappings_counted_like_local(spark: Any, tmp_path: Path, fmt: str) -> None:
+def test_other_formats_and_mappings_counted_like_local(
+    spark: Any, tmp_path: Path, fmt: str
+) -> None:
     frame = pd.read_csv(pd.io.common.StringIO(BAD_LOG), dtype=str, keep_default_na=False)
     frame = frame.rename(columns={"user_id": "CustomerID", "item_id": "StockCode"})
     path = tmp_path / f"events.{fmt}"
     if fmt == "parquet":
         frame.replace("", None).to_parquet(path, index=False)
     else:
-        lines = [json.dumps({k: v for k, v in row.items() if v != ""}) for row in frame.to_dict("records")]
+        lines = [
+            json.dumps({k: v for k, v in row.items() if v != ""})
+            for row in frame.to_dict("records")
+        ]
         path.write_text("\n".join([*lines, "{broken", "[1, 2]"]) + "\n")
     options = LoadOptions(columns={"user_id": "CustomerID", "item_id": "StockCode"})
     spark_report, local = _reports(spark, path, options)
@@ -333,34 +374,52 @@ def test_other_formats_and_mappings_counted_like_local(spark: Any, tmp_path: Pat
     assert dict(spark_report.bad_rows) == dict(local.bad_rows)
 
 
-def test_forgotten_customers_leave_no_trace(spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forgotten_customers_leave_no_trace(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from recsvc.privacy import IdHasher
     from training.engines.spark import Cache, _effective_options, load_spark_log
 
     secret = b"0123456789abcdef-test-secret"
     monkeypatch.setenv("RECSVC_ID_SECRET", secret.decode())
     path = tmp_path / "events.csv"
-    path.write_text(BAD_LOG)
+    path.write_text(BAD_LOG + "u3,i2,view,2026-01-04,,,\n")
     forget = {"u1", IdHasher(secret).forget_entry("u3")}
     cache = Cache()
     try:
-        spark_log, _ = load_spark_log(spark, str(path), _effective_options(None, TrainConfig()), cache,
-                                      forget=forget)
+        spark_log, _ = load_spark_log(
+            spark, str(path), _effective_options(None, TrainConfig()), cache, forget=forget
+        )
         users = {r["user_id"] for r in spark_log.users.collect()}
-        assert users == {"u4"}  # u1 and u3 forgotten; every row of u2 is a bad row
+        assert users == {"u4"}  # u1 and u3 forgotten; every row of u2 is bad
         assert spark_log.forgotten_users == 2
         assert any("forgotten customers dropped" in note for note in spark_log.report.notes)
     finally:
         cache.release()
 
 
-def test_cli_trains_with_the_spark_engine(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_trains_with_the_spark_engine(
+    spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from recsvc.cli import main
 
     path = tmp_path / "events.csv"
     path.write_text(BAD_LOG)
-    code = main(["train", "--engine", "spark", "--events", str(path), "--out", str(tmp_path / "b"),
-                 "--no-segments", "--no-rules"])
+    code = main(
+        [
+            "train",
+            "--engine",
+            "spark",
+            "--events",
+            str(path),
+            "--out",
+            str(tmp_path / "b"),
+            "--no-als",
+            "--no-segments",
+            "--no-rules",
+            "--no-buyagain",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rows read 14, kept 3, bad 11" in out
@@ -376,7 +435,9 @@ def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_text(BAD_LOG)
     with pytest.raises(TooManyBadRows, match="events.csv: 11 of 14 rows are bad"):
-        train_spark(path, tmp_path / "b", _config(), load_options=LoadOptions(max_bad_rows=5), spark=spark)
+        train_spark(
+            path, tmp_path / "b", _config(), load_options=LoadOptions(max_bad_rows=5), spark=spark
+        )
     with pytest.raises(InvalidInput, match="--events: file not found"):
         train_spark(tmp_path / "nope.csv", tmp_path / "b", _config(), spark=spark)
     no_items = tmp_path / "bad.csv"
@@ -391,6 +452,7 @@ def test_spark_als_fit_seconds(spark: Any) -> None:
 
     rng = np.random.default_rng(0)
     matrix = sp.random(200, 80, density=0.05, random_state=rng, format="csr", dtype=np.float32)
-    seconds = spark_als_fit_seconds(matrix, factors=8, iterations=3, regularization=0.05, alpha=2.0,
-                                    spark=spark)
+    seconds = spark_als_fit_seconds(
+        matrix, factors=8, iterations=3, regularization=0.05, alpha=2.0, spark=spark
+    )
     assert 0 < seconds < 300

@@ -64,6 +64,7 @@ from recsvc.events import (
     Catalog,
     LoadOptions,
     LoadReport,
+    check_columns,
     detect_format,
 )
 from recsvc.ids import IdMap
@@ -86,7 +87,9 @@ _JSON_VALUE = r'^\s*(\[.*\]|".*"|-?[0-9][0-9.eE+-]*|true|false|null)\s*$'
 # --- session and streaming -------------------------------------------------------------------
 
 
-def spark_session(master: str | None = "local[2]", conf: dict[str, str] | None = None) -> SparkSession:
+def spark_session(
+    master: str | None = "local[2]", conf: dict[str, str] | None = None
+) -> SparkSession:
     """The active SparkSession, else a new one on `master`.
 
     Under spark-submit the master given to spark-submit wins. For local masters the Python
@@ -152,7 +155,9 @@ class _Scratch:
     def array(self, name: str, shape: tuple[int, ...], dtype: Any, fill: float) -> np.ndarray:
         if math.prod(shape) == 0:
             return np.full(shape, fill, dtype=dtype)
-        values = np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        values = np.lib.format.open_memmap(
+            self.dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+        )
         values[...] = fill
         return values
 
@@ -220,7 +225,9 @@ def _position(offsets: list[int]) -> Column:
     return _lookup(offsets, F.col("_pid")).cast("long") + local
 
 
-def dense_index(ids: DataFrame, id_column: str, index_column: str, cache: Cache) -> tuple[DataFrame, int]:
+def dense_index(
+    ids: DataFrame, id_column: str, index_column: str, cache: Cache
+) -> tuple[DataFrame, int]:
     """Distinct ids -> (id, dense int index in sorted id order), computed in Spark; and the count.
 
     A range-partitioned sort, then per-partition row counts become offsets (zipWithIndex in
@@ -231,11 +238,17 @@ def dense_index(ids: DataFrame, id_column: str, index_column: str, cache: Cache)
         ids.where(F.col(id_column).isNotNull())
         .distinct()
         .orderBy(id_column)
-        .select(id_column, F.spark_partition_id().alias("_pid"), F.monotonically_increasing_id().alias("_mid"))
+        .select(
+            id_column,
+            F.spark_partition_id().alias("_pid"),
+            F.monotonically_increasing_id().alias("_mid"),
+        )
     )
     sizes = {int(r["_pid"]): int(r["count"]) for r in ordered.groupBy("_pid").count().collect()}
     index = cache(
-        ordered.select(id_column, _position(_offsets_from_sizes(sizes)).cast("int").alias(index_column))
+        ordered.select(
+            id_column, _position(_offsets_from_sizes(sizes)).cast("int").alias(index_column)
+        )
     )
     count = index.count()
     cache.drop(ordered)
@@ -254,7 +267,7 @@ def _is_local(path: str) -> bool:
 
 
 def _local_path(path: str) -> Path:
-    return Path(path[len("file://"):] if path.startswith("file://") else path)
+    return Path(path[len("file://") :] if path.startswith("file://") else path)
 
 
 @dataclass
@@ -267,7 +280,9 @@ class _Source:
     name: str
 
 
-def _read_source(spark: SparkSession, path: str, fmt: str, wanted: Sequence[str], flag: str) -> _Source:
+def _read_source(
+    spark: SparkSession, path: str, fmt: str, wanted: Sequence[str], flag: str
+) -> _Source:
     """Read CSV / JSON Lines / Parquet at any Spark URI; raises InvalidInput naming `flag`."""
     from pyspark.errors import AnalysisException
 
@@ -277,7 +292,9 @@ def _read_source(spark: SparkSession, path: str, fmt: str, wanted: Sequence[str]
     try:
         if fmt == "csv":
             sep = "\t" if name.lower().removesuffix(".gz").endswith(".tsv") else ","
-            reader = spark.read.option("header", True).option("sep", sep).option("encoding", "UTF-8")
+            reader = (
+                spark.read.option("header", True).option("sep", sep).option("encoding", "UTF-8")
+            )
             header = [c for c in reader.csv(path).columns if c != CORRUPT]
             schema = T.StructType(
                 [T.StructField(c, T.StringType()) for c in header]
@@ -301,20 +318,32 @@ def _read_source(spark: SparkSession, path: str, fmt: str, wanted: Sequence[str]
                 [T.StructField(c, T.StringType()) for c in columns]
                 + [T.StructField(CORRUPT, T.StringType())]
             )
-            frame = spark.read.schema(schema).option("columnNameOfCorruptRecord", CORRUPT).json(path)
+            frame = (
+                spark.read.schema(schema).option("columnNameOfCorruptRecord", CORRUPT).json(path)
+            )
             seen = frame.select(
-                [F.max(F.col(f"`{c}`").isNotNull().cast("int")).alias(f"c{i}") for i, c in enumerate(columns)]
+                [
+                    F.max(F.col(f"`{c}`").isNotNull().cast("int")).alias(f"c{i}")
+                    for i, c in enumerate(columns)
+                ]
             ).first()
             present = [c for i, c in enumerate(columns) if seen is not None and seen[f"c{i}"] == 1]
             text = F.col(CORRUPT)
-            malformed = F.when(text.isNull(), F.lit(None)).when(
-                ~_strip(text).startswith("{") & text.rlike(_JSON_VALUE), F.lit("JSON line is not an object")
-            ).otherwise(F.lit("malformed JSON line"))
+            malformed = (
+                F.when(text.isNull(), F.lit(None))
+                .when(
+                    ~_strip(text).startswith("{") & text.rlike(_JSON_VALUE),
+                    F.lit("JSON line is not an object"),
+                )
+                .otherwise(F.lit("malformed JSON line"))
+            )
             return _Source(frame, present, malformed, name)
         frame = spark.read.parquet(path)
         return _Source(frame, list(frame.columns), None, name)
     except AnalysisException as exc:
-        raise InvalidInput(flag, f"cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
+        raise InvalidInput(
+            flag, f"cannot read {path} as {fmt}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _text(source: _Source, column: str | None) -> Column:
@@ -440,16 +469,25 @@ def _event_reason(
             check(value < 0, "negative price")
     if options.cancel_prefix and has["order_id"]:
         prefix = options.cancel_prefix
-        check(columns["order_id"].startswith(prefix), f"cancelled order (order_id starts with '{prefix}')")
+        check(
+            columns["order_id"].startswith(prefix),
+            f"cancelled order (order_id starts with '{prefix}')",
+        )
     if not options.event_type and has["event_type"]:
         event = columns["event_type"]
         check(event.isNull() | (event == ""), "missing event_type")
         if options.known_event_types is not None:
-            check(~event.isin([str(name) for name in options.known_event_types]), "unknown event_type")
+            check(
+                ~event.isin([str(name) for name in options.known_event_types]), "unknown event_type"
+            )
     reason: Column | None = None
     for condition, value in checks:
         reason = F.when(condition, value) if reason is None else reason.when(condition, value)
-    return F.lit(None).cast("string") if reason is None else reason.otherwise(F.lit(None).cast("string"))
+    return (
+        F.lit(None).cast("string")
+        if reason is None
+        else reason.otherwise(F.lit(None).cast("string"))
+    )
 
 
 @dataclass
@@ -496,35 +534,29 @@ def _checked_events(
     present = set(source.present)
     if not present:
         raise InvalidInput("--events", f"{source.name} holds no rows")
-    for canonical in options.required:
-        if canonical == "event_type" and options.event_type:
-            continue
-        if source_of[canonical] not in present:
-            raise InvalidInput(
-                canonical,
-                f"column '{source_of[canonical]}' not found in {source.name} "
-                f"(columns: {', '.join(source.present)}); map it with --columns",
-            )
-    has = {c: source_of[c] in present for c in CANONICAL_COLUMNS}
+    has = check_columns(options, source.present, source.name, report)
     event_types = list(options.known_event_types or [])
     if options.event_type:
-        has["event_type"] = True
         if options.event_type not in event_types:
             if options.known_event_types is not None:
-                raise InvalidInput("--event-type", f"'{options.event_type}' has no weight in the config")
+                raise InvalidInput(
+                    "--event-type", f"'{options.event_type}' has no weight in the config"
+                )
             event_types.append(options.event_type)
-    elif not has["event_type"]:
-        report.notes.append(f"no event type column: every row counts as '{DEFAULT_EVENT_TYPE}'")
-        if DEFAULT_EVENT_TYPE not in event_types:
-            event_types.append(DEFAULT_EVENT_TYPE)
+    elif not has["event_type"] and DEFAULT_EVENT_TYPE not in event_types:
+        event_types.append(DEFAULT_EVENT_TYPE)
 
     raw_columns: list[Column] = [
         F.spark_partition_id().alias("_pid"),
         F.monotonically_increasing_id().alias("_mid"),
-        (source.malformed if source.malformed is not None else F.lit(None).cast("string")).alias("_malformed"),
+        (source.malformed if source.malformed is not None else F.lit(None).cast("string")).alias(
+            "_malformed"
+        ),
     ]
     for canonical in ("user_id", "item_id", "order_id", "event_type"):
-        raw_columns.append(_strip(_text(source, source_of[canonical] if has[canonical] else None)).alias(canonical))
+        raw_columns.append(
+            _strip(_text(source, source_of[canonical] if has[canonical] else None)).alias(canonical)
+        )
     for canonical in ("timestamp", "quantity", "price", "rating"):
         column = source_of[canonical] if has[canonical] else None
         raw_columns.append(_text(source, column).alias(f"_raw_{canonical}"))
@@ -533,7 +565,11 @@ def _checked_events(
     raw = source.frame.select(raw_columns)
     parsed = raw.select(
         "*",
-        (_seconds("_raw_timestamp", _dtype(source, source_of["timestamp"])) if has["timestamp"] else F.lit(0.0)).alias("_ts"),
+        (
+            _seconds("_raw_timestamp", _dtype(source, source_of["timestamp"]))
+            if has["timestamp"]
+            else F.lit(0.0)
+        ).alias("_ts"),
         *[
             _number(f"_raw_{name}", _dtype(source, source_of[name])).alias(f"_{name}")
             for name in ("quantity", "price", "rating")
@@ -545,7 +581,9 @@ def _checked_events(
         "order_id": F.col("order_id"),
         "event_type": F.lower(F.col("event_type")),
     }
-    reason = _event_reason(columns, has, options, F.col("_malformed") if source.malformed is not None else None)
+    reason = _event_reason(
+        columns, has, options, F.col("_malformed") if source.malformed is not None else None
+    )
     checked = cache(parsed.select("*", reason.alias("_reason")))
     counted = count_reasons(checked, [F.col("_reason")])
     report.rows_read += counted.rows_read
@@ -555,7 +593,10 @@ def _checked_events(
         raise InvalidInput("--events", f"{source.name} holds no rows")
     log.info(
         "events checked",
-        extra={"source": source.name, **{k: v for k, v in report.to_dict().items() if k != "notes"}},
+        extra={
+            "source": source.name,
+            **{k: v for k, v in report.to_dict().items() if k != "notes"},
+        },
     )
     report.check_limit(options.max_bad_rows, source.name)
 
@@ -563,8 +604,10 @@ def _checked_events(
         value = F.col(f"_{name}")
         return F.when(F.col(f"_raw_{name}").isNotNull(), value).cast("float")
 
-    event = F.lit(options.event_type) if options.event_type else (
-        columns["event_type"] if has["event_type"] else F.lit(DEFAULT_EVENT_TYPE)
+    event = (
+        F.lit(options.event_type)
+        if options.event_type
+        else (columns["event_type"] if has["event_type"] else F.lit(DEFAULT_EVENT_TYPE))
     )
     kept = checked.where(F.col("_reason").isNull()).select(
         F.when(F.col("user_id") != "", F.col("user_id")).alias("user_id"),
@@ -598,11 +641,13 @@ def load_spark_log(
     forgotten_users = 0
     if forget:
         forget_frame = cache(forgotten_ids(kept.select("user_id").distinct(), forget))
-        dropped = kept.join(F.broadcast(forget_frame), "user_id", "left_semi").agg(
-            F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users")
-        ).first()
-        forgotten_users = int(dropped["users"]) if dropped else 0
-        if forgotten_users:
+        dropped = (
+            kept.join(F.broadcast(forget_frame), "user_id", "left_semi")
+            .agg(F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users"))
+            .first()
+        )
+        forgotten_users = int(dropped["users"]) if dropped is not None else 0
+        if dropped is not None and forgotten_users:
             report.notes.append(
                 f"{int(dropped['events'])} events of {forgotten_users} forgotten customers dropped"
             )
@@ -668,7 +713,9 @@ def forgotten_ids(user_ids: DataFrame, entries: set[str]) -> DataFrame:
     plain = sorted(e for e in entries if not is_hashed_entry(e))
     hashed = [e for e in entries if is_hashed_entry(e)]
     found = user_ids.join(
-        F.broadcast(spark.createDataFrame([(u,) for u in plain], "user_id string")), "user_id", "left_semi"
+        F.broadcast(spark.createDataFrame([(u,) for u in plain], "user_id string")),
+        "user_id",
+        "left_semi",
     )
     if not hashed:
         return found
@@ -698,19 +745,26 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
     flag = F.lower(_strip(F.coalesce(F.col("_raw_in_stock"), F.lit(""))))
     is_true, is_false = flag.isin(list(_TRUE)), flag.isin(list(_FALSE))
     has_stock = "in_stock" in source.present
-    checked = cache(frame.select(
-        "_pid",
-        "_mid",
-        item_id.alias("item_id"),
-        missing.alias("_missing"),
-        F.coalesce(_strip(F.col("_raw_category")), F.lit("")).alias("category"),
-        F.when(bad_price, F.lit(None)).otherwise(price).cast("float").alias("price"),
-        F.when(bad_price & ~missing, F.lit("catalog: unparsable or negative price")).alias("_bad_price"),
-        (is_true | ~is_false).alias("in_stock") if has_stock else F.lit(True).alias("in_stock"),
-        (F.when(~(is_true | is_false) & ~missing, F.lit("catalog: unparsable in_stock"))
-         if has_stock else F.lit(None).cast("string")).alias("_bad_stock"),
-        F.coalesce(F.col("_raw_title"), F.lit("")).alias("title"),
-    ))
+    checked = cache(
+        frame.select(
+            "_pid",
+            "_mid",
+            item_id.alias("item_id"),
+            missing.alias("_missing"),
+            F.coalesce(_strip(F.col("_raw_category")), F.lit("")).alias("category"),
+            F.when(bad_price, F.lit(None)).otherwise(price).cast("float").alias("price"),
+            F.when(bad_price & ~missing, F.lit("catalog: unparsable or negative price")).alias(
+                "_bad_price"
+            ),
+            (is_true | ~is_false).alias("in_stock") if has_stock else F.lit(True).alias("in_stock"),
+            (
+                F.when(~(is_true | is_false) & ~missing, F.lit("catalog: unparsable in_stock"))
+                if has_stock
+                else F.lit(None).cast("string")
+            ).alias("_bad_stock"),
+            F.coalesce(F.col("_raw_title"), F.lit("")).alias("title"),
+        )
+    )
     missing_reason = F.when(F.col("_missing"), F.lit("catalog: missing item_id"))
     _add_to_report(
         report, count_reasons(checked, [missing_reason, F.col("_bad_price"), F.col("_bad_stock")])
@@ -732,15 +786,21 @@ def _catalog_arrays(spark_log: SparkLog, catalog: DataFrame | None) -> tuple[IdM
         frame = frame.join(catalog, "item_id", "left")
     else:
         frame = frame.select(
-            "item_id", "item", F.lit("").alias("category"), F.lit(None).cast("float").alias("price"),
-            F.lit(True).alias("in_stock"), F.lit("").alias("title"),
+            "item_id",
+            "item",
+            F.lit("").alias("category"),
+            F.lit(None).cast("float").alias("price"),
+            F.lit(True).alias("in_stock"),
+            F.lit("").alias("title"),
         )
     ids: list[str] = []
     out = Catalog.empty(spark_log.n_items)
     for batch in stream_batches(frame.orderBy("item")):
         index = _numpy(batch.column("item"), np.int64)
         ids.extend(batch.column("item_id").to_pylist())
-        out.category[index] = np.asarray(batch.column("category").fill_null("").to_pylist(), dtype=object)
+        out.category[index] = np.asarray(
+            batch.column("category").fill_null("").to_pylist(), dtype=object
+        )
         out.title[index] = np.asarray(batch.column("title").fill_null("").to_pylist(), dtype=object)
         out.price[index] = _numpy(batch.column("price").cast(pa.float32()), np.float32)
         out.in_stock[index] = _numpy(batch.column("in_stock").fill_null(True), bool)
@@ -750,7 +810,9 @@ def _catalog_arrays(spark_log: SparkLog, catalog: DataFrame | None) -> tuple[IdM
 # --- interactions and models -----------------------------------------------------------------
 
 
-def weight_column(config: EventsConfig, event_types: Sequence[str], has: dict[str, bool], now: int) -> Column:
+def weight_column(
+    config: EventsConfig, event_types: Sequence[str], has: dict[str, bool], now: int
+) -> Column:
     """One strength per row, as recsvc.matrix.event_weights: type x decay x quantity x rating."""
     for name in event_types:
         if name not in config.weights:
@@ -784,8 +846,15 @@ def interactions(weighted: DataFrame) -> DataFrame:
     )
 
 
-def fit_als(pairs: DataFrame, factors: int, iterations: int, regularization: float, alpha: float,
-            seed: int = 42, blocks: int | None = None) -> Any:
+def fit_als(
+    pairs: DataFrame,
+    factors: int,
+    iterations: int,
+    regularization: float,
+    alpha: float,
+    seed: int = 42,
+    blocks: int | None = None,
+) -> Any:
     """Implicit-feedback ALS (Spark MLlib) on (user, item, strength); returns the ALSModel."""
     from pyspark.ml.recommendation import ALS
 
@@ -811,7 +880,9 @@ def _factor_matrix(frame: DataFrame, n_rows: int, rank: int) -> np.ndarray:
     """(id, features) factors as a dense (n_rows, rank) float32 array; zeros where absent."""
     out = np.zeros((n_rows, rank), dtype=np.float32)
     for batch in stream_batches(frame.select("id", "features")):
-        out[_numpy(batch.column("id"), np.int64)] = _list_values(batch.column("features"), rank, np.float32)
+        out[_numpy(batch.column("id"), np.int64)] = _list_values(
+            batch.column("features"), rank, np.float32
+        )
     return out
 
 
@@ -851,9 +922,7 @@ def _score_batches(
             )
 
 
-def score_users(
-    vectors: DataFrame, pairs: DataFrame, item_matrix: np.ndarray, n: int
-) -> DataFrame:
+def score_users(vectors: DataFrame, pairs: DataFrame, item_matrix: np.ndarray, n: int) -> DataFrame:
     """Each user's best n unseen items by vectors . item_matrix, computed in Spark, by user.
 
     vectors: (user, features array<float>). pairs: (user, item) seen pairs, banned. Returns
@@ -862,16 +931,16 @@ def score_users(
     spark = vectors.sparkSession
     seen = pairs.groupBy("user").agg(F.collect_list("item").alias("seen"))
     frame = (
-        vectors.join(seen, "user", "left")
-        .repartitionByRange("user")
-        .sortWithinPartitions("user")
+        vectors.join(seen, "user", "left").repartitionByRange("user").sortWithinPartitions("user")
     )
     shared = spark.sparkContext.broadcast(np.ascontiguousarray(item_matrix, dtype=np.float32))
     schema = "user int, features array<float>, items array<int>, scores array<float>"
     return frame.mapInArrow(partial(_score_batches, shared, n), schema)
 
 
-def _similar_batches(unit: Any, n: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _similar_batches(
+    unit: Any, n: int, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
     """Executor side of similar items: top-n cosine neighbours (self excluded) per item."""
     from recsvc.ranking import top_candidates
 
@@ -897,7 +966,9 @@ def similar_items(spark: SparkSession, item_factors: np.ndarray, n: int) -> Data
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     shared = spark.sparkContext.broadcast(factors / norms)
-    ids = spark.range(0, factors.shape[0], numPartitions=max(1, spark.sparkContext.defaultParallelism))
+    ids = spark.range(
+        0, factors.shape[0], numPartitions=max(1, spark.sparkContext.defaultParallelism)
+    )
     schema = "item int, items array<int>, scores array<float>"
     return ids.mapInArrow(partial(_similar_batches, shared, n), schema)
 
@@ -942,7 +1013,9 @@ def _fill_rows(
             else:  # shorter lists (co-occurrence): pad
                 values = _numpy(column.flatten(), target.dtype)
                 starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                for row, start, length in zip(index.tolist(), starts.tolist(), lengths.tolist(), strict=True):
+                for row, start, length in zip(
+                    index.tolist(), starts.tolist(), lengths.tolist(), strict=True
+                ):
                     target[row, :length] = values[start : start + length]
         rows += len(index)
     return rows
@@ -957,7 +1030,11 @@ def spark_baskets(spark_log: SparkLog, window_days: float) -> DataFrame:
     A window opens at a user's first purchase not yet in a window and holds that user's
     purchases less than `window_days` after it (computed per user with a Spark `aggregate`).
     """
-    if not isinstance(window_days, int | float) or not math.isfinite(window_days) or window_days <= 0:
+    if (
+        not isinstance(window_days, int | float)
+        or not math.isfinite(window_days)
+        or window_days <= 0
+    ):
         raise InvalidInput("window_days", f"must be a positive number of days, got {window_days!r}")
     events = spark_log.events.where(F.col("item").isNotNull())
     if spark_log.has_column.get("event_type", False):
@@ -965,7 +1042,9 @@ def spark_baskets(spark_log: SparkLog, window_days: float) -> DataFrame:
     by_order = events.where(F.col("order_id").isNotNull()).select(
         F.concat(F.lit("o:"), F.col("order_id")).alias("basket"), "item"
     )
-    loose = events.where(F.col("order_id").isNull() & F.col("user").isNotNull()).select("user", "ts", "item")
+    loose = events.where(F.col("order_id").isNull() & F.col("user").isNotNull()).select(
+        "user", "ts", "item"
+    )
     width = max(int(math.ceil(window_days * SECONDS_PER_DAY)), 1)
     initial = F.struct(
         F.lit(None).cast("long").alias("start"), F.array().cast("array<bigint>").alias("starts")
@@ -977,11 +1056,15 @@ def spark_baskets(spark_log: SparkLog, window_days: float) -> DataFrame:
         return F.when(opens, moved).otherwise(acc)
 
     starts = loose.groupBy("user").agg(
-        F.aggregate(F.array_sort(F.collect_set("ts")), initial, merge, lambda acc: acc["starts"]).alias("starts")
+        F.aggregate(
+            F.array_sort(F.collect_set("ts")), initial, merge, lambda acc: acc["starts"]
+        ).alias("starts")
     )
     window = F.size(F.filter("starts", lambda s: s <= F.col("ts"))) - 1
     by_window = loose.join(starts, "user").select(
-        F.concat_ws(":", F.lit("w"), F.col("user").cast("string"), window.cast("string")).alias("basket"),
+        F.concat_ws(":", F.lit("w"), F.col("user").cast("string"), window.cast("string")).alias(
+            "basket"
+        ),
         "item",
     )
     return (
@@ -1014,7 +1097,10 @@ def mine_rules_spark(
         ("min_confidence", min_confidence, min_confidence >= 0),
     ):
         if not math.isfinite(value) or not low_ok or value > 1:
-            raise InvalidInput(name, f"must be a fraction in {'(0, 1]' if name == 'min_support' else '[0, 1]'}, got {value}")
+            raise InvalidInput(
+                name,
+                f"must be a fraction in {'(0, 1]' if name == 'min_support' else '[0, 1]'}, got {value}",
+            )
     if isinstance(max_len, bool) or max_len < 2:
         raise InvalidInput("max_len", f"rules need itemsets of at least 2 items, got {max_len!r}")
     baskets = baskets.select("items").persist(PERSIST)
@@ -1028,14 +1114,20 @@ def mine_rules_spark(
         ).fit(baskets)
         freq = model.freqItemsets.select(F.array_sort("items").alias("key"), "freq")
         rules = model.associationRules.where(F.size("antecedent") <= max_len - 1).select(
-            F.array_sort("antecedent").alias("antecedent"), F.col("consequent")[0].alias("consequent")
+            F.array_sort("antecedent").alias("antecedent"),
+            F.col("consequent")[0].alias("consequent"),
         )
         n = F.lit(n_orders).cast("long")
         rule, left, right = F.col("count_rule"), F.col("count_left"), F.col("count_right")
         scored = (
-            rules.select("*", F.array_sort(F.concat("antecedent", F.array("consequent"))).alias("key"))
+            rules.select(
+                "*", F.array_sort(F.concat("antecedent", F.array("consequent"))).alias("key")
+            )
             .join(freq.withColumnRenamed("freq", "count_rule"), "key")
-            .join(freq.select(F.col("key").alias("antecedent"), F.col("freq").alias("count_left")), "antecedent")
+            .join(
+                freq.select(F.col("key").alias("antecedent"), F.col("freq").alias("count_left")),
+                "antecedent",
+            )
             .join(
                 freq.where(F.size("key") == 1).select(
                     F.col("key")[0].alias("consequent"), F.col("freq").alias("count_right")
@@ -1055,20 +1147,36 @@ def mine_rules_spark(
                 .alias("conviction"),
             )
             .orderBy(
-                F.col("confidence").desc(), F.col("lift").desc(), F.size("antecedent"),
-                "antecedent", "consequent",
+                F.col("confidence").desc(),
+                F.col("lift").desc(),
+                F.size("antecedent"),
+                "antecedent",
+                "consequent",
             )
         )
         if max_rules is not None:
             scored = scored.limit(max_rules)
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-            "lengths", "items", "consequent", "support", "confidence", "lift", "leverage", "conviction")}
+        parts: dict[str, list[np.ndarray]] = {
+            k: []
+            for k in (
+                "lengths",
+                "items",
+                "consequent",
+                "support",
+                "confidence",
+                "lift",
+                "leverage",
+                "conviction",
+            )
+        }
         for batch in stream_batches(scored):
             antecedent = batch.column("antecedent")
             parts["lengths"].append(_numpy(pa.compute.list_value_length(antecedent), np.int64))
             parts["items"].append(_numpy(antecedent.flatten(), np.int32))
             for name in ("consequent", "support", "confidence", "lift", "leverage", "conviction"):
-                parts[name].append(_numpy(batch.column(name), np.int32 if name == "consequent" else np.float64))
+                parts[name].append(
+                    _numpy(batch.column(name), np.int32 if name == "consequent" else np.float64)
+                )
         if not parts["consequent"]:
             return RuleSet.empty(n_orders)
         lengths = np.concatenate(parts["lengths"])
@@ -1103,7 +1211,9 @@ def _repurchase_rows(spark_log: SparkLog) -> DataFrame | None:
     return None
 
 
-def _due_batches(now: int, horizon_days: float, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _due_batches(
+    now: int, horizon_days: float, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
     """Executor side: the due score of each (user, item) pair through recsvc.buyagain.due_scores."""
     from recsvc.buyagain import due_scores
 
@@ -1142,7 +1252,9 @@ def fit_buyagain_spark(spark_log: SparkLog, config: Any, now: int) -> Any:
     day = F.floor(F.col("ts") / SECONDS_PER_DAY).cast("long")
     occasions = rows.groupBy("user", "item", day.alias("day")).agg(F.max("ts").alias("time"))
     by_day = Window.partitionBy("user", "item").orderBy("day")
-    gaps = occasions.select("user", "item", "time", (F.col("day") - F.lag("day").over(by_day)).alias("gap")).persist(PERSIST)
+    gaps = occasions.select(
+        "user", "item", "time", (F.col("day") - F.lag("day").over(by_day)).alias("gap")
+    ).persist(PERSIST)
     pairs = gaps.groupBy("user", "item").agg(
         F.count(F.lit(1)).alias("count"),
         F.max("time").alias("last"),
@@ -1175,11 +1287,16 @@ def fit_buyagain_spark(spark_log: SparkLog, config: Any, now: int) -> Any:
         & F.col("population_interval").isNotNull()
     )
     interval = F.greatest(
-        F.coalesce(F.when(repeat, F.col("interval")).otherwise(F.col("population_interval")), F.lit(1.0)),
+        F.coalesce(
+            F.when(repeat, F.col("interval")).otherwise(F.col("population_interval")), F.lit(1.0)
+        ),
         F.lit(1.0),
     )
     stats = pairs.join(population, "item").select(
-        "user", "item", "count", "last",
+        "user",
+        "item",
+        "count",
+        "last",
         interval.alias("interval_days"),
         F.when(repeat, spread).otherwise(F.lit(ONCE_SPREAD)).alias("spread"),
         F.when(repeat, n_gaps / (n_gaps + 1.0)).otherwise(rate / 3.0).alias("confidence"),
@@ -1190,23 +1307,54 @@ def fit_buyagain_spark(spark_log: SparkLog, config: Any, now: int) -> Any:
     overdue_days = (F.lit(now) - F.col("next_due")) / SECONDS_PER_DAY
     candidates = (
         stats.select("*", sd_days.alias("sd_days"), next_due.alias("next_due"))
-        .where(F.col("offered") & (overdue_days <= F.col("interval_days") + LAPSE_SDS * F.col("sd_days")))
+        .where(
+            F.col("offered")
+            & (overdue_days <= F.col("interval_days") + LAPSE_SDS * F.col("sd_days"))
+        )
         .select(
-            F.col("user").cast("int"), F.col("item").cast("int"), F.col("count").cast("int"),
-            "last", "interval_days", "sd_days", "confidence", "next_due",
+            F.col("user").cast("int"),
+            F.col("item").cast("int"),
+            F.col("count").cast("int"),
+            "last",
+            "interval_days",
+            "sd_days",
+            "confidence",
+            "next_due",
             F.abs(overdue_days).alias("distance"),
         )
     )
     schema = T.StructType([*candidates.schema.fields, T.StructField("due_score", T.FloatType())])
     scored = candidates.mapInArrow(partial(_due_batches, now, HORIZON_DAYS), schema)
-    best = Window.partitionBy("user").orderBy(F.col("due_score").desc(), F.col("distance"), F.col("item"))
+    best = Window.partitionBy("user").orderBy(
+        F.col("due_score").desc(), F.col("distance"), F.col("item")
+    )
     chosen = (
         scored.select("*", F.row_number().over(best).alias("rank"))
         .where(F.col("rank") <= config.max_items_per_user)
         .orderBy("user", "rank")
     )
-    names = ("user", "item", "due_score", "next_due", "interval_days", "count", "last", "sd_days", "confidence")
-    dtypes = (np.int64, np.int32, np.float32, np.int64, np.float32, np.int32, np.int64, np.float32, np.float32)
+    names = (
+        "user",
+        "item",
+        "due_score",
+        "next_due",
+        "interval_days",
+        "count",
+        "last",
+        "sd_days",
+        "confidence",
+    )
+    dtypes = (
+        np.int64,
+        np.int32,
+        np.float32,
+        np.int64,
+        np.float32,
+        np.int32,
+        np.int64,
+        np.float32,
+        np.float32,
+    )
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in stream_batches(chosen.select(*names)):
         for name, dtype in zip(names, dtypes, strict=True):
@@ -1214,7 +1362,10 @@ def fit_buyagain_spark(spark_log: SparkLog, config: Any, now: int) -> Any:
     gaps.unpersist()
     if not parts["user"]:
         return BuyAgainLists.empty(spark_log.n_users, now)
-    arrays = {name: np.concatenate(values).astype(dtype) for (name, values), dtype in zip(parts.items(), dtypes, strict=True)}
+    arrays = {
+        name: np.concatenate(values).astype(dtype)
+        for (name, values), dtype in zip(parts.items(), dtypes, strict=True)
+    }
     indptr = np.zeros(spark_log.n_users + 1, dtype=np.int64)
     indptr[1:] = np.cumsum(np.bincount(arrays["user"], minlength=spark_log.n_users))
     return BuyAgainLists(
@@ -1243,10 +1394,17 @@ def quantile_scores_spark(
     distinct = frame.groupBy(value).agg(F.count(F.lit(1)).alias("n"))
     order = F.col(value).asc() if higher_is_better else F.col(value).desc()
     ordered = cache(
-        distinct.orderBy(order)
-        .select(value, "n", F.spark_partition_id().alias("_pid"), F.monotonically_increasing_id().alias("_mid"))
+        distinct.orderBy(order).select(
+            value,
+            "n",
+            F.spark_partition_id().alias("_pid"),
+            F.monotonically_increasing_id().alias("_mid"),
+        )
     )
-    sizes = {int(r["_pid"]): int(r["s"]) for r in ordered.groupBy("_pid").agg(F.sum("n").alias("s")).collect()}
+    sizes = {
+        int(r["_pid"]): int(r["s"])
+        for r in ordered.groupBy("_pid").agg(F.sum("n").alias("s")).collect()
+    }
     total = max(sum(sizes.values()), 1)
     offsets = _offsets_from_sizes(sizes)
     running = Window.partitionBy("_pid").orderBy("_mid").rowsBetween(Window.unboundedPreceding, -1)
@@ -1259,7 +1417,9 @@ def quantile_scores_spark(
     return frame.select(key, value).join(scores, value).select(key, "score")
 
 
-def taste_clusters_spark(vectors: DataFrame | None, k: int, seed: int, cache: Cache) -> DataFrame | None:
+def taste_clusters_spark(
+    vectors: DataFrame | None, k: int, seed: int, cache: Cache
+) -> DataFrame | None:
     """(user, cluster) by k-means (Spark ML) on L2-normalised factors, renumbered by size."""
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
@@ -1272,7 +1432,10 @@ def taste_clusters_spark(vectors: DataFrame | None, k: int, seed: int, cache: Ca
     points = cache(
         vectors.select("user", "features", norm.alias("norm"))
         .where(_finite(F.col("norm")) & (F.col("norm") > 0))
-        .select("user", array_to_vector(F.transform("features", lambda x: x / F.col("norm"))).alias("features"))
+        .select(
+            "user",
+            array_to_vector(F.transform("features", lambda x: x / F.col("norm"))).alias("features"),
+        )
     )
     n_points = points.count()
     k = min(k, n_points)
@@ -1320,22 +1483,30 @@ def fit_segments_spark(
         frame = frame.join(per_user, "user", "left")
     else:
         frame = frame.select(
-            "*", F.lit(None).cast("long").alias("last_bought"),
-            F.lit(0).alias("frequency"), F.lit(0.0).alias("monetary"),
+            "*",
+            F.lit(None).cast("long").alias("last_bought"),
+            F.lit(0).alias("frequency"),
+            F.lit(0.0).alias("monetary"),
         )
     last = F.coalesce(F.col("last_bought"), F.col("last_any"))
     recency = (
-        F.greatest(F.lit(now) - last, F.lit(0)).cast("double") / SECONDS_PER_DAY if has_time else F.lit(0.0)
+        F.greatest(F.lit(now) - last, F.lit(0)).cast("double") / SECONDS_PER_DAY
+        if has_time
+        else F.lit(0.0)
     )
-    rfm = cache(frame.select(
-        "user",
-        F.coalesce(recency, F.lit(0.0)).cast("float").alias("recency_days"),
-        F.coalesce(F.col("frequency"), F.lit(0)).cast("int").alias("frequency"),
-        F.coalesce(F.col("monetary"), F.lit(0.0)).cast("float").alias("monetary"),
-    ))
+    rfm = cache(
+        frame.select(
+            "user",
+            F.coalesce(recency, F.lit(0.0)).cast("float").alias("recency_days"),
+            F.coalesce(F.col("frequency"), F.lit(0)).cast("int").alias("frequency"),
+            F.coalesce(F.col("monetary"), F.lit(0.0)).cast("float").alias("monetary"),
+        )
+    )
     buyers = rfm.where(F.col("frequency") > 0)
     scores = {
-        "r": quantile_scores_spark(buyers, "user", "recency_days", higher_is_better=False, cache=cache),
+        "r": quantile_scores_spark(
+            buyers, "user", "recency_days", higher_is_better=False, cache=cache
+        ),
         "f": quantile_scores_spark(buyers, "user", "frequency", higher_is_better=True, cache=cache),
         "m": quantile_scores_spark(buyers, "user", "monetary", higher_is_better=True, cache=cache),
     }
@@ -1343,10 +1514,14 @@ def fit_segments_spark(
     for name, score in scores.items():
         result = result.join(score.withColumnRenamed("score", name), "user", "left")
     r, f, m = (F.coalesce(F.col(c), F.lit(0)).cast("byte") for c in "rfm")
-    result = result.select("user", "recency_days", "frequency", "monetary", r.alias("r"), f.alias("f"), m.alias("m"))
+    result = result.select(
+        "user", "recency_days", "frequency", "monetary", r.alias("r"), f.alias("f"), m.alias("m")
+    )
     fm = F.least(F.greatest(F.floor((F.col("f") + F.col("m") + 1) / 2), F.lit(1)), F.lit(5))
     grid = F.array(*[F.array(*[F.lit(name) for name in row]) for row in SEGMENT_MAP])
-    segment = F.when(F.col("r") > 0, F.element_at(F.element_at(grid, F.col("r").cast("int")), fm.cast("int")))
+    segment = F.when(
+        F.col("r") > 0, F.element_at(F.element_at(grid, F.col("r").cast("int")), fm.cast("int"))
+    )
     clusters = taste_clusters_spark(vectors, config.clusters, config.seed, cache)
     if clusters is not None:
         result = result.join(clusters, "user", "left")
@@ -1356,7 +1531,12 @@ def fit_segments_spark(
         F.col("user").cast("int").alias("user_index"),
         F.coalesce(segment, F.lit(PROSPECT)).alias("segment"),
         F.coalesce(F.col("cluster"), F.lit(-1)).cast("int").alias("cluster"),
-        "recency_days", "frequency", "monetary", "r", "f", "m",
+        "recency_days",
+        "frequency",
+        "monetary",
+        "r",
+        "f",
+        "m",
     )
 
 
@@ -1375,10 +1555,14 @@ def _label_lists(frame: DataFrame, top_n: int) -> dict[str, RankedLists]:
     )
     grouped: dict[str, dict[str, list[tuple[int, int, float]]]] = {"segment": {}, "cluster": {}}
     for row in rows:
-        grouped[row["list"]].setdefault(row["label"], []).append((row["rank"], row["item"], row["score"]))
+        grouped[row["list"]].setdefault(row["label"], []).append(
+            (row["rank"], row["item"], row["score"])
+        )
     lists: dict[str, RankedLists] = {}
     for name, labels in grouped.items():
-        ordered = sorted(labels, key=(lambda v: (int(v), v)) if name == "cluster" else (lambda v: (0, v)))
+        ordered = sorted(
+            labels, key=(lambda v: (int(v), v)) if name == "cluster" else (lambda v: (0, v))
+        )
         groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for label in ordered:
             entries = sorted(labels[label])
@@ -1415,7 +1599,9 @@ def fit_popularity_spark(
     strongest = [F.max(F.col("weight").cast("double")).alias("w")]
     if decay:
         age_days = F.greatest(F.lit(now) - F.col("ts"), F.lit(0)).cast("double") / SECONDS_PER_DAY
-        decayed = F.col("weight").cast("double") * F.pow(F.lit(2.0), -age_days / config.trending_half_life_days)
+        decayed = F.col("weight").cast("double") * F.pow(
+            F.lit(2.0), -age_days / config.trending_half_life_days
+        )
         strongest.append(F.max(decayed).alias("d"))
     pairs = rows.groupBy(actor.alias("actor"), "user", "item").agg(*strongest).persist(PERSIST)
     global_scores = np.zeros(n_items, dtype=np.float64)
@@ -1433,7 +1619,9 @@ def fit_popularity_spark(
         else lists["global"]
     )
     # Each item has one category, so a category's sums are its items' global sums.
-    codes, names = pd.factorize(pd.Series(catalog.category, dtype=object).fillna("").astype(str), sort=True)
+    codes, names = pd.factorize(
+        pd.Series(catalog.category, dtype=object).fillna("").astype(str), sort=True
+    )
     names = [str(name) for name in names]
     if "" in names:
         codes[codes == names.index("")] = -1
@@ -1446,14 +1634,24 @@ def fit_popularity_spark(
             segments.select(F.col("user_index").alias("user"), "segment", "cluster"), "user"
         )
         by_label = labelled.select(
-            F.explode(F.array(
-                F.struct(F.lit("segment").alias("list"), F.col("segment").alias("label")),
-                F.struct(F.lit("cluster").alias("list"),
-                         F.when(F.col("cluster") >= 0, F.col("cluster").cast("string")).alias("label")),
-            )).alias("group"), "item", "w",
+            F.explode(
+                F.array(
+                    F.struct(F.lit("segment").alias("list"), F.col("segment").alias("label")),
+                    F.struct(
+                        F.lit("cluster").alias("list"),
+                        F.when(F.col("cluster") >= 0, F.col("cluster").cast("string")).alias(
+                            "label"
+                        ),
+                    ),
+                )
+            ).alias("group"),
+            "item",
+            "w",
         ).where(F.col("group.label").isNotNull() & (F.col("group.label") != ""))
-        sums = by_label.groupBy(F.col("group.list").alias("list"), F.col("group.label").alias("label"), "item")
-        lists.update(_label_lists(sums.agg(F.sum("w").alias("score")), top_n))
+        by_group = by_label.groupBy(
+            F.col("group.list").alias("list"), F.col("group.label").alias("label"), "item"
+        )
+        lists.update(_label_lists(by_group.agg(F.sum("w").alias("score")), top_n))
     else:
         lists["segment"] = RankedLists.from_dict({})
         lists["cluster"] = RankedLists.from_dict({})
@@ -1487,7 +1685,7 @@ def _ensure_checkpoint_dir(spark: SparkSession) -> Path | None:
     (`spark.checkpoint.dir` / SparkContext.setCheckpointDir on shared storage).
     """
     context = spark.sparkContext
-    if context.getCheckpointDir() is not None or not context.master.startswith("local"):
+    if context.getCheckpointDir() is not None or not (context.master or "").startswith("local"):
         return None
     directory = Path(tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-"))
     context.setCheckpointDir(str(directory))
@@ -1506,9 +1704,9 @@ def _fingerprint(spark: SparkSession, paths: Sequence[str | Path | None]) -> dic
             continue
         name = Path(text.rstrip("/")).name or text
         try:
-            jvm = spark.sparkContext._jvm
-            hadoop_path = jvm.org.apache.hadoop.fs.Path(text)  # type: ignore[union-attr]
-            fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+            context: Any = spark.sparkContext  # Hadoop's FileSystem API through py4j
+            hadoop_path = context._jvm.org.apache.hadoop.fs.Path(text)
+            fs = hadoop_path.getFileSystem(context._jsc.hadoopConfiguration())
             summary = fs.getContentSummary(hadoop_path)
             out[name] = {
                 "uri": text,
@@ -1535,7 +1733,9 @@ def _items_frame(item_ids: IdMap, catalog: Catalog) -> Any:
     )
 
 
-def _write_seen(writer: BundleWriter, scratch: _Scratch, pairs: DataFrame, shape: tuple[int, int], nnz: int) -> None:
+def _write_seen(
+    writer: BundleWriter, scratch: _Scratch, pairs: DataFrame, shape: tuple[int, int], nnz: int
+) -> None:
     """The seen matrix (users x items CSR), streamed in (user, item) order into the bundle."""
     indices = scratch.array("seen_indices", (nnz,), np.int32, 0)
     data = scratch.array("seen_data", (nnz,), np.float32, 0)
@@ -1598,7 +1798,11 @@ def train_spark(
     try:
         done = step("load")
         spark_log, catalog_frame = load_spark_log(
-            session, str(events), options, cache, str(items) if items else None,
+            session,
+            str(events),
+            options,
+            cache,
+            str(items) if items else None,
             read_forget_list(forget_list),
         )
         report = spark_log.report
@@ -1625,14 +1829,21 @@ def train_spark(
                 f"implementation; '{default}' is the default"
             )
         skipped = [
-            name for name, enabled in (("ease", config.ease.enabled), ("itemknn", config.itemknn.enabled),
-                                       ("bpr", config.bpr.enabled)) if enabled
+            name
+            for name, enabled in (
+                ("ease", config.ease.enabled),
+                ("itemknn", config.itemknn.enabled),
+                ("bpr", config.bpr.enabled),
+            )
+            if enabled
         ]
         writer = BundleWriter(out)
         scratch = _Scratch(writer.root)
         try:
             done = step("ids")
-            _stream_parquet(writer, "ids/users", spark_log.users.orderBy("user").select("user_id"), USERS_SCHEMA)
+            _stream_parquet(
+                writer, "ids/users", spark_log.users.orderBy("user").select("user_id"), USERS_SCHEMA
+            )
             writer.frame("ids/items", _items_frame(item_ids, catalog))
             _write_seen(writer, scratch, pairs, (n_users, n_items), nnz)
             done()
@@ -1642,9 +1853,14 @@ def train_spark(
             started = time.perf_counter()
             popular = np.zeros(n_items, dtype=np.float32)
             for batch in stream_batches(pairs.where(F.col("strength") > 0).groupBy("item").count()):
-                popular[_numpy(batch.column("item"), np.int64)] = _numpy(batch.column("count"), np.float32)
+                popular[_numpy(batch.column("item"), np.int64)] = _numpy(
+                    batch.column("count"), np.float32
+                )
             save_scorer(writer, "popular", PopularityScorer(popular))
-            models_info["popular"] = {"fit_seconds": round(time.perf_counter() - started, 3), "params": {}}
+            models_info["popular"] = {
+                "fit_seconds": round(time.perf_counter() - started, 3),
+                "params": {},
+            }
             done()
 
             item_factors: np.ndarray | None = None
@@ -1654,8 +1870,14 @@ def train_spark(
             if config.als.enabled:
                 done = step("fit als")
                 started = time.perf_counter()
-                model = fit_als(pairs, rank, config.als.iterations, config.als.regularization,
-                                config.als.alpha, config.als.seed)
+                model = fit_als(
+                    pairs,
+                    rank,
+                    config.als.iterations,
+                    config.als.regularization,
+                    config.als.alpha,
+                    config.als.seed,
+                )
                 item_factors = _factor_matrix(model.itemFactors, n_items, rank)
                 user_vectors = model.userFactors.select(F.col("id").alias("user"), "features")
                 models_info["als"] = {
@@ -1677,22 +1899,46 @@ def train_spark(
             if default == "als":
                 assert user_vectors is not None and item_factors is not None
                 scored = score_users(user_vectors, pairs, item_factors, width)
-                _fill_rows(scored, "user", {"features": user_factors, "items": cand_items,
-                                            "scores": cand_scores}, {"features": rank, "items": width, "scores": width})
+                _fill_rows(
+                    scored,
+                    "user",
+                    {"features": user_factors, "items": cand_items, "scores": cand_scores},
+                    {"features": rank, "items": width, "scores": width},
+                )
             else:
                 ones = F.array(F.lit(1.0)).cast("array<float>")
-                scored = score_users(spark_log.users.select("user", ones.alias("features")), pairs,
-                                     popular[:, None], width)
-                _fill_rows(scored, "user", {"items": cand_items, "scores": cand_scores},
-                           {"items": width, "scores": width})
+                scored = score_users(
+                    spark_log.users.select("user", ones.alias("features")),
+                    pairs,
+                    popular[:, None],
+                    width,
+                )
+                _fill_rows(
+                    scored,
+                    "user",
+                    {"items": cand_items, "scores": cand_scores},
+                    {"items": width, "scores": width},
+                )
                 if user_vectors is not None:
-                    _fill_rows(user_vectors.orderBy("user"), "user", {"features": user_factors}, {"features": rank})
+                    _fill_rows(
+                        user_vectors.orderBy("user"),
+                        "user",
+                        {"features": user_factors},
+                        {"features": rank},
+                    )
             writer.array("candidates/items", cand_items)
             writer.array("candidates/scores", cand_scores)
             if item_factors is not None:
-                save_scorer(writer, "als", FactorScorer(
-                    user_factors, item_factors, regularization=config.als.regularization, alpha=config.als.alpha
-                ))
+                save_scorer(
+                    writer,
+                    "als",
+                    FactorScorer(
+                        user_factors,
+                        item_factors,
+                        regularization=config.als.regularization,
+                        alpha=config.als.alpha,
+                    ),
+                )
             done()
 
             done = step("similar items")
@@ -1705,8 +1951,12 @@ def train_spark(
                     if item_factors is not None
                     else similar_by_cooccurrence(pairs, similar_n)
                 )
-                _fill_rows(similar, "item", {"items": sim_items, "scores": sim_scores},
-                           {"items": similar_n, "scores": similar_n})
+                _fill_rows(
+                    similar,
+                    "item",
+                    {"items": sim_items, "scores": sim_scores},
+                    {"items": similar_n, "scores": similar_n},
+                )
             writer.array("similar/indices", sim_items)
             writer.array("similar/scores", sim_scores)
             done()
@@ -1747,7 +1997,9 @@ def train_spark(
             segments: DataFrame | None = None
             if config.segments.enabled:
                 done = step("segments")
-                segments = cache(fit_segments_spark(spark_log, user_vectors, config.segments, now, cache))
+                segments = cache(
+                    fit_segments_spark(spark_log, user_vectors, config.segments, now, cache)
+                )
                 from training.segments import TABLE
 
                 _stream_parquet(writer, TABLE, segments.orderBy("user_index"), SEGMENTS_SCHEMA)
@@ -1755,7 +2007,10 @@ def train_spark(
 
             done = step("popularity")
             write_popularity(
-                writer, fit_popularity_spark(weighted, spark_log, catalog, config.popularity, now, segments)
+                writer,
+                fit_popularity_spark(
+                    weighted, spark_log, catalog, config.popularity, now, segments
+                ),
             )
             done()
 
@@ -1798,7 +2053,9 @@ def train_spark(
             shutil.rmtree(checkpoints, ignore_errors=True)
         if owns_session:
             session.stop()
-    return TrainResult(path=path, version=writer.version, report=report, timings=timings, counts=counts)
+    return TrainResult(
+        path=path, version=writer.version, report=report, timings=timings, counts=counts
+    )
 
 
 def spark_als_fit_seconds(
@@ -1827,18 +2084,26 @@ def spark_als_fit_seconds(
             coo = sp.coo_matrix(matrix_or_events)
             scratch = Path(tempfile.mkdtemp(prefix="recsvc-spark-bench-"))
             pq.write_table(
-                pa.table({
-                    "user": coo.row.astype(np.int32),
-                    "item": coo.col.astype(np.int32),
-                    "strength": coo.data.astype(np.float32),
-                }),
+                pa.table(
+                    {
+                        "user": coo.row.astype(np.int32),
+                        "item": coo.col.astype(np.int32),
+                        "strength": coo.data.astype(np.float32),
+                    }
+                ),
                 scratch / "pairs.parquet",
             )
-            pairs = session.read.parquet(str(scratch / "pairs.parquet")).where(F.col("strength") != 0)
+            pairs = session.read.parquet(str(scratch / "pairs.parquet")).where(
+                F.col("strength") != 0
+            )
         else:
             config = config or TrainConfig()
-            spark_log, _ = load_spark_log(session, str(matrix_or_events), _effective_options(None, config), cache)
-            weight = weight_column(config.events, spark_log.event_types, spark_log.has_column, spark_log.now)
+            spark_log, _ = load_spark_log(
+                session, str(matrix_or_events), _effective_options(None, config), cache
+            )
+            weight = weight_column(
+                config.events, spark_log.event_types, spark_log.has_column, spark_log.now
+            )
             pairs = interactions(spark_log.events.select("*", weight.alias("weight")))
         pairs = cache(pairs)
         pairs.count()
