@@ -416,6 +416,32 @@ def _id_problem(value: object) -> int:
     return 2 if value == _NESTED else 4
 
 
+def check_columns(
+    options: LoadOptions, present: Sequence[str], source: str, report: LoadReport
+) -> dict[str, bool]:
+    """Which canonical columns a log has; InvalidInput naming the first required one missing.
+
+    Used by every engine that reads logs, so they agree on what a usable log is.
+    """
+    source_of = {c: options.columns.get(c, c) for c in CANONICAL_COLUMNS}
+    names = set(present)
+    for canonical in options.required:
+        if canonical == "event_type" and options.event_type:
+            continue
+        if source_of[canonical] not in names:
+            raise InvalidInput(
+                canonical,
+                f"column '{source_of[canonical]}' not found in {source} "
+                f"(columns: {show_columns(list(present))}); map it with --columns",
+            )
+    has_column = {c: source_of[c] in names for c in CANONICAL_COLUMNS}
+    if options.event_type:
+        has_column["event_type"] = True
+    elif not has_column["event_type"]:
+        report.notes.append(f"no event type column: every row counts as '{DEFAULT_EVENT_TYPE}'")
+    return has_column
+
+
 class _Chunk:
     """One chunk of a log being checked: which rows are still good, and why others are not."""
 
@@ -495,24 +521,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         if not checked:
             if fmt == "csv":
                 check_text_columns(list(chunk.columns), path, "--events")
-            present = set(chunk.columns)
-            for canonical in options.required:
-                if canonical == "event_type" and options.event_type:
-                    continue
-                if source_of[canonical] not in present:
-                    raise InvalidInput(
-                        canonical,
-                        f"column '{source_of[canonical]}' not found in {path.name} "
-                        f"(columns: {show_columns(list(chunk.columns))}); map it with --columns",
-                    )
-            for canonical in CANONICAL_COLUMNS:
-                has_column[canonical] = source_of[canonical] in present
-            if options.event_type:
-                has_column["event_type"] = True
-            elif not has_column["event_type"]:
-                report.notes.append(
-                    f"no event type column: every row counts as '{DEFAULT_EVENT_TYPE}'"
-                )
+            has_column = check_columns(options, list(chunk.columns), path.name, report)
             checked = True
 
         rows = _Chunk(chunk, source_of, report)
