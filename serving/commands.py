@@ -38,6 +38,11 @@ def register(subparsers: Any) -> None:
         "--grace", type=float, default=None, dest="grace_seconds",
         help="seconds in-flight calls get to finish after SIGTERM (default 5)",
     )
+    parser.add_argument(
+        "--drain-delay", type=float, default=None, dest="drain_delay_seconds",
+        help="after SIGTERM, seconds of NOT_SERVING while still answering before calls are "
+        "refused (default 1)",
+    )
     security = parser.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--tokens-file", default=None,
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "max_k": args.max_k,
             "grace_seconds": args.grace_seconds,
+            "drain_delay_seconds": args.drain_delay_seconds,
             "tokens_file": args.tokens_file,
             "insecure_no_auth": args.insecure_no_auth,
             "rate_limit": args.rate_limit,
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--threads", f"must be at least 1, got {config.threads}")
     if config.max_k < 1:
         raise InvalidInput("--max-k", f"must be at least 1, got {config.max_k}")
+    if config.grace_seconds < 0 or config.drain_delay_seconds < 0:
+        raise InvalidInput("--grace", "--grace and --drain-delay must be 0 or more")
     if config.rate_limit < 0:
         raise InvalidInput("--rate-limit", f"must be 0 or more, got {config.rate_limit}")
     if config.rate_burst < 0:

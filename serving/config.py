@@ -26,6 +26,7 @@ class ServeConfig:
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
     threads: int = 8  # gRPC handler threads per worker (I/O waits release the GIL)
     grace_seconds: float = 5.0  # SIGTERM: how long in-flight calls may take to finish
+    drain_delay_seconds: float = 1.0  # SIGTERM: NOT_SERVING but still answering this long first
 
     # Request limits (INVALID_ARGUMENT beyond them).
     max_k: int = 100

@@ -19,6 +19,11 @@ TLS when `tls_cert` / `tls_key` are given (mutual TLS with `tls_client_ca`; serv
 Health (`grpc.health.v1`): NOT_SERVING for "" and "recsvc.v1.Recommender" until a model
 version is loaded, SERVING afterwards (also while the store is down: answers then come from the
 fallback cache), NOT_SERVING again once SIGTERM starts the drain. Reflection is on.
+
+SIGTERM: health turns NOT_SERVING at once, the server keeps answering every call for
+`drain_delay_seconds` (load balancers that health-check stop routing to it meanwhile, and calls
+already on the wire arrive and are served), then it refuses new calls and gives those in flight
+`grace_seconds` to finish.
 """
 
 from __future__ import annotations
@@ -70,9 +75,12 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, refuse new calls, let in-flight ones finish within grace."""
+    def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """Drain: health NOT_SERVING, keep serving for `drain_delay` seconds, then refuse new
+        calls and let in-flight ones finish within `grace`."""
         self.health.enter_graceful_shutdown()
+        if drain_delay > 0:
+            time.sleep(drain_delay)
         self.server.stop(grace).wait()
         if self.forget_watcher is not None:
             self.forget_watcher.stop()
@@ -222,8 +230,10 @@ def start_server(
         log.warning(INSECURE_WARNING)
     store = store if store is not None else open_serving_store(config)
     service = RecommendationService(store, config)
-    server, health_servicer, port = build_server(service, config, chain, reuse_port)
+    # Load the model before binding the port: with SO_REUSEPORT (--workers N) the kernel hands
+    # new connections to any bound socket, and a worker still loading would hold them unserved.
     service.start()
+    server, health_servicer, port = build_server(service, config, chain, reuse_port)
     watcher = ForgetWatcher(service, config.forget_poll_seconds)
     watcher.poll()  # what is already forgotten is not "new" later
     watcher.start()
@@ -252,22 +262,25 @@ def run(config: ServeConfig) -> int:
         serve_metrics(config.metrics_port, config.host)
     running = start_server(config)
     print(f"recsvc serve: listening on {config.host}:{running.port}", flush=True)
-    _wait_for_signal(running, config.grace_seconds)
+    _wait_for_signal(running, config.grace_seconds, config.drain_delay_seconds)
     return 0
 
 
-def _wait_for_signal(running: RunningServer, grace: float) -> None:
+def _wait_for_signal(running: RunningServer, grace: float, drain_delay: float = 0.0) -> None:
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("draining", extra={"signal": signal.Signals(signum).name, "grace_s": grace})
+        log.info(
+            "draining",
+            extra={"signal": signal.Signals(signum).name, "grace_s": grace, "delay_s": drain_delay},
+        )
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stopping.wait(0.5):
         pass
-    running.stop(grace)
+    running.stop(grace, drain_delay)
 
 
 def _worker_main(config: ServeConfig, index: int) -> None:
@@ -276,7 +289,7 @@ def _worker_main(config: ServeConfig, index: int) -> None:
     setup_logging()
     running = start_server(config, reuse_port=True)
     log.info("worker started", extra={"worker": index, "port": running.port})
-    _wait_for_signal(running, config.grace_seconds)
+    _wait_for_signal(running, config.grace_seconds, config.drain_delay_seconds)
 
 
 def _free_port(host: str) -> int:
@@ -329,7 +342,7 @@ def _supervise(config: ServeConfig) -> int:
     for process in workers.values():
         if process.pid is not None and process.is_alive():
             os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + config.grace_seconds + 10
+    deadline = time.monotonic() + config.drain_delay_seconds + config.grace_seconds + 10
     for process in workers.values():
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
