@@ -16,6 +16,9 @@ Two ways to solve, chosen by catalogue size:
   (G[N, N] + l2 I) b = G[N, j]. That is EASE with each column's support limited to N(j) (the
   zero-diagonal constraint holds because j is not in N(j)); memory O(n x neighbours), time
   O(n x neighbours^3), and W comes out sparse. Items with no co-occurrence get an empty column.
+  Measured: on MovieLens 100k (forced local, 200 neighbours) precision@10 0.4115 against the
+  dense 0.4195; on a 100k-item synthetic catalogue (60k items with events, 474k interactions)
+  about 2 minutes on 2 cores, 5.3M weights (benchmarks/results/quality.json, "scale").
 
 `top_n` > 0 keeps only the top_n largest |weights| of each row of B (each history item suggests
 at most top_n items), so a user's scoring touches |history| x top_n weights whatever the
