@@ -59,6 +59,7 @@ class EASEConfig:
     l2: float = 300.0
     max_items: int = 20000  # above this the dense solve is skipped (see README)
     top_n: int = 0  # keep only the top_n weights per column (0: keep all)
+    local_neighbours: int = 200  # above max_items: each column solved over its strongest co-items
 
 
 @dataclass

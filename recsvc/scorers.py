@@ -140,8 +140,15 @@ class BlendScorer:
         return total
 
 
-def save_scorer(writer: BundleWriter, name: str, scorer: Any) -> None:
-    """Store a scorer under `recommenders/<name>/`."""
+def save_scorer(
+    writer: BundleWriter, name: str, scorer: Any, saved: dict[int, str] | None = None
+) -> None:
+    """Store a scorer under `recommenders/<name>/`.
+
+    saved: id(scorer) -> name of scorers already stored in this bundle; a blend refers to such
+    parts by name instead of storing their arrays again.
+    """
+    saved = saved or {}
     base = f"recommenders/{name}"
     if isinstance(scorer, ItemItemScorer):
         if sp.issparse(scorer.weights):
@@ -165,8 +172,10 @@ def save_scorer(writer: BundleWriter, name: str, scorer: Any) -> None:
     elif isinstance(scorer, BlendScorer):
         parts = []
         for index, (part, weight) in enumerate(scorer.parts):
-            part_name = f"{name}/part{index}"
-            save_scorer(writer, part_name, part)
+            part_name = saved.get(id(part))
+            if part_name is None or part_name == name:
+                part_name = f"{name}/part{index}"
+                save_scorer(writer, part_name, part, saved)
             parts.append({"name": part_name, "weight": weight})
         meta = {"kind": "blend", "parts": parts}
     else:

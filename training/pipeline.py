@@ -26,8 +26,9 @@ from recsvc.ids import IdMap
 from recsvc.matrix import event_weights, interaction_matrix
 from recsvc.progress import progress
 from recsvc.ranking import top_candidates
-from recsvc.scorers import FactorScorer, save_scorer
+from recsvc.scorers import BlendScorer, FactorScorer, save_scorer
 from training.models import build_model
+from training.models.blend import BlendModel
 
 log = logging.getLogger(__name__)
 
@@ -210,23 +211,39 @@ def train(
         writer.ids(event_log.users, event_log.items, catalog)
         writer.csr("seen", matrix)
 
-        model_names = [config.default_recommender]
-        for name, enabled in (
+        blend_parts = (
+            [n for n, w in config.blend.items() if w > 0] if config.default_recommender == "blend" else []
+        )
+        model_names: list[str] = []
+        for name, wanted in (
+            *((part, True) for part in blend_parts),
+            (config.default_recommender, True),
             ("als", config.als.enabled),
             ("bpr", config.bpr.enabled),
             ("ease", config.ease.enabled and len(event_log.items) <= config.ease.max_items),
             ("itemknn", config.itemknn.enabled),
             ("popular", True),
         ):
-            if enabled and name not in model_names:
+            if wanted and name not in model_names:
                 model_names.append(name)
         models_info: dict[str, Any] = {}
+        fitted: dict[str, Any] = {}
         scorers: dict[str, Any] = {}
         for name in model_names:
             done = step(f"fit {name}")
-            model = build_model(name, config).fit(matrix)
-            scorers[name] = model.scorer()
-            save_scorer(writer, name, scorers[name])
+            if name == "blend":  # its parts are fitted above: reuse them, don't fit twice
+                model = BlendModel.from_fitted(
+                    [(fitted[part], float(config.blend[part])) for part in blend_parts]
+                )
+            else:
+                model = build_model(name, config).fit(matrix)
+            fitted[name] = model
+            scorers[name] = (
+                BlendScorer([(scorers[part], float(config.blend[part])) for part in blend_parts])
+                if name == "blend"
+                else model.scorer()
+            )
+            save_scorer(writer, name, scorers[name], saved={id(v): k for k, v in scorers.items()})
             models_info[name] = {"fit_seconds": round(model.fit_seconds, 3), "params": model.params()}
             done()
 

@@ -44,6 +44,13 @@ class BlendModel(Recommender):
                 parts.append((build_model(name, config), float(weight)))
         return cls(parts)
 
+    @classmethod
+    def from_fitted(cls, parts: list[tuple[Recommender, float]]) -> Self:
+        """A blend of models that are already fitted (fit time: the sum of theirs)."""
+        blend = cls(parts)
+        blend.fit_seconds = sum(model.fit_seconds for model, _ in parts)
+        return blend
+
     def _fit(self, interactions: sp.csr_matrix) -> None:
         for model, _ in self.parts:
             model.fit(interactions)

@@ -176,6 +176,7 @@ class EASEModel(Recommender):
             "l2": config.ease.l2,
             "max_items": config.ease.max_items,
             "top_n": config.ease.top_n,
+            "local_neighbours": config.ease.local_neighbours,
         }
         params.update(overrides)
         return cls(**params)
