@@ -174,6 +174,47 @@ def test_spark_bundle_loads_with_the_local_layout(bundles: dict[str, Bundle]) ->
     )
 
 
+def test_server_answers_from_the_spark_bundle(bundles: dict[str, Bundle]) -> None:
+    """Published into the embedded store, the server's domain layer serves it like any bundle."""
+    from recsvc.buyagain import BuyAgainLists
+    from recsvc.store import open_store
+    from serving.config import ServeConfig
+    from serving.domain import (
+        BuyAgainQuery,
+        PopularQuery,
+        RecommendationService,
+        RecommendQuery,
+        SimilarQuery,
+        Source,
+    )
+
+    bundle = bundles["spark"]
+    store = open_store("memory://spark-parity")
+    store.publish(bundle, progress=False)
+    service = RecommendationService(store, ServeConfig(store="memory://spark-parity"))
+    service.start()
+    try:
+        assert service.ready and service.model_info().model_version == bundle.version
+        user = bundle.users.id_of(0)
+        answer = service.recommend(RecommendQuery(user_id=user, k=K))
+        expected = [bundle.items.id_of(int(i)) for i in bundle.array("candidates/items")[0, :K]]
+        assert answer.source == Source.PERSONALIZED
+        assert [item.item_id for item in answer.items] == expected
+        item = bundle.items.id_of(0)
+        similar = service.similar_items(SimilarQuery(item_id=item, k=5))
+        assert len(similar.items) == 5 and item not in {i.item_id for i in similar.items}
+        assert len(service.popular(PopularQuery(k=5)).items) == 5
+        buyer = int(np.flatnonzero(np.diff(BuyAgainLists.read(bundle).indptr))[0])
+        as_of = float(bundle.manifest["trained_until"])
+        again = service.buy_again(
+            BuyAgainQuery(user_id=bundle.users.id_of(buyer), k=5, as_of=as_of)
+        )
+        assert len(again.items) >= 1
+    finally:
+        service.stop()
+        store.close()
+
+
 def _aligned(bundle: Bundle, reference: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """Row and column permutations taking `reference`'s indexes to `bundle`'s."""
     users = np.array([bundle.users.get(u) for u in reference.users.ids])
