@@ -3,23 +3,32 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
+STAMP := $(VENV)/.installed-test
+SOURCES := pyproject.toml setup.py $(wildcard protos/recsvc/v1/*.proto)
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: demo test lint unit install redis-server stubs clean bench
+.PHONY: demo test lint unit install redis-server java-runtime stubs clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard protos/recsvc/v1/*.proto)
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+
+# The demo needs the core only; the tests add the test and spark extras.
+$(CORE): $(SOURCES) | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $(CORE)
+
+$(STAMP): $(SOURCES) | $(PY)
+	$(PY) -m pip install -q -e '.[test,spark]'
+	touch $(CORE) $(STAMP)
 
 install: $(STAMP)
 
-stubs: $(STAMP)
+stubs: $(CORE)
 	$(PY) setup.py -q build_stubs
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/recsvc demo
 
 # Redis is needed by the store and serving tests: install it with apt when missing.
@@ -28,6 +37,12 @@ redis-server:
 	  echo "installing redis-server with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The Spark engine's tests need a Java runtime: install one with apt when missing.
+java-runtime:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "installing a Java runtime with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check recsvc training serving tests benchmarks
 	$(VENV)/bin/mypy recsvc
@@ -35,7 +50,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: $(STAMP) redis-server lint unit
+test: $(STAMP) redis-server java-runtime lint unit
 
 clean:
 	rm -rf $(VENV) build *.egg-info recsvc/v1/*_pb2*.py
