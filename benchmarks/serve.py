@@ -7,7 +7,8 @@
    similar items, rules, buy-again, segments, popularity: every component the server reads).
 2. Starts a real `redis-server` on a free port (no persistence) and `recsvc publish`es the
    bundle into it.
-3. For each --workers value: starts `recsvc serve --store redis://... --workers N`, waits for
+3. For each --workers value: starts `recsvc serve --store redis://... --workers N` (with auth
+   on, as deployed: a client token from `recsvc token create`), waits for
    the health check to say SERVING, and runs `recsvc bench serve` with the health `Check`
    floor, `Recommend` and the storefront `mix` (users drawn uniformly from all 200k).
 4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
@@ -170,14 +171,25 @@ def profile_later(pid: int, delay: float, seconds: float, raw: Path) -> subproce
     )
 
 
-def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def make_token(work: Path) -> tuple[Path, str]:
+    """A fresh tokens file with one client token: the server runs with auth on, as deployed."""
+    tokens = work / "tokens.txt"
+    tokens.unlink(missing_ok=True)
+    token = step("token", recsvc("token", "create", "--name", "bench", "--tokens-file", str(tokens)))
+    return tokens, token.strip()
+
+
+def bench_once(
+    store: str, bundle: Path, workers: int, args: argparse.Namespace, work: Path, token: tuple[Path, str]
+) -> dict[str, Any]:
     """Serve from `store` with `workers` processes and load it with `recsvc bench serve`."""
+    tokens_file, token_value = token
     port = free_port()
     target = f"127.0.0.1:{port}"
     log = open(work / f"serve-{workers}.log", "w")
     server = subprocess.Popen(
         recsvc("serve", "--store", store, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers)),
+               "--workers", str(workers), "--tokens-file", str(tokens_file)),
         stdout=log, stderr=subprocess.STDOUT, env=env(),
     )
     try:
@@ -191,7 +203,7 @@ def bench_once(store: str, bundle: Path, workers: int, args: argparse.Namespace,
                          "--server-pid", str(server.pid), "--out", str(out))
         print(f"$ recsvc {' '.join(command[3:])}", flush=True)
         bench = subprocess.Popen(command, text=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=env())
+                                 stderr=subprocess.PIPE, env={**env(), "RECSVC_TOKEN": token_value})
         profiler, raw = None, work / f"profile-recommend-{workers}.txt"
         if args.profile:
             # Check runs first (warm-up + duration), then Recommend: profile inside its window.
@@ -267,12 +279,14 @@ def main() -> int:
                        "candidates": manifest.get("params", {}).get("candidates"),
                        "als_factors": manifest.get("params", {}).get("als", {}).get("factors")},
             "store": "redis-server on 127.0.0.1 (no persistence), same machine",
+            "auth": "bearer token (recsvc token create), no rate limit, no TLS",
             "publish_seconds": round(publish_seconds, 1),
             "redis_used_memory_mib": round((redis_memory(store) or 0) / 2**20, 1),
             "model_build": f"recsvc synth --users {USERS} --items {ITEMS} --events {EVENTS}; "
             "recsvc train --model als --no-ease --no-itemknn",
         }
-        runs = [bench_once(store, bundle, int(w), args, work) for w in args.workers.split(",")]
+        token = make_token(work)
+        runs = [bench_once(store, bundle, int(w), args, work, token) for w in args.workers.split(",")]
     finally:
         stop(redis_process)
     for run in runs:
