@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from recsvc.bundle import Bundle
 from recsvc.config import TrainConfig, load_train_config
-from recsvc.events import LoadOptions, load_events
+from recsvc.events import LoadOptions, LoadReport, load_events
 
 pytestmark = pytest.mark.slow
 
@@ -413,6 +413,59 @@ def test_other_formats_and_mappings_counted_like_local(
     assert spark_report.rows_read == local.rows_read
     assert spark_report.rows_kept == local.rows_kept
     assert dict(spark_report.bad_rows) == dict(local.bad_rows)
+
+
+ODD_IDS = [
+    {"user_id": "u1", "item_id": "i1", "event_type": "view"},
+    {"user_id": "u5\x01", "item_id": "i1", "event_type": "view"},  # a control character
+    {"user_id": "u6", "item_id": "i\ufffd1", "event_type": "view"},  # undecodable bytes
+    {"user_id": "u7", "item_id": "i1", "event_type": "vi\x02ew"},
+    {"user_id": "u8", "item_id": "i2", "event_type": "cart"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_unusable_ids_counted_like_local(spark: Any, tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"events.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame(ODD_IDS).to_csv(path, index=False)
+    else:
+        nested = {"user_id": {"id": "u9"}, "item_id": "i1", "event_type": "view"}
+        path.write_text("".join(json.dumps(row) + "\n" for row in [*ODD_IDS, nested]))
+    spark_report, local = _reports(spark, path, LoadOptions())
+    assert dict(spark_report.bad_rows) == dict(local.bad_rows)
+    assert spark_report.rows_kept == local.rows_kept == 2
+    assert len(local.bad_rows) == (4 if fmt == "jsonl" else 3)
+
+
+def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
+    from recsvc.events import load_catalog
+    from recsvc.ids import IdMap
+    from training.engines.spark import Cache, _read_catalog
+
+    path = tmp_path / "items.csv"
+    path.write_text(
+        "item_id,category,price,in_stock,title\n"
+        "i1,coffee,3.5,yes,Beans\n"
+        ",tea,1,yes,No id\n"
+        "i2,tea,-1,maybe,Odd\n"
+        "i3\x01,tea,1,yes,Control\n"
+        "i4,tea,1,yes,Too,many,fields\n"
+        "i1,coffee,4.0,no,Beans again\n"
+    )
+    report = LoadReport()
+    local = load_catalog(path, IdMap(), report)
+    spark_report = LoadReport()
+    cache = Cache()
+    try:
+        frame = _read_catalog(spark, str(path), spark_report, cache)
+        rows = {r["item_id"]: r for r in frame.collect()}
+    finally:
+        cache.release()
+    assert dict(spark_report.bad_rows) == dict(report.bad_rows)
+    assert set(rows) == {"i1", "i2"}
+    assert rows["i1"]["price"] == local.price[0] == 4.0 and not rows["i1"]["in_stock"]  # last wins
+    assert rows["i2"]["price"] is None and rows["i2"]["in_stock"]  # blanked, still for sale
 
 
 def test_forgotten_customers_leave_no_trace(

@@ -57,15 +57,19 @@ from recsvc.bundle import BundleWriter, RankedLists, fingerprint_files
 from recsvc.config import EventsConfig, TrainConfig, to_dict
 from recsvc.errors import InvalidInput
 from recsvc.events import (
+    _ID_PROBLEMS,  # the id reasons' wording, shared so both engines report alike
     CANONICAL_COLUMNS,
     DEFAULT_EVENT_TYPE,
     EXAMPLES_PER_REASON,
     MAX_ID_LENGTH,
+    REPLACEMENT,
     Catalog,
     LoadOptions,
     LoadReport,
     check_columns,
+    check_text_columns,
     detect_format,
+    show_columns,
 )
 from recsvc.ids import IdMap
 from recsvc.rules import RuleSet
@@ -82,6 +86,8 @@ SPARK_MODELS = ("als", "popular")
 _TRUE = ("1", "true", "yes", "y", "t", "in_stock", "instock")
 _FALSE = ("0", "false", "no", "n", "f", "out_of_stock", "outofstock", "")
 _JSON_VALUE = r'^\s*(\[.*\]|".*"|-?[0-9][0-9.eE+-]*|true|false|null)\s*$'
+# What Python's str.isprintable() rejects: other/separator categories except the ASCII space.
+_NOT_PRINTABLE = r"[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}&&[^ ]]"
 
 
 # --- session and streaming -------------------------------------------------------------------
@@ -278,6 +284,7 @@ class _Source:
     present: list[str]
     malformed: Column | None
     name: str
+    fmt: str
 
 
 def _read_source(
@@ -296,6 +303,9 @@ def _read_source(
                 spark.read.option("header", True).option("sep", sep).option("encoding", "UTF-8")
             )
             header = [c for c in reader.csv(path).columns if c != CORRUPT]
+            if header:
+                header[0] = header[0].removeprefix("\ufeff")  # a byte-order mark, as pandas
+            check_text_columns(header, Path(name), flag)
             schema = T.StructType(
                 [T.StructField(c, T.StringType()) for c in header]
                 + [T.StructField(CORRUPT, T.StringType())]
@@ -311,7 +321,7 @@ def _read_source(
             malformed = F.when(
                 F.col(CORRUPT).isNotNull() & extra, F.lit("malformed line (wrong number of fields)")
             )
-            return _Source(frame, header, malformed, name)
+            return _Source(frame, header, malformed, name, fmt)
         if fmt == "jsonl":
             columns = list(dict.fromkeys(wanted))
             schema = T.StructType(
@@ -337,9 +347,9 @@ def _read_source(
                 )
                 .otherwise(F.lit("malformed JSON line"))
             )
-            return _Source(frame, present, malformed, name)
+            return _Source(frame, present, malformed, name, fmt)
         frame = spark.read.parquet(path)
-        return _Source(frame, list(frame.columns), None, name)
+        return _Source(frame, list(frame.columns), None, name, fmt)
     except AnalysisException as exc:
         raise InvalidInput(
             flag, f"cannot read {path} as {fmt}: {str(exc).splitlines()[0]}"
@@ -435,8 +445,36 @@ def _add_to_report(report: LoadReport, counted: _ReasonCounts) -> None:
         kept.extend(counted.examples.get(reason, [])[: EXAMPLES_PER_REASON - len(kept)])
 
 
+def id_checks(value: Column, name: str, json_lines: bool) -> list[tuple[Column, str]]:
+    """Why an id (stripped text) is unusable, as recsvc.events._id_problem, first match wins.
+
+    In JSON Lines Spark hands an object or array value over as its JSON text, so text opening
+    with `{` or `[` stands for one there (a string id written like JSON is taken for one too).
+    """
+    checks = [(value.rlike(r"^[\[{]"), _ID_PROBLEMS[2].format(name))] if json_lines else []
+    return [
+        *checks,
+        (F.length(value) > MAX_ID_LENGTH, _ID_PROBLEMS[1].format(name)),
+        (value.rlike(_NOT_PRINTABLE), _ID_PROBLEMS[4].format(name)),
+        (F.instr(value, REPLACEMENT) > 0, _ID_PROBLEMS[3].format(name)),
+    ]
+
+
+def _first_reason(checks: Sequence[tuple[Column, Column]]) -> Column:
+    """The value of the first check that holds (NULL when none does)."""
+    reason: Column | None = None
+    for condition, value in checks:
+        reason = F.when(condition, value) if reason is None else reason.when(condition, value)
+    none = F.lit(None).cast("string")
+    return none if reason is None else reason.otherwise(none)
+
+
 def _event_reason(
-    columns: dict[str, Column], has: dict[str, bool], options: LoadOptions, malformed: Column | None
+    columns: dict[str, Column],
+    has: dict[str, bool],
+    options: LoadOptions,
+    malformed: Column | None,
+    json_lines: bool,
 ) -> Column:
     """The first reason a row is bad, in the local loader's order (NULL for a good row)."""
     checks: list[tuple[Column, Column]] = []
@@ -452,7 +490,8 @@ def _event_reason(
         value = columns[name]
         if name in options.required:
             check(value.isNull() | (value == ""), f"missing {name}")
-        check(F.length(value) > MAX_ID_LENGTH, f"{name} longer than {MAX_ID_LENGTH} characters")
+        for condition, reason in id_checks(value, name, json_lines):
+            check(condition, reason)
     if has["timestamp"]:
         if "timestamp" in options.required:
             check(F.col("_raw_timestamp").isNull(), "missing timestamp")
@@ -476,18 +515,13 @@ def _event_reason(
     if not options.event_type and has["event_type"]:
         event = columns["event_type"]
         check(event.isNull() | (event == ""), "missing event_type")
+        unusable = [condition for condition, _ in id_checks(event, "event_type", json_lines)]
+        check(F.greatest(*unusable), "unparsable event_type")
         if options.known_event_types is not None:
             check(
                 ~event.isin([str(name) for name in options.known_event_types]), "unknown event_type"
             )
-    reason: Column | None = None
-    for condition, value in checks:
-        reason = F.when(condition, value) if reason is None else reason.when(condition, value)
-    return (
-        F.lit(None).cast("string")
-        if reason is None
-        else reason.otherwise(F.lit(None).cast("string"))
-    )
+    return _first_reason(checks)
 
 
 @dataclass
@@ -582,7 +616,11 @@ def _checked_events(
         "event_type": F.lower(F.col("event_type")),
     }
     reason = _event_reason(
-        columns, has, options, F.col("_malformed") if source.malformed is not None else None
+        columns,
+        has,
+        options,
+        F.col("_malformed") if source.malformed is not None else None,
+        json_lines=source.fmt == "jsonl",
     )
     checked = cache(parsed.select("*", reason.alias("_reason")))
     counted = count_reasons(checked, [F.col("_reason")])
@@ -727,52 +765,73 @@ def forgotten_ids(user_ids: DataFrame, entries: set[str]) -> DataFrame:
 
 
 def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cache) -> DataFrame:
-    """The items catalogue (item_id, category, price, in_stock, title), checked like load_catalog."""
-    fmt = detect_format(Path(path.rstrip("/")), None)
+    """The items catalogue (item_id, category, price, in_stock, title), checked like load_catalog.
+
+    Malformed lines and unusable item ids leave the row out; unparsable prices and stock flags
+    only blank the field. Every case is counted under a 'catalog: ...' reason.
+    """
+    try:
+        fmt = detect_format(Path(path.rstrip("/")), None)
+    except InvalidInput as exc:
+        raise InvalidInput("--items", exc.reason) from None
     wanted = ["item_id", "category", "price", "in_stock", "title"]
     source = _read_source(spark, path, fmt, wanted, "--items")
     if "item_id" not in source.present:
-        raise InvalidInput("item_id", f"column not found in {source.name}")
+        raise InvalidInput(
+            "item_id",
+            f"column not found in {source.name} (columns: {show_columns(source.present)})",
+        )
+    malformed = source.malformed if source.malformed is not None else F.lit(None).cast("string")
     frame = source.frame.select(
         F.spark_partition_id().alias("_pid"),
         F.monotonically_increasing_id().alias("_mid"),
+        malformed.alias("_malformed"),
         *[_text(source, c if c in source.present else None).alias(f"_raw_{c}") for c in wanted],
     )
     item_id = _strip(F.col("_raw_item_id"))
-    missing = item_id.isNull() | (item_id == "")
+    left_out = _first_reason(
+        [
+            (F.col("_malformed").isNotNull(), F.concat(F.lit("catalog: "), F.col("_malformed"))),
+            (item_id.isNull() | (item_id == ""), F.lit("catalog: missing item_id")),
+            *[
+                (condition, F.lit(f"catalog: {reason}"))
+                for condition, reason in id_checks(item_id, "item_id", fmt == "jsonl")
+            ],
+        ]
+    )
+    usable = F.col("_left_out").isNull()
     price = _number("_raw_price", _dtype(source, "price"))
     bad_price = F.col("_raw_price").isNotNull() & (~_finite(price) | (price < 0))
     flag = F.lower(_strip(F.coalesce(F.col("_raw_in_stock"), F.lit(""))))
     is_true, is_false = flag.isin(list(_TRUE)), flag.isin(list(_FALSE))
     has_stock = "in_stock" in source.present
+    no_reason = F.lit(None).cast("string")
     checked = cache(
-        frame.select(
+        frame.select("*", left_out.alias("_left_out")).select(
             "_pid",
             "_mid",
+            "_left_out",
             item_id.alias("item_id"),
-            missing.alias("_missing"),
             F.coalesce(_strip(F.col("_raw_category")), F.lit("")).alias("category"),
             F.when(bad_price, F.lit(None)).otherwise(price).cast("float").alias("price"),
-            F.when(bad_price & ~missing, F.lit("catalog: unparsable or negative price")).alias(
+            F.when(usable & bad_price, F.lit("catalog: unparsable or negative price")).alias(
                 "_bad_price"
             ),
             (is_true | ~is_false).alias("in_stock") if has_stock else F.lit(True).alias("in_stock"),
             (
-                F.when(~(is_true | is_false) & ~missing, F.lit("catalog: unparsable in_stock"))
+                F.when(usable & ~(is_true | is_false), F.lit("catalog: unparsable in_stock"))
                 if has_stock
-                else F.lit(None).cast("string")
+                else no_reason
             ).alias("_bad_stock"),
             F.coalesce(F.col("_raw_title"), F.lit("")).alias("title"),
         )
     )
-    missing_reason = F.when(F.col("_missing"), F.lit("catalog: missing item_id"))
-    _add_to_report(
-        report, count_reasons(checked, [missing_reason, F.col("_bad_price"), F.col("_bad_stock")])
-    )
+    counted = count_reasons(checked, [F.col("_left_out"), F.col("_bad_price"), F.col("_bad_stock")])
+    _add_to_report(report, counted)
     # A catalogue listing an item twice: the last row wins, as in load_catalog.
     latest = Window.partitionBy("item_id").orderBy(F.col("_mid").desc())
     return (
-        checked.where(~F.col("_missing"))
+        checked.where(usable)
         .select("*", F.row_number().over(latest).alias("_n"))
         .where(F.col("_n") == 1)
         .select("item_id", "category", "price", "in_stock", "title")
