@@ -245,6 +245,11 @@ def _ids_from_store(url: str, max_users: int) -> Ids:
 
     store = open_store(url)
     try:
+        if getattr(store, "id_hasher", None) is not None:
+            raise InvalidInput(
+                "--users-from",
+                f"{store.url} keeps customer ids as keyed hashes: give a bundle or a file of ids",
+            )
         version = store.current_version()
         if version is None:
             raise NotFound(f"{store.url}: no model version published yet")

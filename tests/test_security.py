@@ -349,6 +349,12 @@ def test_hashed_ids_keep_customer_ids_out_of_the_store(hashed_url: str, bundle_d
     assert resolve_forgotten([entry], bundle.users.ids) == [user_id(3)]
     with pytest.raises(InvalidInput, match="another secret"):
         resolve_forgotten([entry], bundle.users.ids, IdHasher(b"some-other-secret-of-32-bytes!!"))
+    # `recsvc forget` hashes the id the same way
+    from recsvc.cli import main
+
+    assert main(["forget", "--user", user_id(4), "--store", hashed_url]) == 0
+    assert store.is_forgotten([user_id(4)]) == [True]
+    assert store.user_features(version, user_id(4)) is None
     # a later publish honours the hashed forget list
     assert store.publish(bundle, progress=False).version == bundle.version  # already stored
     # a handle that does not hash cannot misread the version as "every customer unknown"

@@ -9,7 +9,9 @@
 
 `--store` defaults to `$RECSVC_STORE`. The forget list lives in the store (`recsvc store
 forgotten` prints it, one id a line, for the trainer); `--forget-file` also appends the id to a
-local file. A `memory://` store lives only as long as the process, so these commands on it only
+local file. With `?hash_ids=1` on the URL the store keeps customer ids only as keyed hashes
+(`recsvc.privacy`): `forget` hashes the id with `$RECSVC_ID_SECRET`, and `store forgotten`
+prints `hmac-sha256:<fingerprint>:<key>` entries that the trainer matches with the same secret. A `memory://` store lives only as long as the process, so these commands on it only
 make sense inside `recsvc serve` (they warn). Store URLs are printed with passwords masked.
 """
 
