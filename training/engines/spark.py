@@ -529,7 +529,7 @@ class SparkLog:
     """A checked, indexed event log living in Spark (persisted), and what the driver knows of it."""
 
     events: DataFrame  # user int (NULL: none), item int, order_id, event, ts long, quantity,
-    # price, rating (float, NULL when unknown), row long
+    # price, rating (float, NULL when unknown), row long; train_spark adds weight float
     users: DataFrame  # user_id, user (dense index)
     items: DataFrame  # item_id, item
     n_users: int
@@ -622,7 +622,32 @@ def _checked_events(
         F.col("_malformed") if source.malformed is not None else None,
         json_lines=source.fmt == "jsonl",
     )
-    checked = cache(parsed.select("*", reason.alias("_reason")))
+
+    def optional(name: str) -> Column:
+        value = F.col(f"_{name}")
+        return F.when(F.col(f"_raw_{name}").isNotNull(), value).cast("float")
+
+    event = (
+        F.lit(options.event_type)
+        if options.event_type
+        else (columns["event_type"] if has["event_type"] else F.lit(DEFAULT_EVENT_TYPE))
+    )
+    # Only what the job needs is cached: the typed values and each row's reason, not the text.
+    checked = cache(
+        parsed.select(
+            "_pid",
+            "_mid",
+            reason.alias("_reason"),
+            F.when(F.col("user_id") != "", F.col("user_id")).alias("user_id"),
+            F.when(F.col("item_id") != "", F.col("item_id")).alias("item_id"),
+            F.when(F.col("order_id") != "", F.col("order_id")).alias("order_id"),
+            event.alias("event"),
+            F.bround(F.coalesce(F.col("_ts"), F.lit(0.0))).cast("long").alias("ts"),
+            F.coalesce(optional("quantity"), F.lit(1.0).cast("float")).alias("quantity"),
+            optional("price").alias("price"),
+            optional("rating").alias("rating"),
+        )
+    )
     counted = count_reasons(checked, [F.col("_reason")])
     report.rows_read += counted.rows_read
     _add_to_report(report, counted)
@@ -637,25 +662,15 @@ def _checked_events(
         },
     )
     report.check_limit(options.max_bad_rows, source.name)
-
-    def optional(name: str) -> Column:
-        value = F.col(f"_{name}")
-        return F.when(F.col(f"_raw_{name}").isNotNull(), value).cast("float")
-
-    event = (
-        F.lit(options.event_type)
-        if options.event_type
-        else (columns["event_type"] if has["event_type"] else F.lit(DEFAULT_EVENT_TYPE))
-    )
     kept = checked.where(F.col("_reason").isNull()).select(
-        F.when(F.col("user_id") != "", F.col("user_id")).alias("user_id"),
-        F.when(F.col("item_id") != "", F.col("item_id")).alias("item_id"),
-        F.when(F.col("order_id") != "", F.col("order_id")).alias("order_id"),
-        event.alias("event"),
-        F.bround(F.coalesce(F.col("_ts"), F.lit(0.0))).cast("long").alias("ts"),
-        F.coalesce(optional("quantity"), F.lit(1.0).cast("float")).alias("quantity"),
-        optional("price").alias("price"),
-        optional("rating").alias("rating"),
+        "user_id",
+        "item_id",
+        "order_id",
+        "event",
+        "ts",
+        "quantity",
+        "price",
+        "rating",
         F.col("_mid").alias("row"),
     )
     return kept, checked, has, event_types
@@ -1874,9 +1889,12 @@ def train_spark(
 
         done = step("matrix")
         weight = weight_column(config.events, spark_log.event_types, spark_log.has_column, now)
+        # The weighted rows replace the plain ones: one event-sized cache, not two.
         weighted = cache(spark_log.events.select("*", weight.alias("weight")))
         pairs = cache(interactions(weighted))
         nnz = pairs.count()
+        cache.drop(spark_log.events)
+        spark_log.events = weighted
         done()
 
         available = (["als"] if config.als.enabled else []) + ["popular"]
