@@ -22,8 +22,10 @@ fallback cache), NOT_SERVING again once SIGTERM starts the drain. Reflection is 
 
 SIGTERM: health turns NOT_SERVING at once, the server keeps answering every call for
 `drain_delay_seconds` (load balancers that health-check stop routing to it meanwhile, and calls
-already on the wire arrive and are served), then it refuses new calls and gives those in flight
-`grace_seconds` to finish.
+already on the wire arrive and are served), then answers new calls with UNAVAILABLE (which
+clients retry elsewhere) for a moment, then stops and gives the calls in flight
+`grace_seconds` to finish. The UNAVAILABLE moment exists because gRPC's shutdown cancels calls
+it has received but not yet handed to a handler (CANCELLED, which clients do not retry).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, replace
 
@@ -70,6 +72,7 @@ class RunningServer:
     port: int
     store: FeatureStore
     forget_watcher: ForgetWatcher | None = None
+    drain: DrainInterceptor | None = None
 
     @property
     def target(self) -> str:
@@ -81,10 +84,37 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             time.sleep(drain_delay)
+            if self.drain is not None:
+                self.drain.refusing.set()
+                time.sleep(REFUSE_SECONDS)  # calls already received are answered, not cancelled
         self.server.stop(grace).wait()
         if self.forget_watcher is not None:
             self.forget_watcher.stop()
         self.service.stop()
+
+
+REFUSE_SECONDS = 0.25
+
+
+class DrainInterceptor(grpc.ServerInterceptor):
+    """Once `refusing` is set (end of the drain), answers new calls UNAVAILABLE (health aside)."""
+
+    def __init__(self) -> None:
+        self.refusing = threading.Event()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        from serving.auth import OPEN_PREFIXES, denial
+
+        handler = continuation(handler_call_details)
+        if not self.refusing.is_set() or handler is None:
+            return handler
+        if handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        return denial(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
 
 
 INSECURE_WARNING = (
@@ -225,7 +255,8 @@ def start_server(
     The security interceptors of `config` (authentication, rate limits) come before
     `interceptors`. Raises InvalidInput for unusable security settings.
     """
-    chain = [*security_interceptors(config), *interceptors]
+    drain = DrainInterceptor()
+    chain = [drain, *security_interceptors(config), *interceptors]
     if config.insecure_no_auth:
         log.warning(INSECURE_WARNING)
     store = store if store is not None else open_serving_store(config)
@@ -248,7 +279,7 @@ def start_server(
             "tls": "mutual" if config.tls_client_ca else bool(config.tls_cert),
         },
     )
-    return RunningServer(server, service, health_servicer, port, store, watcher)
+    return RunningServer(server, service, health_servicer, port, store, watcher, drain)
 
 
 # -- process entry points ---------------------------------------------------------------------
