@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pyspark import StorageLevel
@@ -975,7 +976,7 @@ def _score_batches(
         users = _numpy(batch.column("user"), np.int32)
         vectors = _list_values(batch.column("features"), rank, np.float32)
         seen = batch.column("seen")
-        lengths = _numpy(pa.compute.list_value_length(seen).fill_null(0), np.int64)
+        lengths = _numpy(pc.list_value_length(seen).fill_null(0), np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = _numpy(seen.flatten(), np.int32)
         history = sp.csr_matrix(
@@ -1081,16 +1082,13 @@ def _fill_rows(
         index = _numpy(batch.column(key), np.int64)
         for name, target in targets.items():
             column = batch.column(name)
-            lengths = _numpy(pa.compute.list_value_length(column).fill_null(0), np.int64)
+            lengths = _numpy(pc.list_value_length(column).fill_null(0), np.int64)
             if (lengths == widths[name]).all():
                 target[index] = _list_values(column, widths[name], target.dtype)
-            else:  # shorter lists (co-occurrence): pad
-                values = _numpy(column.flatten(), target.dtype)
-                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                for row, start, length in zip(
-                    index.tolist(), starts.tolist(), lengths.tolist(), strict=True
-                ):
-                    target[row, :length] = values[start : start + length]
+            else:  # shorter lists (co-occurrence): the rest of the row keeps its padding
+                starts = np.cumsum(lengths) - lengths
+                position = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+                target[np.repeat(index, lengths), position] = _numpy(column.flatten(), target.dtype)
         rows += len(index)
     return rows
 
@@ -1245,7 +1243,7 @@ def mine_rules_spark(
         }
         for batch in stream_batches(scored):
             antecedent = batch.column("antecedent")
-            parts["lengths"].append(_numpy(pa.compute.list_value_length(antecedent), np.int64))
+            parts["lengths"].append(_numpy(pc.list_value_length(antecedent), np.int64))
             parts["items"].append(_numpy(antecedent.flatten(), np.int32))
             for name in ("consequent", "support", "confidence", "lift", "leverage", "conviction"):
                 parts[name].append(
@@ -1897,7 +1895,7 @@ def train_spark(
         spark_log.events = weighted
         done()
 
-        available = (["als"] if config.als.enabled else []) + ["popular"]
+        available = [m for m in SPARK_MODELS if m != "als" or config.als.enabled]
         default = config.default_recommender
         if default not in available:
             default = available[0]
