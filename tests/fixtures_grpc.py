@@ -219,7 +219,14 @@ def serve(store_url: str, bundle: Path | None = None, **settings: object) -> Run
     if bundle is not None:
         from recsvc.bundle import Bundle
 
-        store.publish(Bundle(bundle), progress=False)
+        # Publishing is an admin job: it gets the store's normal timeouts, not the serving
+        # handle's 100 ms ones (a busy machine stalls a publish-lock call longer than that).
+        admin = store if store_url.startswith("memory") else open_store(store_url)
+        try:
+            admin.publish(Bundle(bundle), progress=False)
+        finally:
+            if admin is not store:
+                admin.close()
     return start_server(config, store=store)
 
 
