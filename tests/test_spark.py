@@ -40,14 +40,23 @@ K = 10
 
 
 def _java_problem() -> str | None:
-    """Why no usable Java runtime is here (None: there is one)."""
+    """Why no usable Java runtime is here (None: there is one). pyspark 4 needs Java 17+."""
+    import re
+
+    import pyspark
+
     home = os.environ.get("JAVA_HOME")
     java = shutil.which("java") or (str(Path(home) / "bin" / "java") if home else None)
+    install = "apt-get install -y openjdk-17-jre-headless"
     if not java or not Path(java).exists():
-        return "no Java runtime (java not on PATH, JAVA_HOME unset): apt-get install -y default-jre-headless"
+        return f"no Java runtime (java not on PATH, JAVA_HOME unset): {install}"
     probe = subprocess.run([java, "-version"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"java -version failed: {probe.stderr.strip()[:200]}"
+    found = re.search(r'version "(?:1\.)?(\d+)', probe.stderr)
+    needed = 17 if int(pyspark.__version__.split(".")[0]) >= 4 else 8
+    if found and int(found.group(1)) < needed:
+        return f"Java {found.group(1)} is too old for pyspark {pyspark.__version__}: {install}"
     return None
 
 
