@@ -37,11 +37,14 @@ redis-server:
 	  echo "installing redis-server with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-# The Spark engine's tests need a Java runtime: install one with apt when missing.
+# The Spark engine's tests need Java 17 or newer (pyspark 4): install it with apt when missing
+# or older.
 java-runtime:
-	@command -v java >/dev/null 2>&1 || { \
-	  echo "installing a Java runtime with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "installing a Java 17 runtime with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check recsvc training serving tests benchmarks

@@ -61,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
             from training.engines.spark import train_spark
         except ImportError as exc:
             raise InvalidInput("--engine", f"spark engine unavailable: {exc}") from None
-        result = train_spark(args.events, args.out, config, items=args.items,
-                             load_options=options, master=args.spark_master)
+        result = train_spark(
+            args.events,
+            args.out,
+            config,
+            items=args.items,
+            load_options=options,
+            master=args.spark_master,
+            forget_list=args.forget_list,
+        )
     else:
         from training.pipeline import train
 
