@@ -103,11 +103,13 @@ def parse_tokens(text: str, source: str) -> list[Client]:
     the source and line of the first malformed one."""
     clients: list[Client] = []
     names: set[str] = set()
-    for number, raw in enumerate(re.split(r"[;\n]", text), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        where = f"{source} line {number}" if source != TOKENS_ENV else f"{source} entry {number}"
+    entries = [
+        (number, part.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        for part in line.split("#", 1)[0].split(";")
+    ]
+    for index, (number, line) in enumerate((e for e in entries if e[1]), start=1):
+        where = f"{source} line {number}" if source != TOKENS_ENV else f"{source} entry {index}"
         fields = line.split()
         if len(fields) not in (3, 4):
             raise InvalidInput(where, "expected 'name role sha256:<hex> [rate=RPS]'")

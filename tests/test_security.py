@@ -395,6 +395,13 @@ def test_trainer_drops_customers_forgotten_in_a_hashed_store(monkeypatch: pytest
     )
     kept = drop_users(event_log, store.forgotten_users(), LoadReport())
     assert list(kept.users.ids) == ["bob"] and len(kept) == 2
+    # an engine that matches ids itself is stopped rather than silently keeping alice
+    from training.pipeline import read_forget_list
+
+    url = store.url
+    assert read_forget_list(url, hashed_ok=True) == set(store.forgotten_users())
+    with pytest.raises(InvalidInput, match="hashed"):
+        read_forget_list(url)
 
 
 @pytest.mark.redis

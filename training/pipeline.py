@@ -24,6 +24,7 @@ from recsvc.errors import InvalidInput
 from recsvc.events import Catalog, EventLog, LoadOptions, LoadReport, load_catalog, load_events
 from recsvc.ids import IdMap
 from recsvc.matrix import event_weights, interaction_matrix
+from recsvc.privacy import is_hashed_entry
 from recsvc.progress import progress
 from recsvc.ranking import top_candidates
 from recsvc.scorers import BlendScorer, FactorScorer, save_scorer
@@ -45,8 +46,24 @@ class TrainResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def read_forget_list(path: str | Path | None) -> set[str]:
-    """Customer ids to leave out of training: a file (one per line; '#' comments) or a store URL."""
+def read_forget_list(path: str | Path | None, hashed_ok: bool = False) -> set[str]:
+    """Customer ids to leave out of training: a file (one per line; '#' comments) or a store URL.
+
+    A store that keeps ids as keyed hashes lists `hmac-sha256:...` entries, which only
+    `drop_users` can match (it hashes the log's ids): callers that match ids themselves leave
+    `hashed_ok` False and get InvalidInput rather than silently keeping forgotten customers.
+    """
+    entries = _read_forget_entries(path)
+    if not hashed_ok and any(is_hashed_entry(e) for e in entries):
+        raise InvalidInput(
+            "--forget-list",
+            "the forget list holds hashed customer ids (a store with hash_ids), which this "
+            "engine cannot match yet: train with the local engine",
+        )
+    return entries
+
+
+def _read_forget_entries(path: str | Path | None) -> set[str]:
     if not path:
         return set()
     if "://" in str(path):
@@ -191,7 +208,7 @@ def train(
     )
     done = step("load")
     event_log, report = load_events(events, options)
-    forgotten = read_forget_list(forget_list)
+    forgotten = read_forget_list(forget_list, hashed_ok=True)  # drop_users resolves hashes
     event_log = drop_users(event_log, forgotten, report)
     catalog = (
         load_catalog(items, event_log.items, report) if items else Catalog.empty(len(event_log.items))
