@@ -207,6 +207,14 @@ class EventLog:
     def event_code(self, name: str) -> int:
         return self.event_types.index(name) if name in self.event_types else -1
 
+    def purchase_mask(self, purchase_types: Sequence[str] = ("purchase",)) -> np.ndarray:
+        """Rows that count as purchases: those of a purchase type, or every row of a log
+        without an event type column (ratings, point-of-sale baskets)."""
+        if not self.has_column.get("event_type", False):
+            return np.ones(len(self), dtype=bool)
+        codes = [c for c in (self.event_code(name) for name in purchase_types) if c >= 0]
+        return np.isin(self.event, np.asarray(codes, dtype=self.event.dtype))
+
 
 @dataclass(frozen=True)
 class LoadOptions:

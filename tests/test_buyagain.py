@@ -140,6 +140,7 @@ def test_once_bought_items_offered_only_when_the_population_rebuys_them() -> Non
 def test_interaction_only_logs_count_every_row_and_browsing_logs_have_no_lists() -> None:
     rows = [("ann", "milk", "interaction", d) for d in (0, 7, 14, 21)]
     log = make_log(rows, event_types=("interaction",))
+    log.has_column["event_type"] = False  # as loaded from a log with no event column
     lists = fit_buyagain(log, BuyAgainConfig(), at(22))
     assert set(entries(lists, log, "ann", at(28))) == {"milk"}
     views = make_log([(u, i, "view", d) for u, i, _, d in rows])

@@ -49,7 +49,7 @@ def make_log(rows: Sequence[Row], event_types: Sequence[str] = ("view", "purchas
         quantity=np.array([r[5] for r in rows], dtype=np.float32),
         price=np.array([r[6] for r in rows], dtype=np.float32),
         rating=np.full(len(rows), np.nan, dtype=np.float32),
-        has_column={"user_id": True, "item_id": True, "timestamp": True,
+        has_column={"user_id": True, "item_id": True, "timestamp": True, "event_type": True,
                     "order_id": bool(has_order.any())},
     )
 

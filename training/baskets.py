@@ -43,15 +43,6 @@ class Baskets:
         return int(self.matrix.shape[0])
 
 
-def purchase_mask(log: EventLog, purchase_types: Sequence[str] = ("purchase",)) -> np.ndarray:
-    """Rows that count as purchases: all of them when the log has no event type column."""
-    if not log.has_column.get("event_type", False):
-        return np.ones(len(log), dtype=bool)
-    codes = [log.event_code(name) for name in purchase_types]
-    codes = [c for c in codes if c >= 0]
-    return np.isin(log.event, np.asarray(codes, dtype=log.event.dtype))
-
-
 def window_ids(user: np.ndarray, timestamp: np.ndarray, window_seconds: float) -> np.ndarray:
     """Window number of each row, unique across users (rows need not be sorted).
 
@@ -98,7 +89,7 @@ def baskets_from_events(
     """
     if not isinstance(window_days, int | float) or not math.isfinite(window_days) or window_days <= 0:
         raise InvalidInput("window_days", f"must be a positive number of days, got {window_days!r}")
-    purchases = purchase_mask(log, purchase_types)
+    purchases = log.purchase_mask(purchase_types)
     by_order = purchases & (log.order >= 0)
     by_window = purchases & (log.order < 0) & (log.user >= 0)
     unplaced = purchases & (log.order < 0) & (log.user < 0)

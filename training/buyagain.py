@@ -49,15 +49,8 @@ MAX_KEY = 2**62
 
 
 def purchase_mask(log: EventLog) -> np.ndarray:
-    """Rows that are purchases: type "purchase", or every row of an interaction-only log."""
-    code = log.event_code("purchase")
-    if code >= 0:
-        rows = log.event == code
-    elif set(log.event_types) <= {"interaction"}:
-        rows = np.ones(len(log), dtype=bool)
-    else:
-        rows = np.zeros(len(log), dtype=bool)
-    return rows & (log.user >= 0) & ~(log.quantity <= 0)
+    """Purchase rows (see EventLog.purchase_mask) of known users with a positive quantity."""
+    return log.purchase_mask() & (log.user >= 0) & ~(log.quantity <= 0)
 
 
 def group_starts(sorted_keys: np.ndarray) -> np.ndarray:
