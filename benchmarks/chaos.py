@@ -635,7 +635,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| ({r['scenario']}) {r['fault']} | {r['requests_sent']} | {failed_text} | {r['fallback']} "
             f"| {r['p99_ms_baseline']} / {r['p99_ms_during_fault']} ms | {r['recovery_s']} s "
-            f"| {'met' if r['target_met'] else ('n/a' if r['scenario'] == 'd0' else 'MISSED')} |"
+            f"| {'n/a (contrast)' if r['scenario'] == 'd0' else 'met' if r['target_met'] else 'MISSED'} |"
         )
     return "\n".join(lines)
 
