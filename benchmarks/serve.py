@@ -34,13 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsvc.commands.bench import (  # noqa: E402
-    SERVE_TARGETS,
-    environment,
-    parse_duration,
-    plot_serve,
-    write_json,
-)
+from recsvc.commands.bench import SERVE_TARGETS, environment, plot_serve, write_json  # noqa: E402
 from recsvc.commands.demo import free_port, wait_serving  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -158,8 +152,9 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
 
 
 def profile_later(pid: int, delay: float, seconds: float, raw: Path) -> subprocess.Popen[bytes] | None:
-    """Start `py-spy record` on the server's process tree after `delay` seconds (GIL holder
-    only: where the Python CPU goes); None when py-spy is not installed."""
+    """Start `py-spy record` on the server's process tree after `delay` seconds; None when
+    py-spy is not installed. `--gil` keeps only the thread holding the GIL: where the server's
+    Python CPU goes, without threads parked in waits."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         return None
@@ -200,23 +195,30 @@ def bench_once(
         command = recsvc("bench", "serve", "--target", target, "--rpc", "Recommend,mix",
                          "--users-from", str(bundle), "--concurrency", str(args.concurrency),
                          "--duration", args.duration, "--warmup", args.warmup,
+                         "--rounds", str(args.rounds),
                          "--server-pid", str(server.pid), "--out", str(out))
+        bench_env = {**env(), "RECSVC_TOKEN": token_value}  # not on the command line
         print(f"$ recsvc {' '.join(command[3:])}", flush=True)
-        bench = subprocess.Popen(command, text=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env={**env(), "RECSVC_TOKEN": token_value})
-        profiler, raw = None, work / f"profile-recommend-{workers}.txt"
-        if args.profile:
-            # Check runs first (warm-up + duration), then Recommend: profile inside its window.
-            warmup, duration = parse_duration(args.warmup, "--warmup"), parse_duration(args.duration, "--duration")
-            profiler = profile_later(server.pid, duration + 2 * warmup + 3.0, max(1.0, duration - 4.0), raw)
-        stdout, stderr = bench.communicate()
-        result = subprocess.CompletedProcess(command, bench.returncode, stdout, stderr)
-        if profiler is not None:
-            profiler.wait()
+        result = subprocess.run(command, text=True, capture_output=True, env=bench_env)
         sys.stdout.write(result.stdout)
         if result.returncode != 0:
             sys.stderr.write(result.stderr[-3000:])
             raise SystemExit(f"serve benchmark: bench serve failed (exit {result.returncode})")
+        raw = work / f"profile-recommend-{workers}.txt"
+        if args.profile:
+            # After the measured run (the sampler costs CPU too): Recommend alone for 20 s,
+            # sampled for 14 s once warm.
+            raw.unlink(missing_ok=True)
+            profiled = subprocess.Popen(
+                recsvc("bench", "serve", "--target", target, "--rpc", "Recommend", "--no-floor",
+                       "--users-from", str(bundle), "--concurrency", str(args.concurrency),
+                       "--duration", "20s", "--warmup", "2s"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_env,
+            )
+            profiler = profile_later(server.pid, 5.0, 14.0, raw)
+            profiled.wait()
+            if profiler is not None:
+                profiler.wait()
     finally:
         stop(server)
         log.close()
@@ -248,6 +250,14 @@ def verdict(run: dict[str, Any]) -> dict[str, Any]:
     if mix:
         out.update({"mix_rps": mix["rps"], "mix_vs_check": mix["rps_vs_floor"],
                     "mix_p99_ms": mix["latency_ms"]["p99"]})
+    if "round_rps_vs_floor" in recommend:
+        out["recommend_vs_check_per_round"] = recommend["round_rps_vs_floor"]
+    # CPU per answered call does not depend on how busy the machine was: what each RPC costs
+    # the server, and so what a server-bound run would reach.
+    cpu = {name: phase.get("server", {}).get("cpu_us_per_request") for name, phase in phases.items()}
+    out["server_cpu_us_per_request"] = cpu
+    if cpu.get("Check") and cpu.get("Recommend"):
+        out["check_cpu_over_recommend_cpu"] = round(cpu["Check"] / cpu["Recommend"], 3)
     return out
 
 
@@ -258,6 +268,8 @@ def main() -> int:
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternate Check / Recommend / mix this many times (default 5)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the server during the Recommend phase (top frames in the JSON)")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))

@@ -428,10 +428,35 @@ class PhaseResult:
     max_send_lag: float = 0.0  # open loop: how late the generator sent (seconds)
     not_sent: int = 0  # open loop: intended sends skipped at the outstanding-call cap
     sources: dict[str, int] = field(default_factory=dict)  # answers by source name
+    round_rps: list[float] = field(default_factory=list)  # requests/s of each round (rounds > 1)
 
     @property
     def ok(self) -> int:
         return self.latency.count
+
+    def merge(self, other: PhaseResult) -> None:
+        """Add a later round of the same phase: counts add up, per-second series continue."""
+        if not self.round_rps:
+            self.round_rps.append(self.rps)
+        self.round_rps.append(other.rps)
+        offset = len(self.per_second)
+        self.per_second.extend({**second, "t": offset + int(second["t"] or 0)} for second in other.per_second)
+        self.seconds += other.seconds
+        self.latency.merge(other.latency)
+        for name, count in other.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + count
+        for name, count in other.sources.items():
+            self.sources[name] = self.sources.get(name, 0) + count
+        for name, hist in other.per_rpc.items():
+            if name in self.per_rpc:
+                self.per_rpc[name].merge(hist)
+            else:
+                self.per_rpc[name] = hist
+        self.generator_cpu_seconds += other.generator_cpu_seconds
+        if self.server_cpu_seconds is not None and other.server_cpu_seconds is not None:
+            self.server_cpu_seconds += other.server_cpu_seconds
+        self.max_send_lag = max(self.max_send_lag, other.max_send_lag)
+        self.not_sent += other.not_sent
 
     @property
     def rps(self) -> float:
@@ -448,6 +473,7 @@ class PhaseResult:
             "sources": dict(sorted(self.sources.items())),
             "error_rate": round(sum(self.errors.values()) / total, 6) if total else 0.0,
             "rps": round(self.rps, 1),
+            "round_rps": [round(r, 1) for r in self.round_rps],
             "latency_ms": self.latency.summary_ms(),
             "generator": {
                 "cpu_seconds": round(self.generator_cpu_seconds, 3),
@@ -717,6 +743,10 @@ class LoadConfig:
     progress: bool = field(default=False)
     security: ClientSecurity = field(default_factory=ClientSecurity)  # token, TLS
     retries: bool = False  # the recommended client retry policy (UNAVAILABLE, idempotent)
+    # Alternate the phases this many times, each for duration / rounds, so that other work on
+    # the machine weighs on the floor and the RPCs alike (rounds after the first re-warm for
+    # at most a second).
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -731,6 +761,8 @@ class LoadConfig:
             raise InvalidInput("--k", f"must be at least 1, got {self.k}")
         if self.connections is not None and self.connections < 1:
             raise InvalidInput("--connections", f"must be at least 1, got {self.connections}")
+        if self.rounds < 1:
+            raise InvalidInput("--rounds", f"must be at least 1, got {self.rounds}")
         for rpc in self.rpcs:
             if rpc not in CHOICES:
                 raise InvalidInput("--rpc", f"unknown RPC '{rpc}' (one of {', '.join(CHOICES)})")
@@ -812,31 +844,45 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
         if ids is None and config.users_from:
             ids = load_ids(config.users_from)
         ids = await _complete_ids(ids, stubs[0], info, config)
-        phases: list[PhaseResult] = []
         names = ([FLOOR] if config.floor else []) + list(config.rpcs)
-        for index, name in enumerate(names):
-            pool = build_pool(
+        pools = {
+            name: build_pool(
                 name, stubs, health_stubs, ids, config.k, config.timeout, config.seed + index,
                 metadata=metadata,
             )
-            total = config.warmup + config.duration
+            for index, name in enumerate(names)
+        }
+        measured: dict[str, PhaseResult] = {}
+        slice_seconds = config.duration / config.rounds
+        for round_index in range(config.rounds):
+            warmup = config.warmup if round_index == 0 else min(config.warmup, 1.0)
+            for name in names:
+                total = warmup + slice_seconds
+                label = name if config.rounds == 1 else f"{name} {round_index + 1}/{config.rounds}"
 
-            def tick(phase: str, elapsed: float, recorder: _Recorder, total: float = total) -> None:
-                _progress_line(phase, elapsed, recorder, config.warmup, total)
+                def tick(
+                    _phase: str, elapsed: float, recorder: _Recorder,
+                    total: float = total, warmup: float = warmup, label: str = label,
+                ) -> None:
+                    _progress_line(label, elapsed, recorder, warmup, total)
 
-            result = await run_phase(
-                name,
-                pool,
-                config.duration,
-                config.warmup,
-                concurrency=config.concurrency,
-                rate=config.rate,
-                server_pids=config.server_pids,
-                on_tick=tick if config.progress else None,
-            )
-            if config.progress:
-                sys.stderr.write("\r" + " " * 78 + "\r")
-            phases.append(result)
+                result = await run_phase(
+                    name,
+                    pools[name],
+                    slice_seconds,
+                    warmup,
+                    concurrency=config.concurrency,
+                    rate=config.rate,
+                    server_pids=config.server_pids,
+                    on_tick=tick if config.progress else None,
+                )
+                if config.progress:
+                    sys.stderr.write("\r" + " " * 78 + "\r")
+                if name in measured:
+                    measured[name].merge(result)
+                else:
+                    measured[name] = result
+        phases = [measured[name] for name in names]
     finally:
         for channel in channels:
             await channel.close()
@@ -844,10 +890,15 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
     out_phases = [p.to_dict() for p in phases]
     ratios: dict[str, float] = {}
     if floor is not None and floor.rps > 0:
-        for phase in out_phases:
+        for phase, result in zip(out_phases, phases, strict=True):
             if phase["name"] != FLOOR:
                 phase["rps_vs_floor"] = round(phase["rps"] / floor.rps, 4)
                 ratios[phase["name"]] = phase["rps_vs_floor"]
+                if len(result.round_rps) > 1:  # the same ratio per round: its spread
+                    phase["round_rps_vs_floor"] = [
+                        round(r / f, 4) if f else None
+                        for r, f in zip(result.round_rps, floor.round_rps, strict=True)
+                    ]
     return {
         "target": config.target,
         "config": {
@@ -856,6 +907,7 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
             "rate": config.rate,
             "duration_s": config.duration,
             "warmup_s": config.warmup,
+            "rounds": config.rounds,
             "k": config.k,
             "timeout_s": config.timeout,
             "connections": config.channel_count,

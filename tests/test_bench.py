@@ -168,7 +168,7 @@ def test_bench_serve_against_a_real_server(memory_server: Any, bundle_dir: Path,
     code = main([
         "bench", "serve", "--target", memory_server.target, "--rpc", "Recommend,mix",
         "--users-from", str(bundle_dir), "--concurrency", "4", "--duration", "1s",
-        "--warmup", "200ms", "--out", str(out), "--plot", str(plot),
+        "--warmup", "200ms", "--rounds", "2", "--out", str(out), "--plot", str(plot),
     ])
     assert code == 0
     result = json.loads(out.read_text())
@@ -181,6 +181,10 @@ def test_bench_serve_against_a_real_server(memory_server: Any, bundle_dir: Path,
         assert sum(s["ok"] for s in phase["per_second"]) == phase["requests_ok"]
         assert phase["generator"]["cpu_per_wall"] > 0
     assert set(result["rps_vs_floor"]) == {"Recommend", "mix"}
+    assert result["config"]["rounds"] == 2
+    for phase in result["phases"]:  # two alternating rounds of 0.5 s, merged
+        assert len(phase["round_rps"]) == 2 and phase["seconds"] == 1.0
+    assert len(result["phases"][1]["round_rps_vs_floor"]) == 2
     assert set(result["phases"][2]["per_rpc"]) == set(loadgen.MIX_WEIGHTS)
     assert result["ids"]["users"] == N_USERS and result["ids"]["users_known"] is True
     assert result["model"]["n_items"] == N_ITEMS

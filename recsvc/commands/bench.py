@@ -78,6 +78,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--connections", type=int, default=None,
                        help="HTTP/2 connections (default: one per worker, at most 64; 16 open loop)")
     serve.add_argument("--no-floor", action="store_true", help="skip the health Check floor")
+    serve.add_argument("--rounds", type=int, default=1,
+                       help="alternate the phases N times (duration / N each) so background "
+                       "load on the machine hits the floor and the RPCs alike")
     serve.add_argument("--server-pid", type=int, action="append", default=[],
                        help="also report this local process tree's CPU time (repeatable)")
     serve.add_argument("--seed", type=int, default=0)
@@ -236,6 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         server_pids=tuple(args.server_pid),
         progress=progress_enabled(),
+        rounds=args.rounds,
         security=ClientSecurity.from_env(
             args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
             server_name=args.tls_server_name,
@@ -258,12 +262,15 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
     """Human-readable lines: one per phase, then the ratios to the floor."""
     cfg = result["config"]
     load = f"concurrency {cfg['concurrency']}" if cfg["mode"] == "closed" else f"rate {cfg['rate']:g}/s"
+    rounds = cfg.get("rounds", 1)
+    with_server = any("server" in phase for phase in result["phases"])
     lines = [
-        f"bench serve {result['target']}: {load}, {cfg['duration_s']:g}s per phase "
-        f"after {cfg['warmup_s']:g}s warm-up, k={cfg['k']}, {cfg['connections']} connections; "
+        f"bench serve {result['target']}: {load}, {cfg['duration_s']:g}s per phase"
+        + (f" in {rounds} alternating rounds" if rounds > 1 else "")
+        + f" after {cfg['warmup_s']:g}s warm-up, k={cfg['k']}, {cfg['connections']} connections; "
         f"ids: {result['ids']['users']} users, {result['ids']['items']} items ({result['ids']['source']})",
         f"  {'phase':<13}{'req/s':>9}{'vs floor':>10}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}"
-        f"{'max':>9}  {'errors':<10}{'gen CPU':>8}",
+        f"{'max':>9}  {'errors':<10}{'gen CPU':>8}" + ("  srv CPU/req" if with_server else ""),
     ]
     for phase in result["phases"]:
         lat = phase["latency_ms"]
@@ -276,11 +283,18 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
         else:
             ratio = "    floor" if phase["name"] == "Check" else "        -"
         errors = ",".join(f"{k}:{v}" for k, v in phase["errors"].items()) or "0"
-        lines.append(
+        line = (
             f"  {phase['name']:<13}{phase['rps']:9,.0f} {ratio}{ms('p50')} {ms('p90')} {ms('p99')} "
             f"{ms('p99.9')} {ms('max')}  {errors:<10}{phase['generator']['cpu_per_wall']:7.0%}"
         )
-    lines.append("  latency in ms; gen CPU = load generator CPU time / wall time (100% = one core)")
+        if "server" in phase and phase["server"]["cpu_us_per_request"] is not None:
+            line += f"  {phase['server']['cpu_us_per_request']:8.0f} us"
+        lines.append(line)
+        spread = [r for r in phase.get("round_rps_vs_floor", []) if r is not None]
+        if spread:
+            lines.append(f"  {'':<13}vs floor per round: {min(spread):.0%} .. {max(spread):.0%}")
+    lines.append("  latency in ms; gen CPU = load generator CPU time / wall time (100% = one core)"
+                 + ("; srv CPU/req = server process tree CPU per answered call" if with_server else ""))
     return lines
 
 
