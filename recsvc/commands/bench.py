@@ -304,6 +304,7 @@ def plot_serve(results: Sequence[dict[str, Any]], path: str | Path, title: str |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     quantiles = ("p50", "p90", "p99", "p99.9", "max")
     fig, axes = plt.subplots(len(results), 2, figsize=(13, 4.2 * len(results)), squeeze=False)
@@ -317,8 +318,10 @@ def plot_serve(results: Sequence[dict[str, Any]], path: str | Path, title: str |
             right.plot(seconds, [s["ok"] for s in phase["per_second"]], label=phase["name"])
         left.set_xticks(range(len(quantiles)), quantiles)
         left.set_yscale("log")
+        left.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         left.set_ylabel("latency (ms, log)")
-        left.axhline(SERVE_TARGETS["p99_ms_max"], color="grey", linestyle=":", linewidth=1)
+        left.axhline(SERVE_TARGETS["p99_ms_max"], color="grey", linestyle=":", linewidth=1,
+                     label="10 ms (p99 target)")
         left.grid(True, which="both", alpha=0.3)
         left.legend(fontsize=8)
         label = result.get("label") or result["target"]
@@ -604,6 +607,7 @@ def plot_train(result: dict[str, Any], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in result["runs"] if "error" not in r]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -617,6 +621,7 @@ def plot_train(result: dict[str, Any], path: str | Path) -> None:
     left.axhline(result["targets"]["seconds_max"], color="grey", linestyle=":", label="5 min target")
     left.set_xscale("log")
     left.set_yscale("log")
+    left.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     left.set_xlabel("events in the log")
     left.set_ylabel("seconds (log)")
     left.set_title("training time", fontsize=10)
