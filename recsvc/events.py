@@ -314,7 +314,7 @@ def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.Dat
             warnings.simplefilter("always", pd.errors.ParserWarning)
             reader = pd.read_csv(
                 path,
-                dtype=str,
+                dtype=object,
                 sep=sep,
                 keep_default_na=False,
                 na_values=[""],
@@ -393,16 +393,40 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
 
 def parse_timestamps(values: pd.Series) -> np.ndarray:
     """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms."""
-    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", copy=True)
-    out = numeric.copy()
-    millis = np.abs(numeric) > 1e11
-    out[millis] = numeric[millis] / 1000.0
-    text = np.isnan(numeric) & values.notna().to_numpy()
-    if text.any():
-        parsed = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-        out[text] = seconds.to_numpy(dtype="float64", na_value=np.nan)
+    given = values.notna().to_numpy()
+    out = np.full(len(values), np.nan)
+    first = values[given].iloc[0] if given.any() else None
+    # Parse the column in the form its first value has; only the rows that fail are tried
+    # the other way (a column of ISO text pays no failed numeric parse per row, and back).
+    if isinstance(first, str) and _looks_numeric(first):
+        order = ("epoch", "iso")
+    else:
+        order = ("iso", "epoch")
+    pending = given
+    for form in order:
+        if not pending.any():
+            break
+        part = values[pending]
+        if form == "epoch":
+            numeric = pd.to_numeric(part, errors="coerce").to_numpy(dtype="float64", copy=True)
+            millis = np.abs(numeric) > 1e11
+            numeric[millis] = numeric[millis] / 1000.0
+            parsed = numeric
+        else:
+            stamps = pd.to_datetime(part, errors="coerce", utc=True, format="ISO8601")
+            seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+            parsed = seconds.to_numpy(dtype="float64", na_value=np.nan)
+        out[pending] = parsed
+        pending = pending & np.isnan(out)
     return out
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 _ID_PROBLEMS = {
@@ -450,6 +474,14 @@ def check_columns(
     return has_column
 
 
+def _take(table: np.ndarray, codes: np.ndarray, fill: Any) -> np.ndarray:
+    """table[codes] with `fill` where a code is -1 (a missing value)."""
+    out = np.full(len(codes), fill, dtype=table.dtype)
+    present = codes >= 0
+    out[present] = table[codes[present]]
+    return out
+
+
 class _Chunk:
     """One chunk of a log being checked: which rows are still good, and why others are not."""
 
@@ -473,19 +505,36 @@ class _Chunk:
             self.report.add_bad(reason, self.row_numbers[bad])
             self.ok &= ~bad
 
-    def ids(self, canonical: str, required: Sequence[str]) -> np.ndarray:
+    def distinct(self, canonical: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The column as (codes, distinct stripped values): codes -1 where missing.
+
+        Per-value checks run on the distinct values only: a log repeats its ids and event
+        names millions of times, so this keeps Python-level work proportional to the ids.
+        """
         series = self.col(canonical)
         if series is None:
+            return None
+        codes, uniques = pd.factorize(series.to_numpy(dtype=object), use_na_sentinel=True)
+        clean = np.array(
+            [u.strip() if isinstance(u, str) else u for u in uniques.tolist()], dtype=object
+        )
+        return codes, clean
+
+    def ids(self, canonical: str, required: Sequence[str]) -> np.ndarray:
+        found = self.distinct(canonical)
+        if found is None:
             return np.full(self.n, None, dtype=object)
-        values = series.astype(object).where(series.notna(), None)
-        stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+        codes, clean = found
+        missing = codes < 0
+        empty = np.fromiter((u == "" for u in clean), dtype=bool, count=len(clean))
         if canonical in required:
-            self.reject((stripped.isna() | (stripped == "")).to_numpy(), f"missing {canonical}")
-        problems = stripped.map(_id_problem).to_numpy(dtype=np.int8)
-        if problems.any():
+            self.reject(missing | _take(empty, codes, False), f"missing {canonical}")
+        problem = np.fromiter((_id_problem(u) for u in clean), dtype=np.int8, count=len(clean))
+        if problem.any():
+            problems = _take(problem, codes, 0)
             for code, reason in _ID_PROBLEMS.items():
                 self.reject(problems == code, reason.format(canonical))
-        return stripped.to_numpy(dtype=object)
+        return _take(clean, codes, None)
 
     def numeric(self, canonical: str, default: float) -> np.ndarray:
         series = self.col(canonical)
@@ -559,11 +608,14 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         rating = rows.numeric("rating", np.nan)
 
         if options.cancel_prefix and has_column["order_id"]:
-            cancelled = np.fromiter(
-                (isinstance(o, str) and o.startswith(options.cancel_prefix) for o in order_raw),
+            prefix = options.cancel_prefix
+            order_codes, order_values = pd.factorize(order_raw, use_na_sentinel=True)
+            starts = np.fromiter(
+                (isinstance(o, str) and o.startswith(prefix) for o in order_values.tolist()),
                 dtype=bool,
-                count=n,
+                count=len(order_values),
             )
+            cancelled = _take(starts, order_codes, False)
             reject(cancelled, f"cancelled order (order_id starts with '{options.cancel_prefix}')")
 
         if options.event_type:
@@ -577,19 +629,29 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
                 event_types.append(options.event_type)
             events[:] = event_index[options.event_type]
         elif has_column["event_type"]:
-            raw = col("event_type")
-            assert raw is not None
-            names = raw.astype(object).where(raw.notna(), None).map(
-                lambda v: v.strip().lower() if isinstance(v, str) else v
+            found = rows.distinct("event_type")
+            assert found is not None
+            type_codes, type_names = found
+            type_names = np.array(
+                [v.lower() if isinstance(v, str) else v for v in type_names.tolist()], dtype=object
             )
-            reject((names.isna() | (names == "")).to_numpy(), "missing event_type")
-            unusable = names.map(lambda v: isinstance(v, str) and _id_problem(v) != 0)
-            reject(unusable.to_numpy(dtype=bool), "unparsable event_type")
+            missing = type_codes < 0
+            empty = np.fromiter((v == "" for v in type_names), dtype=bool, count=len(type_names))
+            reject(missing | _take(empty, type_codes, False), "missing event_type")
+            unusable = np.fromiter(
+                (isinstance(v, str) and _id_problem(v) != 0 for v in type_names),
+                dtype=bool,
+                count=len(type_names),
+            )
+            if unusable.any():
+                reject(_take(unusable, type_codes, False), "unparsable event_type")
             events = np.zeros(n, dtype=np.int16)
-            for name in pd.unique(names[rows.ok]):
-                if name is None:
+            for position, name in enumerate(type_names.tolist()):
+                if not isinstance(name, str) or not name:
                     continue
-                matching = (names == name).to_numpy()
+                matching = type_codes == position
+                if not (matching & rows.ok).any():
+                    continue
                 if name not in event_index:
                     if options.known_event_types is not None:
                         reject(matching, "unknown event_type")
