@@ -312,8 +312,13 @@ class Timing:
 
 
 def run_load(lab: Lab, actions: Sequence[Action], duration: float, timing: Timing,
-             retries: bool) -> tuple[Calls, dict[str, float]]:
-    """Steady load for `duration` seconds while `actions` run in a thread at their times."""
+             retries: bool, tail: float | None = None) -> tuple[Calls, dict[str, float]]:
+    """Steady load for `duration` seconds while `actions` run in a thread at their times.
+
+    The load goes on while actions are still running (a slow publish on a busy machine), and
+    for at least `tail` seconds (default `timing.after`) after the last one finished.
+    """
+    tail = timing.after if tail is None else tail
     calls = Calls()
     marks: dict[str, float] = {}
     errors: list[BaseException] = []
@@ -341,11 +346,16 @@ def run_load(lab: Lab, actions: Sequence[Action], duration: float, timing: Timin
                         marks[mark] = time.perf_counter()
                 except BaseException as exc:  # noqa: BLE001 - reported after the load
                     errors.append(exc)
+                finally:
+                    marks["actions_done"] = time.perf_counter()
 
             thread = threading.Thread(target=act, name="chaos-actions")
             thread.start()
             await loadgen.run_phase("Recommend", pool, duration, 0.0,
                                     concurrency=timing.concurrency, observer=calls)
+            while "actions_done" not in marks or time.perf_counter() < marks["actions_done"] + tail:
+                await loadgen.run_phase("Recommend", pool, 0.5, 0.0,
+                                        concurrency=timing.concurrency, observer=calls)
             await asyncio.to_thread(thread.join)
         finally:
             for channel in channels:
@@ -513,7 +523,7 @@ def scenario_e(lab: Lab, timing: Timing) -> dict[str, Any]:
 
     t0 = timing.warmup + timing.baseline
     actions = [(t0, "sigterm", sigterm), (t0 + 0.001, "exited", exited)]
-    calls, marks = run_load(lab, actions, t0 + 8.0, timing, retries=False)
+    calls, marks = run_load(lab, actions, t0 + 4.0, timing, retries=False, tail=1.0)
     at = marks["sigterm:begin"]
     in_flight = [c for c in calls.calls if c.sent < at <= c.done]
     after = [c for c in calls.calls if c.sent >= at]
@@ -626,7 +636,8 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         if r["scenario"] == "e":
             failed = sum(r["in_flight_failed"].values())
             lines.append(
-                f"| ({r['scenario']}) {r['fault']} | {r['requests_sent']} ({r['in_flight_at_sigterm']} in flight) "
+                f"| ({r['scenario']}) {r['fault']} | {r['requests_sent_before_sigterm']} before it, "
+                f"{r['in_flight_at_sigterm']} in flight "
                 f"| {failed} of in-flight | {r['fallback']} | {r['p99_ms_baseline']} / {r['p99_ms_during_fault']} ms "
                 f"| drained in {r['drain_s']} s | {'met' if r['target_met'] else 'MISSED'} |"
             )

@@ -99,13 +99,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return answer()
         except Exception as error:
             code, details = _status_of(error)
-            if code is grpc.StatusCode.INTERNAL:
-                log.error(
-                    "unexpected error",
-                    extra={"error": type(error).__name__, "at": _frames(error)},
-                )
-            context.abort(code, details)
-            raise  # unreachable: abort raises
+            kind, where = type(error).__name__, _frames(error)
+        # Outside the except block, so that neither the log call (should a handler fail and
+        # print what is being handled) nor the abort carries the error, whose message may
+        # quote request data, as context.
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("unexpected error", extra={"error": kind, "at": where})
+        context.abort(code, details)
+        raise AssertionError("unreachable: abort raises")
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:
         def answer() -> pb.RecommendResponse:
