@@ -33,6 +33,18 @@ class KeyValueFormatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the record (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once (level from RECSVC_LOG_LEVEL, default WARNING)."""
     level = (level or os.environ.get("RECSVC_LOG_LEVEL") or "WARNING").upper()
@@ -40,7 +52,7 @@ def setup_logging(level: str | None = None) -> None:
     if any(isinstance(h.formatter, KeyValueFormatter) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(level)
