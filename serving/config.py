@@ -37,6 +37,11 @@ class ServeConfig:
     # Real time.
     recent_events: int = 20  # real-time events read per Recommend
     realtime_similar_items: int = 3  # newest event items whose neighbours join the pool
+    # Follow the store's real-time event channel (Redis, single node) so that Recommend for a
+    # cached user with no real-time events makes no store round trip at all. Trade-off: when
+    # Redis hangs (not when it goes down) such answers keep source PERSONALIZED rather than
+    # FALLBACK for up to ~store_timeout_ms + 50 ms, until the watch's heartbeat notices.
+    realtime_watch: bool = False
 
     # Store access and degradation.
     poll_seconds: float = 1.0  # how often the store's `current` pointer is checked

@@ -6,7 +6,8 @@ at most the store round trips listed below, and builds the answer through
 `recsvc.ranking.finalize` (the one path that filters, excludes, tops up and cuts to k):
 
     Recommend     1  user_features (candidates, seen, segment, recent events together)
-                     + up to 3 similar-item reads when the user has new events (cached)
+                     + up to 3 similar-item reads when the user has new events (cached);
+                     0 for a cached user without real-time events when realtime_watch is on
     SimilarItems  0-1 similar_items (cached per item) [+1 user_features for exclude_purchased]
     CrossSell     0  rules are in process; similar lists of up to 3 cart items (cached)
                      [+1 user_features for exclude_purchased]
@@ -27,6 +28,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -179,14 +181,22 @@ class RecommendationService:
         self.similar_cache: LruCache[tuple[str, int], tuple[np.ndarray, np.ndarray]] = LruCache(
             config.hot_items
         )
+        # Which users may have real-time events (`recsvc.store.redis.EventWatch`), when on.
+        self.events_watch: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Load the current model if there is one and follow the store from now on."""
         self.tracker.refresh()
         self.tracker.start()
+        watch = getattr(self.store, "watch_events", None)
+        if self.config.realtime_watch and self.config.recent_events and watch is not None:
+            self.events_watch = watch(self.config.store_timeout_ms / 1000.0)
 
     def stop(self) -> None:
+        if self.events_watch is not None:
+            self.events_watch.stop()
+            self.events_watch = None
         self.tracker.stop()
         self.guard.close()
 
@@ -408,6 +418,8 @@ class RecommendationService:
         try:
             if fresh and cached is not None:
                 metrics.cache_lookup("user", True)
+                if self._quiet(user_id):  # no real-time events: nothing to read
+                    return _UserView(cached[1], fallback=False)
                 recent = self.guard.call(
                     self.store.recent_events, user_id, recent_n, budget=self._budget(deadline)
                 ) if recent_n else []
@@ -427,6 +439,12 @@ class RecommendationService:
             user_id, (model.version, replace(known, recent=()) if known is not None else None, now)
         )
         return _UserView(features, fallback=False)
+
+    def _quiet(self, user_id: str) -> bool:
+        """True when the event watch knows the user has no real-time events (and the store
+        is not known to be failing: then the store call and its fallback answer as before)."""
+        watch = self.events_watch
+        return watch is not None and not self.guard.degraded and bool(watch.quiet(user_id))
 
     def _similar(
         self, model: LoadedModel, item: int, deadline: float | None

@@ -581,3 +581,100 @@ def test_storefront_demo_calls_every_rpc(memory_server: RunningServer, bundle_di
         assert call in text, call
     assert "is no longer recommended" in text
     assert "INVALID_ARGUMENT: k: must be between 1 and 100" in text
+
+
+# -- the real-time event watch (serve realtime_watch) -------------------------------------------
+def _watch_ready(running: RunningServer, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        watch = running.service.events_watch
+        if watch is not None and watch.ready:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the event watch did not become ready")
+
+
+@pytest.mark.redis
+def test_event_watch_skips_reads_and_sees_events_from_other_servers(redis_url: str, bundle_dir: Path) -> None:  # noqa: F811
+    url = f"{redis_url}?prefix=w{time.monotonic_ns()}"
+    first = serve(url, bundle_dir, realtime_watch=True)
+    second = serve(url, None, realtime_watch=True)
+    third: RunningServer | None = None
+    channels = []
+    try:
+        _watch_ready(first)
+        _watch_ready(second)
+        clients = []
+        for running in (first, second):
+            channel, client = stub_for(running.target)
+            channels.append(channel)
+            clients.append(client)
+        a, b = clients
+        before = b.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert ids(before)[0] == item_id(12) and before.source == pb.PERSONALIZED
+        watch = second.service.events_watch
+        assert watch.quiet(user_id(5))  # cached, no events: the next answer reads nothing
+        assert b.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5) == before
+        # An event recorded through another server changes this server's very next answer.
+        a.RecordEvent(pb.RecordEventRequest(user_id=user_id(5), item_id=item_id(12),
+                                            event_type=pb.PURCHASE), timeout=5)
+        after = b.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert item_id(12) not in ids(after) and after.source == pb.REALTIME
+        assert not watch.quiet(user_id(5)) and watch.quiet(user_id(6))
+        # A server started later rebuilds the set from the stored real-time lists.
+        third = serve(url, None, realtime_watch=True)
+        _watch_ready(third)
+        assert not third.service.events_watch.quiet(user_id(5))
+        channel, c = stub_for(third.target)
+        channels.append(channel)
+        for _ in range(2):  # uncached, then cached
+            reply = c.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+            assert item_id(12) not in ids(reply) and reply.source == pb.REALTIME
+    finally:
+        for channel in channels:
+            channel.close()
+        for running in (first, second, third):
+            if running is not None:
+                running.stop(0)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_event_watch_is_rebuilt_after_redis_restarts(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    extra = ("--appendonly", "yes", "--appendfsync", "always")
+    process = start_redis(redis_dir, port, *extra)
+    url = f"redis://127.0.0.1:{port}/0"
+    running = serve(url, bundle_dir, realtime_watch=True, retry_after_ms=100.0)
+    channel, client = stub_for(running.target)
+    try:
+        _watch_ready(running)
+        watch = running.service.events_watch
+        assert client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5).source == pb.PERSONALIZED
+        process.terminate()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while watch.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not watch.ready and not watch.quiet(user_id(5))  # untrusted while Redis is gone
+        reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert reply.source == pb.FALLBACK  # the store call was made, and failed
+        process = start_redis(redis_dir, port, *extra)
+        # An event recorded by another process while this server may not be subscribed yet.
+        other = open_store(url)
+        other.record_event(user_id(5), 12, "purchase")
+        other.close()
+        _watch_ready(running)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+            if reply.source != pb.FALLBACK:
+                break
+            time.sleep(0.05)
+        assert reply.source == pb.REALTIME and item_id(12) not in ids(reply)
+    finally:
+        channel.close()
+        running.stop(0)
+        process.terminate()
+        process.wait(timeout=10)

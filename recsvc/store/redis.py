@@ -10,6 +10,8 @@ that decides the Redis Cluster slot):
     rs:{g}:forgotten         hash     user id -> epoch s of the forget request
     rs:{g}:items             hash     item id -> item-metadata override (codec.encode_item_update)
     rs:{g}:items_rev         string   counter bumped by every item update
+    rs:{g}:rt                channel  pub/sub: the user key of every recorded real-time event
+                                      (single node; `EventWatch` follows it)
     rs:{v:<version>}:data    hash     version-wide blobs: manifest, items:ids, items:category,
                                       items:title, items:price, items:in_stock, item_factors,
                                       file:rules/<name>, pop:<list>:names, pop:<list>:g:<group>
@@ -38,6 +40,8 @@ import logging
 import os
 import socket
 import struct
+import threading
+import time
 import uuid
 import zlib
 from collections import defaultdict
@@ -452,6 +456,8 @@ class RedisStore(StoreEngine):
         pipe.lpush(key, event)
         pipe.ltrim(key, 0, self.recent_max - 1)
         pipe.expire(key, self.recent_ttl)
+        if not self.cluster:  # tells every EventWatch (servers) this user has live events
+            pipe.publish(self._g("rt"), user_id)
         pipe.execute()
 
     @_guard
@@ -490,11 +496,208 @@ class RedisStore(StoreEngine):
     def ping(self) -> None:
         self.client.ping()
 
+    def watch_events(self, stale_after: float = 0.1) -> EventWatch | None:
+        """A started `EventWatch` over this store (None on Redis Cluster: not supported)."""
+        if self.cluster:
+            return None
+        watch = EventWatch(self, stale_after)
+        watch.start()
+        return watch
+
     def close(self) -> None:
         try:
             self.client.close()
         except RedisError:
             pass
+
+
+class _CountingPubSub(redis.client.PubSub):
+    """A PubSub that counts its (re)connections: redis-py re-subscribes by itself after a
+    dropped connection, and messages published meanwhile are lost, so a watch must know."""
+
+    connects = 0
+
+    def on_connect(self, connection: Any) -> None:
+        self.connects += 1
+        super().on_connect(connection)
+
+
+class EventWatch:
+    """Which users may have real-time events, followed from the `rs:{g}:rt` channel.
+
+    `RedisStore.push_event` publishes the user key of every event it records. The watch keeps
+    key -> when its list expires at the latest (now + recent_ttl, as the list's EXPIRE), so a
+    server can skip reading the real-time list of a user who has none: `quiet(user_id)` True.
+
+    Correctness across servers: an event recorded through any process is published in the
+    same pipeline as its LPUSH; Redis writes the message to every subscriber before (or with)
+    the recording client's reply, so by the time a client that saw RecordEvent succeed asks
+    another server, the message is in that server's socket buffer: `quiet` reads pending
+    messages first (one non-blocking poll when there are none). The set is only trusted while
+    `ready`: after subscribing it is rebuilt by SCAN of the real-time keys (messages arriving
+    meanwhile are kept); a dropped or re-established connection, or a heartbeat PING not
+    answered within `stale_after` seconds, makes it untrusted (every user "may have events",
+    so callers read the store as before and see its failures) until rebuilt.
+    """
+
+    HEARTBEAT = 0.05  # seconds between PINGs on the subscriber connection
+    SWEEP = 60.0  # seconds between sweeps of expired keys
+
+    def __init__(self, store: RedisStore, stale_after: float = 0.1) -> None:
+        self.store = store
+        self.channel = store._g("rt")
+        self.stale_after = max(float(stale_after), self.HEARTBEAT * 2)
+        self._live: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._pubsub: _CountingPubSub | None = None
+        self._connects = 0  # connections the set was built for
+        self._ready = False
+        self._ping_sent: float | None = None  # monotonic time of the unanswered PING
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rebuilds = 0
+
+    # -- the request path ---------------------------------------------------------------------
+    def quiet(self, user_id: str) -> bool:
+        """True when the user certainly has no real-time events (no store read needed)."""
+        if not self._ready:
+            return False
+        # Never wait long: the thread may hold the lock while redis-py reconnects.
+        if not self._lock.acquire(timeout=0.005):
+            return False
+        try:
+            pubsub = self._pubsub
+            if pubsub is None or not self._trusted(pubsub):
+                return False
+            try:
+                if pubsub.connection is not None and pubsub.connection.can_read(timeout=0):
+                    self._drain(pubsub)
+            except (RedisError, OSError, ValueError):
+                self._ready = False
+                return False
+            if not self._trusted(pubsub):
+                return False
+            key = self.store.user_key(user_id)
+            until = self._live.get(key)
+            if until is None:
+                return True
+            if until < time.monotonic():
+                del self._live[key]
+                return True
+            return False
+        finally:
+            self._lock.release()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _trusted(self, pubsub: _CountingPubSub) -> bool:
+        if not self._ready or pubsub.connects != self._connects:
+            return False
+        sent = self._ping_sent
+        return sent is None or time.monotonic() - sent < self.stale_after
+
+    def _drain(self, pubsub: _CountingPubSub) -> None:
+        """Apply every message already received (never blocks); call with the lock held."""
+        ttl = float(self.store.recent_ttl)
+        while True:
+            message = pubsub.get_message(timeout=0)
+            if message is None:
+                return
+            kind = message.get("type")
+            if kind == "message":
+                data = message["data"]
+                key = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else str(data)
+                self._live[key] = time.monotonic() + ttl
+            elif kind == "pong":
+                self._ping_sent = None
+
+    # -- the background thread ----------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="event-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        self._ready = False
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except (RedisError, OSError):
+                pass
+            self._pubsub = None
+
+    def _connect(self) -> None:
+        """Subscribe, then rebuild the set from the keys (messages meanwhile are kept)."""
+        client = self.store.client
+        pubsub = _CountingPubSub(
+            client.connection_pool, event_dispatcher=getattr(client, "_event_dispatcher", None)
+        )
+        pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + 5.0
+        live: dict[str, float] = {}
+        confirmed = False
+        while not confirmed:  # the subscription is active once Redis confirms it
+            if time.monotonic() > deadline:
+                pubsub.close()
+                raise redis.TimeoutError("no subscribe confirmation")
+            message = pubsub.get_message(timeout=0.1)
+            confirmed = message is not None and message.get("type") == "subscribe"
+        until = time.monotonic() + float(self.store.recent_ttl)
+        prefix = f"{self.store.prefix}:{{u"
+        for raw in client.scan_iter(match=f"{self.store.prefix}:{{u*}}:rt:*", count=1000):
+            name = raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(raw)
+            head, _, key = name.partition("}:rt:")
+            if head.startswith(prefix) and key:
+                live[key] = until
+        with self._lock:
+            self._pubsub = pubsub
+            self._connects = pubsub.connects
+            self._live = live
+            self._drain(pubsub)  # events published while scanning
+            self._ping_sent = None
+            self._ready = True
+        self.rebuilds += 1
+        log.info("event watch ready", extra={"users_with_events": len(live)})
+
+    def _run(self) -> None:
+        last_ping = last_sweep = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self._pubsub is None:
+                    self._connect()
+                with self._lock:
+                    pubsub = self._pubsub
+                    if pubsub is None:
+                        continue
+                    self._drain(pubsub)
+                    now = time.monotonic()
+                    if pubsub.connects != self._connects or not self._ready:
+                        raise redis.ConnectionError("subscriber connection re-established or failed")
+                    if self._ping_sent is not None and now - self._ping_sent > 10 * self.stale_after:
+                        raise redis.TimeoutError("subscriber connection not answering")
+                    if self._ping_sent is None and now - last_ping >= self.HEARTBEAT:
+                        pubsub.ping()
+                        self._ping_sent = last_ping = now
+                    if now - last_sweep > self.SWEEP:
+                        self._live = {k: t for k, t in self._live.items() if t >= now}
+                        last_sweep = now
+            except (RedisError, OSError, ValueError) as exc:
+                log.warning("event watch lost its subscription", extra={"error": type(exc).__name__})
+                with self._lock:
+                    self._close()
+                self._stop.wait(0.2)
+                continue
+            self._stop.wait(0.01)
 
 
 def _alive(pid: int) -> bool:
