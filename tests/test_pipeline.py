@@ -57,3 +57,21 @@ def test_switched_off_models_are_absent(store_data: Path, tmp_path: Path) -> Non
     bundle = Bundle(train(store_data / "events.csv", tmp_path / "c", config).path)
     assert not bundle.has("rules") and not bundle.has("buyagain")
     assert "als" in bundle.recommenders and bundle.default_recommender == "als"
+
+
+def test_similar_items_from_factors_match_brute_force() -> None:
+    import numpy as np
+
+    from training.pipeline import similar_from_factors
+
+    rng = np.random.default_rng(3)
+    factors = rng.normal(size=(300, 8)).astype(np.float32)
+    factors[7] = 0.0  # an item without a vector still gets a (meaningless) list, never itself
+    indices, scores = similar_from_factors(factors, 5)
+    unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    for item in (0, 1, 150, 299):
+        assert indices[item].tolist() == np.argsort(-sims[item])[:5].tolist()
+        assert scores[item] == pytest.approx(np.sort(sims[item])[::-1][:5], abs=1e-5)
+    assert not (indices == np.arange(300)[:, None]).any()

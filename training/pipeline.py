@@ -9,6 +9,7 @@ segments and popularity lists, and write everything as a versioned bundle.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -111,23 +112,32 @@ def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport)
 
 
 def similar_from_factors(item_factors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n most similar items by cosine of item factors (self excluded), -1 padded."""
+    """Top-n most similar items by cosine of item factors (self excluded), -1 padded.
+
+    Uses implicit's multi-threaded top-k (C++), several times faster than ranking dense
+    similarity blocks in numpy at 100k items.
+    """
+    from implicit.cpu.topk import topk
+
     factors = np.asarray(item_factors, dtype=np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    unit = factors / norms
+    unit = np.ascontiguousarray(factors / norms, dtype=np.float32)
     n_items = unit.shape[0]
     n = min(n, max(n_items - 1, 0))
-    indices = np.full((n_items, n), -1, dtype=np.int32)
-    scores = np.zeros((n_items, n), dtype=np.float32)
     if n == 0:
-        return indices, scores
-    for start in progress(desc="similar items", unit="batch", iterable=range(0, n_items, SIMILAR_BATCH)):
-        stop = min(start + SIMILAR_BATCH, n_items)
-        sims = unit[start:stop] @ unit.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        idx, val = top_candidates(sims, n)
-        indices[start:stop], scores[start:stop] = idx, val
+        return np.full((n_items, 0), -1, np.int32), np.zeros((n_items, 0), np.float32)
+    ids, sims = topk(unit, unit, n + 1, num_threads=min(2, os.cpu_count() or 1))
+    ids = np.asarray(ids, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float32)
+    others = (ids != np.arange(n_items)[:, None]) & (ids >= 0) & np.isfinite(sims)
+    # keep each row's first n entries that are not the item itself, best first
+    order = np.argsort(~others, axis=1, kind="stable")[:, :n]
+    indices = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    scores = np.take_along_axis(sims, order, axis=1)
+    valid = np.take_along_axis(others, order, axis=1)
+    indices[~valid] = -1
+    scores[~valid] = 0.0
     return indices, scores
 
 
