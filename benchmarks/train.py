@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--no-spark", action="store_true", help="skip the Spark MLlib comparison")
     parser.add_argument("--work", default=None, help="keep logs and bundles here (reused)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep sizes already in --out from a cut-short run with the same settings")
     parser.add_argument("--out", default=str(RESULTS / "train.json"))
     parser.add_argument("--plot", default=str(RESULTS / "train.png"))
     args = parser.parse_args()
@@ -73,6 +75,8 @@ def main() -> int:
         command.append("--spark")
     if args.work:
         command += ["--work", args.work]
+    if args.resume:
+        command.append("--resume")
     print("$ recsvc " + " ".join(command[3:]), flush=True)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
     code = subprocess.run(command, env=env).returncode

@@ -209,7 +209,7 @@ def test_bench_serve_open_loop_without_ids(memory_server: Any) -> None:  # noqa:
 
 
 @pytest.mark.slow
-def test_bench_train_tiny(tmp_path: Path) -> None:
+def test_bench_train_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, plot = tmp_path / "train.json", tmp_path / "train.png"
     started = time.perf_counter()
     code = main([
@@ -227,4 +227,15 @@ def test_bench_train_tiny(tmp_path: Path) -> None:
         assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0
         assert 0.01 < run["peak_rss_gib"] <= run["peak_tree_rss_gib"] + 1e-9
         assert run["als_fit_seconds"] is not None and "candidates" in run["steps"]
+    assert result["complete"] is True
     assert plot.read_bytes().startswith(PNG)
+
+    # --resume keeps the sizes a run with the same settings already measured
+    capsys.readouterr()
+    code = main([
+        "bench", "train", "--sizes", "3k,6k", "--items", "60", "--events-per-user", "30",
+        "--work", str(tmp_path / "work"), "--out", str(out), "--resume",
+    ])
+    assert code == 0
+    assert capsys.readouterr().out.count("from the previous run") == 2
+    assert json.loads(out.read_text())["runs"] == runs

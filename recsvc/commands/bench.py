@@ -115,7 +115,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--work", default=None,
                        help="directory for logs and bundles (kept; default: a temporary one)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default=None, help="write the results as JSON here")
+    train.add_argument("--resume", action="store_true",
+                       help="keep the sizes --out already holds from a run with the same settings")
+    train.add_argument("--out", default=None, help="write the results as JSON here (after each size)")
     train.add_argument("--plot", default=None, help="write a PNG plot here")
     train.set_defaults(func=run_train)
 
@@ -549,30 +551,47 @@ def run_train(args: argparse.Namespace) -> int:
         print("bench train: pyspark, the Spark engine or java is missing: no Spark comparison",
               file=sys.stderr)
         with_spark = False
-    rows = []
+    config = {"items": args.items, "events_per_user": args.events_per_user,
+              "format": args.format, "seed": args.seed, "spark": with_spark,
+              "spark_master": args.spark_master if with_spark else None,
+              "train_args": args.train_args}
+    done: dict[int, dict[str, Any]] = {}
+    if args.resume and args.out and Path(args.out).exists():
+        previous = json.loads(Path(args.out).read_text())
+        if previous.get("config") == config:
+            done = {int(r["events_requested"]): r for r in previous.get("runs", []) if "error" not in r}
+
+    def result_of(rows: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "train",
+            **environment(),
+            "command": ("recsvc train --events E --items I --out B " + args.train_args).strip(),
+            "config": config,
+            "targets": TRAIN_TARGETS,
+            "complete": complete,  # False while sizes are still running (or were cut short)
+            "runs": sorted(rows, key=lambda r: int(r["events_requested"])),
+        }
+
+    rows: list[dict[str, Any]] = [done[e] for e in sizes if e in done]
+    for row in rows:
+        print(train_line(row) + " (from the previous run)", flush=True)
     try:
         for events in sizes:
+            if events in done:
+                continue
             row = train_one(events, args, work)
             if with_spark and "error" not in row:
                 row["spark_als"] = spark_one(row, args, work)
+            if not args.work:
+                row.pop("bundle", None)
             rows.append(row)
             print(train_line(row), flush=True)
+            if args.out:  # after every size: a long run cut short keeps what it measured
+                write_json(args.out, result_of(rows, complete=False))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    if not args.work:
-        for row in rows:
-            row.pop("bundle", None)
-    result = {
-        "benchmark": "train",
-        **environment(),
-        "command": "recsvc train --events E --items I --out B " + args.train_args,
-        "config": {"items": args.items, "events_per_user": args.events_per_user,
-                   "format": args.format, "seed": args.seed, "spark": with_spark,
-                   "spark_master": args.spark_master if with_spark else None},
-        "targets": TRAIN_TARGETS,
-        "runs": rows,
-    }
+    result = result_of(rows, complete=True)
     if args.out:
         write_json(args.out, result)
         print(f"results written to {args.out}")
