@@ -1,6 +1,7 @@
 """The serving benchmark of issues 7 and 8: 100k items, 200k users, a real Redis, concurrency 16.
 
     python benchmarks/serve.py [--work DIR] [--duration 30s] [--warmup 5s] [--workers 1,2]
+        [--watch] [--profile]
 
 1. Builds the model once (cached in --work): `recsvc synth` of 200k users, 100k items and 4M
    events, then `recsvc train --model als --no-ease --no-itemknn` (ALS, 64 factors; candidates,
@@ -11,6 +12,8 @@
    on, as deployed: a client token from `recsvc token create`), waits for
    the health check to say SERVING, and runs `recsvc bench serve` with the health `Check`
    floor, `Recommend` and the storefront `mix` (users drawn uniformly from all 200k).
+   `--watch` adds a run with `[serve] realtime_watch` on (RECSVC_SERVE__REALTIME_WATCH=1: a
+   cached user without real-time events needs no store round trip).
 4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
    target held or missed) and serve.png.
 
@@ -175,23 +178,35 @@ def make_token(work: Path) -> tuple[Path, str]:
 
 
 def bench_once(
-    store: str, bundle: Path, workers: int, args: argparse.Namespace, work: Path, token: tuple[Path, str]
+    store: str,
+    bundle: Path,
+    workers: int,
+    args: argparse.Namespace,
+    work: Path,
+    token: tuple[Path, str],
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Serve from `store` with `workers` processes and load it with `recsvc bench serve`."""
+    """Serve from `store` with `workers` processes and load it with `recsvc bench serve`.
+
+    settings: server settings as RECSVC_SERVE__* variables, e.g. {"realtime_watch": "1"}.
+    """
     tokens_file, token_value = token
     port = free_port()
     target = f"127.0.0.1:{port}"
-    log = open(work / f"serve-{workers}.log", "w")
+    settings = settings or {}
+    name = f"{workers}" + "".join(f"-{key}" for key in settings)
+    server_env = {**env(), **{f"RECSVC_SERVE__{key.upper()}": value for key, value in settings.items()}}
+    log = open(work / f"serve-{name}.log", "w")
     server = subprocess.Popen(
         recsvc("serve", "--store", store, "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--tokens-file", str(tokens_file)),
-        stdout=log, stderr=subprocess.STDOUT, env=env(),
+        stdout=log, stderr=subprocess.STDOUT, env=server_env,
     )
     try:
         wait_serving(target, 120.0, server)  # type: ignore[arg-type]
         if workers > 1:
             time.sleep(3.0)  # every worker loaded the version, not only the first to answer
-        out = work / f"bench-{workers}.json"
+        out = work / f"bench-{name}.json"
         command = recsvc("bench", "serve", "--target", target, "--rpc", "Recommend,mix",
                          "--users-from", str(bundle), "--concurrency", str(args.concurrency),
                          "--duration", args.duration, "--warmup", args.warmup,
@@ -204,7 +219,7 @@ def bench_once(
         if result.returncode != 0:
             sys.stderr.write(result.stderr[-3000:])
             raise SystemExit(f"serve benchmark: bench serve failed (exit {result.returncode})")
-        raw = work / f"profile-recommend-{workers}.txt"
+        raw = work / f"profile-recommend-{name}.txt"
         if args.profile:
             # After the measured run (the sampler costs CPU too): Recommend alone for 20 s,
             # sampled for 14 s once warm.
@@ -223,8 +238,11 @@ def bench_once(
         stop(server)
         log.close()
     run: dict[str, Any] = json.loads(out.read_text())
-    run["label"] = f"recsvc serve --workers {workers}"
+    run["label"] = f"recsvc serve --workers {workers}" + "".join(
+        f", {key}={value}" for key, value in settings.items()
+    )
     run["workers"] = workers
+    run["server_settings"] = settings
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
     if args.profile and raw.exists():
         run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
@@ -268,6 +286,8 @@ def main() -> int:
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
+    parser.add_argument("--watch", action="store_true",
+                        help="also run --workers 1 with [serve] realtime_watch on")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternate Check / Recommend / mix this many times (default 5)")
     parser.add_argument("--profile", action="store_true",
@@ -299,6 +319,8 @@ def main() -> int:
         }
         token = make_token(work)
         runs = [bench_once(store, bundle, int(w), args, work, token) for w in args.workers.split(",")]
+        if args.watch:
+            runs.append(bench_once(store, bundle, 1, args, work, token, {"realtime_watch": "1"}))
     finally:
         stop(redis_process)
     for run in runs:
