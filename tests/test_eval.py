@@ -153,6 +153,33 @@ def test_item_similarities_by_hand() -> None:
     assert item_similarity(counts, "cosine")[0, 0] == 0.0
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "lift"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_similarity_top_n_equals_the_whole_matrix_cut(
+    similarity: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scipy.sparse as sp
+
+    from training.models import itemknn
+    from training.models.ease import _top_per_row
+
+    rng = np.random.default_rng(11)
+    # popular low ids (dense blocks) and a long tail (sparse blocks)
+    popularity = 1.0 / np.arange(1, 121) ** 0.8
+    dense = rng.random((400, 120)) < 0.35 * popularity / popularity.max() + 0.01
+    matrix = sp.csr_matrix(dense.astype(np.float32) * rng.integers(1, 4, size=dense.shape))
+    monkeypatch.setattr(itemknn, "BLOCK_CELLS", 120 * 7)  # 7-row blocks: many of both kinds
+    got = itemknn.similarity_top_n(matrix, similarity, 5, shrink=0.5, threads=threads)
+    expected = _top_per_row(
+        itemknn.item_similarity(itemknn.cooccurrence(matrix), similarity, 0.5), 5
+    )
+    assert got.shape == expected.shape == (120, 120)
+    for item in range(120):  # ties may pick different partners: compare the kept values
+        assert np.sort(got[item].data) == pytest.approx(np.sort(expected[item].data), rel=1e-5)
+        assert got[item, item] == 0.0
+    assert got.nnz == expected.nnz
+
+
 def test_local_ease_for_large_catalogues_ranks_close_to_the_dense_solve(tmp_path: Path) -> None:
     from training.evaluation.evaluate import ModelSpec, evaluate_split
     from training.evaluation.splits import split_log

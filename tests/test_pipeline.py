@@ -75,3 +75,50 @@ def test_similar_items_from_factors_match_brute_force() -> None:
         assert indices[item].tolist() == np.argsort(-sims[item])[:5].tolist()
         assert scores[item] == pytest.approx(np.sort(sims[item])[::-1][:5], abs=1e-5)
     assert not (indices == np.arange(300)[:, None]).any()
+
+
+def test_factor_candidates_match_ranking_scores_with_seen_items_banned() -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    from recsvc.ranking import top_candidates
+    from recsvc.scorers import FactorScorer
+    from training.pipeline import factor_candidates
+
+    rng = np.random.default_rng(5)
+    scorer = FactorScorer(
+        rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(90, 6)).astype(np.float32)
+    )
+    seen = sp.random(40, 90, density=0.3, format="lil", random_state=5, dtype=np.float32)
+    seen[3] = 0.0  # a user with nothing seen
+    seen = sp.csr_matrix(seen)
+    items, scores = factor_candidates(scorer, sp.csr_matrix(seen), 70)  # more than some have left
+    expected_items, expected_scores = top_candidates(
+        scorer.score(seen, np.arange(40)), 70, banned=seen
+    )
+    assert scores == pytest.approx(expected_scores, abs=1e-4)
+    assert (items == expected_items).all()  # random floats: no ties
+    for user in range(40):
+        chosen = items[user][items[user] >= 0]
+        assert not set(chosen.tolist()) & set(seen[user].indices.tolist())
+        assert len(chosen) == min(70, 90 - seen[user].nnz)
+
+
+def test_ease_leaves_the_default_blend_above_its_catalogue_limit() -> None:
+    from training.pipeline import default_models
+
+    config = load_train_config(None, {"ease.max_items": 50})
+    assert default_models(config, 50) == ("blend", ["ease", "als"], "")
+    default, parts, note = default_models(config, 51)
+    assert (default, parts) == ("als", [])
+    assert "51 items > ease.max_items 50" in note
+    assert default_models(load_train_config(None, {"default_recommender": "ease"}), 10**6)[0] == "ease"
+
+
+def test_large_catalogue_bundle_names_the_model_that_ranks(store_data: Path, tmp_path: Path) -> None:
+    config = load_train_config(None, {**FAST, "ease.max_items": 10})  # 60 items: above the limit
+    bundle = Bundle(train(store_data / "events.csv", tmp_path / "d", config).path)
+    assert bundle.default_recommender == "als"
+    assert "ease" not in bundle.recommenders
+    assert "ease left out" in bundle.manifest["default_recommender_note"]
+    assert any("ease left out" in note for note in bundle.manifest["rows"]["notes"])

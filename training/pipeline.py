@@ -161,10 +161,84 @@ def similar_from_cooccurrence(matrix: sp.csr_matrix, n: int) -> tuple[np.ndarray
     return indices, scores
 
 
+def default_models(config: TrainConfig, n_items: int) -> tuple[str, list[str], str]:
+    """(the default recommender, the blend parts to fit, why a part was left out or "").
+
+    EASE joins the default blend only up to `ease.max_items` items: its dense solver is
+    O(items^3) and the local solver above it costs minutes per 100k items (issue 4 and 8
+    measurements in the README). Above that the blend is its other parts; a blend of one part
+    is that part itself, so the candidates, the server's real-time scoring and the manifest
+    all name the model that actually ranks.
+    """
+    if config.default_recommender != "blend":
+        return config.default_recommender, [], ""
+    parts = [name for name, weight in config.blend.items() if weight > 0]
+    note = ""
+    if "ease" in parts and n_items > config.ease.max_items and len(parts) > 1:
+        parts.remove("ease")
+        note = (
+            f"ease left out of the default blend: {n_items} items > ease.max_items "
+            f"{config.ease.max_items}"
+        )
+    if len(parts) == 1:
+        note = f"{note}; the default recommender is {parts[0]}" if note else ""
+        return parts[0], [], note
+    return "blend", parts, note
+
+
+def _factor_part(scorer: Any) -> FactorScorer | None:
+    """The factor scorer that alone ranks for `scorer`, if there is one."""
+    if isinstance(scorer, FactorScorer) and not scorer.fold_in_always:
+        return scorer
+    return None
+
+
+def factor_candidates(
+    scorer: FactorScorer, matrix: sp.csr_matrix, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`user_candidates` for a factor model through implicit's multi-threaded C++ top-k.
+
+    Same answer as ranking `scorer.score` rows (seen items banned), without materialising a
+    users x items block in Python: at 200k users x 100k items this is the difference between
+    minutes and tens of seconds.
+    """
+    from implicit.cpu.topk import topk
+
+    n_users, n_items = matrix.shape
+    n = min(n, n_items)
+    items = np.full((n_users, n), -1, dtype=np.int32)
+    scores = np.zeros((n_users, n), dtype=np.float32)
+    item_factors = np.ascontiguousarray(scorer.item_factors, dtype=np.float32)
+    user_factors = np.asarray(scorer.user_factors, dtype=np.float32)
+    seen = sp.csr_matrix(matrix, dtype=np.float32)
+    threads = min(2, os.cpu_count() or 1)
+    batch = CANDIDATE_BATCH * 16
+    for start in progress(desc="candidates", unit="batch", iterable=range(0, n_users, batch)):
+        stop = min(start + batch, n_users)
+        ids, values = topk(
+            item_factors,
+            np.ascontiguousarray(user_factors[start:stop]),
+            n,
+            filter_query_items=seen[start:stop],
+            num_threads=threads,
+        )
+        ids = np.asarray(ids)
+        values = np.asarray(values, dtype=np.float32)
+        # implicit marks filtered and missing entries with -FLT_MAX (or -inf / id -1)
+        invalid = (ids < 0) | ~np.isfinite(values) | (values <= np.finfo(np.float32).min)
+        ids[invalid] = -1
+        values[invalid] = 0.0
+        items[start:stop], scores[start:stop] = ids, values
+    return items, scores
+
+
 def user_candidates(
     scorer: Any, matrix: sp.csr_matrix, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's best n unseen items by `scorer` (the lists the store serves)."""
+    factor = _factor_part(scorer)
+    if factor is not None and factor.user_factors.shape[0] == matrix.shape[0]:
+        return factor_candidates(factor, matrix, n)
     n_users, n_items = matrix.shape
     n = min(n, n_items)
     items = np.full((n_users, n), -1, dtype=np.int32)
@@ -238,13 +312,14 @@ def train(
         writer.ids(event_log.users, event_log.items, catalog)
         writer.csr("seen", matrix)
 
-        blend_parts = (
-            [n for n, w in config.blend.items() if w > 0] if config.default_recommender == "blend" else []
-        )
+        default, blend_parts, left_out = default_models(config, len(event_log.items))
+        if left_out:
+            report.notes.append(left_out)
+            log.info("default recommender", extra={"model": default, "reason": left_out})
         model_names: list[str] = []
         for name, wanted in (
             *((part, True) for part in blend_parts),
-            (config.default_recommender, True),
+            (default, True),
             ("als", config.als.enabled),
             ("bpr", config.bpr.enabled),
             ("ease", config.ease.enabled and len(event_log.items) <= config.ease.max_items),
@@ -275,7 +350,7 @@ def train(
             done()
 
         done = step("candidates")
-        cand_items, cand_scores = user_candidates(scorers[config.default_recommender], matrix, config.candidates)
+        cand_items, cand_scores = user_candidates(scorers[default], matrix, config.candidates)
         writer.array("candidates/items", cand_items)
         writer.array("candidates/scores", cand_scores)
         done()
@@ -369,7 +444,8 @@ def train(
                 "counts": counts,
                 "rows": report.to_dict(),
                 "params": to_dict(config),
-                "default_recommender": config.default_recommender,
+                "default_recommender": default,
+                "default_recommender_note": left_out,
                 "models": models_info,
                 "rules": rules_info,
                 "event_types": event_log.event_types,
