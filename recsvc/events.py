@@ -520,10 +520,14 @@ class _Chunk:
         )
         return codes, clean
 
-    def ids(self, canonical: str, required: Sequence[str]) -> np.ndarray:
+    def ids(self, canonical: str, required: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, distinct stripped ids) after rejecting rows with unusable ids.
+
+        A missing column is all codes -1.
+        """
         found = self.distinct(canonical)
         if found is None:
-            return np.full(self.n, None, dtype=object)
+            return np.full(self.n, -1, dtype=np.intp), np.zeros(0, dtype=object)
         codes, clean = found
         missing = codes < 0
         empty = np.fromiter((u == "" for u in clean), dtype=bool, count=len(clean))
@@ -534,7 +538,7 @@ class _Chunk:
             problems = _take(problem, codes, 0)
             for code, reason in _ID_PROBLEMS.items():
                 self.reject(problems == code, reason.format(canonical))
-        return _take(clean, codes, None)
+        return codes, clean
 
     def numeric(self, canonical: str, default: float) -> np.ndarray:
         series = self.col(canonical)
@@ -609,7 +613,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
 
         if options.cancel_prefix and has_column["order_id"]:
             prefix = options.cancel_prefix
-            order_codes, order_values = pd.factorize(order_raw, use_na_sentinel=True)
+            order_codes, order_values = order_raw
             starts = np.fromiter(
                 (isinstance(o, str) and o.startswith(prefix) for o in order_values.tolist()),
                 dtype=bool,
@@ -670,12 +674,9 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         report.rows_kept += kept
         if kept == 0:
             continue
-        parts["user_id"].append(users.encode(user_raw[ok]) if has_column["user_id"] else
-                                np.full(kept, -1, np.int32))
-        parts["item_id"].append(items.encode(item_raw[ok]))
-        parts["order_id"].append(
-            orders.encode(order_raw[ok]) if has_column["order_id"] else np.full(kept, -1, np.int32)
-        )
+        parts["user_id"].append(users.encode_codes(user_raw[0][ok], user_raw[1]))
+        parts["item_id"].append(items.encode_codes(item_raw[0][ok], item_raw[1]))
+        parts["order_id"].append(orders.encode_codes(order_raw[0][ok], order_raw[1]))
         parts["event_type"].append(events[ok])
         parts["timestamp"].append(np.round(ts[ok]).astype(np.int64))
         parts["quantity"].append(quantity[ok].astype(np.float32))

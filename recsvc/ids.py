@@ -62,6 +62,25 @@ class IdMap:
         out[valid] = mapped[codes[valid]]
         return out
 
+    def encode_codes(self, codes: np.ndarray, uniques: np.ndarray) -> np.ndarray:
+        """int32 indexes of `uniques[codes]` (-1 where a code is -1), growing the map.
+
+        For values already factorized (the loader's chunks): only the uniques that `codes`
+        uses are added, in the order of `uniques`.
+        """
+        codes = np.asarray(codes)
+        valid = codes >= 0
+        used = np.zeros(len(uniques), dtype=bool)
+        used[codes[valid]] = True
+        mapped = np.full(len(uniques), -1, dtype=np.int64)
+        positions = np.flatnonzero(used)
+        mapped[positions] = np.fromiter(
+            (self.add(u) for u in uniques[positions].tolist()), dtype=np.int64, count=len(positions)
+        )
+        out = np.full(len(codes), -1, dtype=np.int32)
+        out[valid] = mapped[codes[valid]]
+        return out
+
     def decode(self, indexes: np.ndarray) -> list[str]:
         ids = self._ids
         return [ids[i] for i in np.asarray(indexes).tolist()]
