@@ -369,7 +369,7 @@ def train(
         if config.rules.enabled:
             done = step("rules")
             from training.baskets import baskets_from_events
-            from training.rules import mine_rules
+            from training.rules import mine_rules, save_rules
 
             baskets = baskets_from_events(event_log, config.rules.window_days)
             sizes = np.diff(baskets.matrix.indptr)
@@ -382,18 +382,9 @@ def train(
                 max_len=config.rules.max_len,
                 max_rules=config.rules.max_rules,
             )
-            rules.save(writer.dir("rules"))
-            rules_info = {
-                "rules": len(rules),
-                "orders": int(rules.n_orders),
-                "baskets_left_out_too_large": int(large.sum()),
-                "max_basket_items": config.rules.max_basket_items,
-            }
-            if large.any():
-                report.notes.append(
-                    f"{int(large.sum())} baskets with more than {config.rules.max_basket_items} "
-                    "items left out of association rules"
-                )
+            rules_info = save_rules(
+                writer, rules, int(large.sum()), config.rules.max_basket_items, report.notes
+            )
             done()
 
         if config.buyagain.enabled:

@@ -32,6 +32,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -391,3 +392,21 @@ def _check_fraction(name: str, value: float, allow_zero: bool) -> None:
     if not low_ok or value > 1:
         bound = "[0, 1]" if allow_zero else "(0, 1]"
         raise InvalidInput(name, f"must be in {bound}, got {value}")
+
+
+def save_rules(
+    writer: Any, rules: RuleSet, left_out: int, max_basket_items: int, notes: list[str]
+) -> dict[str, Any]:
+    """Write `rules` into the bundle; the manifest's summary (and a note when baskets were
+    left out for having more than `max_basket_items` items). Both engines end here."""
+    rules.save(writer.dir("rules"))
+    if left_out:
+        notes.append(
+            f"{left_out} baskets with more than {max_basket_items} items left out of association rules"
+        )
+    return {
+        "rules": len(rules),
+        "orders": int(rules.n_orders),
+        "baskets_left_out_too_large": int(left_out),
+        "max_basket_items": max_basket_items,
+    }

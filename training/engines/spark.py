@@ -75,6 +75,7 @@ from recsvc.events import (
 from recsvc.ids import IdMap
 from recsvc.rules import RuleSet
 from training.pipeline import TrainResult, read_forget_list
+from training.rules import save_rules
 
 log = logging.getLogger(__name__)
 
@@ -2050,18 +2051,9 @@ def train_spark(
                     max_rules=config.rules.max_rules,
                 )
                 cache.drop(baskets)
-                rules.save(writer.dir("rules"))
-                rules_info = {
-                    "rules": len(rules),
-                    "orders": int(rules.n_orders),
-                    "baskets_left_out_too_large": int(left_out),
-                    "max_basket_items": config.rules.max_basket_items,
-                }
-                if left_out:
-                    report.notes.append(
-                        f"{left_out} baskets with more than {config.rules.max_basket_items} "
-                        "items left out of association rules"
-                    )
+                rules_info = save_rules(
+                    writer, rules, int(left_out), config.rules.max_basket_items, report.notes
+                )
                 done()
 
             if config.buyagain.enabled:
