@@ -395,12 +395,14 @@ def measure_child(command: Sequence[str], log: Path, poll: float = 0.2) -> dict[
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env())
         peak_tree = 0
+        loads = [os.getloadavg()[0]]  # 1-minute load average: how busy the machine was
         done = threading.Event()
 
         def sample() -> None:
             nonlocal peak_tree
             while not done.wait(poll):
                 peak_tree = max(peak_tree, _tree_rss(process.pid))
+                loads.append(os.getloadavg()[0])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -422,6 +424,8 @@ def measure_child(command: Sequence[str], log: Path, poll: float = 0.2) -> dict[
         "peak_rss_bytes": peak,
         "peak_rss_gib": round(peak / GIB, 3),
         "peak_tree_rss_gib": round(max(peak_tree, peak) / GIB, 3),
+        # the run's own threads count too: on 2 cores a load well above 2 means other work
+        "load_average_1min": {"start": round(loads[0], 2), "max": round(max(loads), 2)},
     }
 
 
@@ -528,7 +532,10 @@ def spark_one(row: dict[str, Any], args: argparse.Namespace, work: Path) -> dict
     out: dict[str, Any] = {"master": args.spark_master, "driver_memory": args.spark_memory,
                            "wall_seconds": measured["wall_seconds"],
                            "peak_tree_rss_gib": measured["peak_tree_rss_gib"]}
-    match = re.search(r"SPARK_RESULT (.*)", log.read_text(errors="replace"))
+    text = log.read_text(errors="replace")
+    match = re.search(r"SPARK_RESULT (.*)", text)
+    # Spark's netlib finds the system BLAS (e.g. apt's libopenblas0) or falls back to Java
+    out["spark_blas"] = "java (no libblas.so.3)" if "dlopen(libblas.so.3) failed" in text else "native"
     if measured["exit_code"] != 0 or not match:
         out["error"] = _tail(log)
         return out
