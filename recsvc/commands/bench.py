@@ -471,18 +471,24 @@ def _synth(events: int, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     events_file = data / f"events.{args.format}"
     stamp = data / "bench-synth.json"
     users = max(100, events // args.events_per_user)
-    wanted = {"events": events, "items": args.items, "users": users, "seed": args.seed,
+    wanted = {"events": events, "items": args.items, "users": users, "seed": args.seed, "topped_up": True,
               "format": args.format}
     if events_file.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return wanted
     started = time.perf_counter()
-    result = subprocess.run(
-        _recsvc("synth", "--users", str(users), "--items", str(args.items), "--events", str(events),
-                "--seed", str(args.seed), "--format", args.format, "--out", str(data)),
-        capture_output=True, text=True, env=_child_env(),
-    )
-    if result.returncode != 0:
-        raise InvalidInput("--sizes", f"recsvc synth failed for {events} events: {result.stderr.strip()[-500:]}")
+    request = events
+    for _ in range(2):  # synth's --events is approximate: ask once more, scaled, if it fell short
+        result = subprocess.run(
+            _recsvc("synth", "--users", str(users), "--items", str(args.items), "--events", str(request),
+                    "--seed", str(args.seed), "--format", args.format, "--out", str(data)),
+            capture_output=True, text=True, env=_child_env(),
+        )
+        if result.returncode != 0:
+            raise InvalidInput("--sizes", f"recsvc synth failed for {events} events: {result.stderr.strip()[-500:]}")
+        made = re.search(r"synth: (\d+) events", result.stdout)
+        if made is None or int(made.group(1)) >= 0.995 * events:
+            break
+        request = int(request * events / max(int(made.group(1)), 1) * 1.002)
     stamp.write_text(json.dumps(wanted))
     print(f"  synth {size_label(events)}: {result.stdout.strip()} ({time.perf_counter() - started:.0f}s)",
           flush=True)
