@@ -182,6 +182,7 @@ class RedisStore(StoreEngine):
         self._lock_refresh = client.register_script(_LOCK_REFRESH)
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._lock_value: str | None = None
+        self._scan_meta: dict[str, tuple[int, int]] = {}  # version -> (buckets, users/bucket)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -410,6 +411,33 @@ class RedisStore(StoreEngine):
         if recent > 0:
             return [(replies[2 * i], list(replies[2 * i + 1])) for i in range(len(user_ids))]
         return [(reply, []) for reply in replies]
+
+    @_guard
+    def scan_user_records(
+        self, version: str, cursor: int, count: int
+    ) -> tuple[int | None, list[tuple[str, bytes]]]:
+        # The cursor is a user bucket: whole buckets (HGETALL, ~50 users each at 200k users)
+        # in one pipelined round trip, as many as make about `count` users.
+        if cursor == 0 or version not in self._scan_meta:
+            meta = self.version_table().get(version)
+            if meta is None:
+                return None, []
+            users = int(meta.get("n_users", 0) or 0)
+            buckets = int(meta.get("layout", {}).get("user_buckets", USER_BUCKETS))
+            self._scan_meta[version] = (buckets, max(1, users // max(1, buckets)))
+        buckets, per_bucket = self._scan_meta.get(version, (USER_BUCKETS, 1))
+        if cursor >= buckets:
+            return None, []
+        end = min(buckets, cursor + max(1, count // per_bucket))
+        pipe = self._pipe()
+        for bucket in range(cursor, end):
+            pipe.hgetall(self._users(version, bucket))
+        records = [
+            (key.decode("utf-8", "surrogatepass"), value)
+            for reply in pipe.execute()
+            for key, value in reply.items()
+        ]
+        return (end if end < buckets else None), records
 
     @_guard
     def delete_users(self, version: str, user_ids: Sequence[str]) -> int:
