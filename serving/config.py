@@ -41,7 +41,8 @@ class ServeConfig:
     # cached user with no real-time events makes no store round trip at all. Trade-off: when
     # Redis hangs (not when it goes down) such answers keep source PERSONALIZED rather than
     # FALLBACK for up to ~store_timeout_ms + 50 ms, until the watch's heartbeat notices.
-    realtime_watch: bool = False
+    # On by default where the store supports it (Redis single node; ignored elsewhere).
+    realtime_watch: bool = True
 
     # Store access and degradation.
     poll_seconds: float = 1.0  # how often the store's `current` pointer is checked
@@ -52,8 +53,15 @@ class ServeConfig:
     # version) are kept in process, about 3 KB each with 200 candidates. A cached user costs
     # one small store read per Recommend (the real-time events) instead of the full record,
     # and is what fallback answers use while the store is down.
-    hot_users: int = 100_000
+    # 250k users take about 0.6 GB per worker process (measured: benchmarks/serve.py).
+    hot_users: int = 250_000
     hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
+    # When a version starts serving, read its users into the cache in the background
+    # (serving.warmup): `warm_batch` users per store round trip, taking at most
+    # `warm_cpu_share` of a core.
+    warm_users: bool = True
+    warm_batch: int = 500
+    warm_cpu_share: float = 0.25
     hot_items: int = 20_000  # items whose similar lists are kept (cache and fallback)
 
     # Security (docs/security.md). Authentication is on unless insecure_no_auth: tokens come

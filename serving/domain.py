@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ from serving.fallback import LruCache, StoreGuard
 from serving.filters import NO_FILTER, FilterSpec
 from serving.model import LoadedModel, ModelTracker
 from serving.realtime import Session, rescore, session_of
+from serving.warmup import UserWarmer
 
 DEADLINE_MARGIN = 0.002  # seconds kept to build and send the answer
 CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
@@ -183,6 +185,13 @@ class RecommendationService:
         )
         # Which users may have real-time events (`recsvc.store.redis.EventWatch`), when on.
         self.events_watch: Any = None
+        # Bumped by every drop_user: a bulk read that overlapped one is not cached.
+        self.forget_generation = 0
+        self._forget_lock = threading.Lock()
+        self.warmer: UserWarmer | None = None
+        if config.warm_users and config.hot_users > 0:
+            self.warmer = UserWarmer(self, config.warm_batch, config.warm_cpu_share)
+            self._listeners.append(self.warmer.model_loaded)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -194,6 +203,8 @@ class RecommendationService:
             self.events_watch = watch(self.config.store_timeout_ms / 1000.0)
 
     def stop(self) -> None:
+        if self.warmer is not None:
+            self.warmer.stop()
         if self.events_watch is not None:
             self.events_watch.stop()
             self.events_watch = None
@@ -217,7 +228,27 @@ class RecommendationService:
 
     def drop_user(self, user_id: str) -> None:
         """Forget what this process caches about a user (e.g. after a ForgetUser)."""
-        self.user_cache.pop(user_id)
+        with self._forget_lock:
+            self.forget_generation += 1
+            self.user_cache.pop(user_id)
+
+    def forgets_changed(self) -> None:
+        """Customers were forgotten elsewhere: bulk reads in progress must not be cached."""
+        with self._forget_lock:
+            self.forget_generation += 1
+
+    def cache_users(self, version: str, users: list[UserFeatures], generation: int) -> int | None:
+        """Cache a bulk read of `version`'s users without evicting anyone (`LruCache.fill`).
+
+        generation: `forget_generation` before the read began; None (nothing cached) when a
+        customer was forgotten since, as the read may hold them. Returns how many were stored.
+        """
+        now = time.monotonic()
+        entries = [(u.user_id, (version, u, now)) for u in users if u.known]
+        with self._forget_lock:
+            if generation != self.forget_generation:
+                return None
+            return self.user_cache.fill(entries, lambda entry: entry[0] != version)
 
     # -- RPCs -----------------------------------------------------------------------------
     def recommend(self, query: RecommendQuery, deadline: float | None = None) -> Result:

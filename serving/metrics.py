@@ -7,6 +7,8 @@
     recsvc_cache_lookups_total{cache, result} hot-key cache hits and misses
     recsvc_model_info{version}                1 for the version being served
     recsvc_store_degraded                     1 while the store's circuit breaker is open
+    recsvc_warm_users                         users the cache warm-up loaded for the current
+                                              version (serving.warmup; least of the workers)
     recsvc_auth_rejected_total{reason}        calls refused by authentication (missing token,
                                               unknown token, not admin, ...)
     recsvc_rate_limited_total{client}         calls refused by a client's rate limit
@@ -43,6 +45,10 @@ MODEL = Gauge(
 DEGRADED = Gauge(
     "recsvc_store_degraded", "1 while the feature store is bypassed", multiprocess_mode="livemax"
 )
+WARM_USERS = Gauge(
+    "recsvc_warm_users", "Users the cache warm-up loaded for the current version",
+    multiprocess_mode="livemin",
+)
 
 AUTH_REJECTED = Counter("recsvc_auth_rejected", "Calls refused by authentication", ["reason"])
 RATE_LIMITED = Counter("recsvc_rate_limited", "Calls refused by a client's rate limit", ["client"])
@@ -70,6 +76,10 @@ def answered(rpc: str, source: str) -> None:
     ANSWERS.labels(rpc, source).inc()
     if source == "fallback":
         FALLBACKS.labels(rpc).inc()
+
+
+def warm_users(count: int) -> None:
+    WARM_USERS.set(count)
 
 
 def auth_rejected(reason: str) -> None:
