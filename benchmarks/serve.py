@@ -196,6 +196,7 @@ def bench_once(
     settings = settings or {}
     name = f"{workers}" + "".join(f"-{key}" for key in settings)
     server_env = {**env(), **{f"RECSVC_SERVE__{key.upper()}": value for key, value in settings.items()}}
+    server_env["RECSVC_LOG_LEVEL"] = "INFO"  # the warm-up's progress lines (wait_warm)
     log = open(work / f"serve-{name}.log", "w")
     server = subprocess.Popen(
         recsvc("serve", "--store", store, "--host", "127.0.0.1", "--port", str(port),
@@ -206,6 +207,7 @@ def bench_once(
         wait_serving(target, 120.0, server)  # type: ignore[arg-type]
         if workers > 1:
             time.sleep(3.0)  # every worker loaded the version, not only the first to answer
+        warm = wait_warm(work / f"serve-{name}.log", workers, server)
         out = work / f"bench-{name}.json"
         command = recsvc("bench", "serve", "--target", target, "--rpc", "Recommend,mix",
                          "--users-from", str(bundle), "--concurrency", str(args.concurrency),
@@ -242,12 +244,48 @@ def bench_once(
         f", {key}={value}" for key, value in settings.items()
     )
     run["workers"] = workers
+    run["warmup"] = warm
     run["server_settings"] = settings
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
     if args.profile and raw.exists():
         run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
                                     **summarise_profile(raw)}
     return run
+
+
+def wait_warm(log_path: Path, workers: int, server: subprocess.Popen[Any],
+              timeout: float = 600.0) -> dict[str, Any]:
+    """Wait until every worker's user-cache warm-up (serving.warmup) finished, so the phases
+    measure the steady state; returns what the servers logged about it (seconds, users, RSS)."""
+    deadline = time.monotonic() + timeout
+    finished: list[str] = []
+    while time.monotonic() < deadline and server.poll() is None:
+        lines = log_path.read_text(errors="replace").splitlines()
+        finished = [line for line in lines if "user cache warm-up finished" in line
+                    or "user cache warm-up skipped" in line]
+        if len(finished) >= workers:
+            break
+        time.sleep(0.5)
+    fields: list[dict[str, str]] = []
+    for line in finished:
+        fields.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
+    rss = [round(_rss_mib(pid), 1) for pid in _tree(server.pid)]
+    return {"workers_finished": len(finished), "per_worker": fields, "rss_mib": rss}
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (the worker processes), from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return [pid, *[k for kid in kids for k in _tree(kid)]]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def verdict(run: dict[str, Any]) -> dict[str, Any]:
