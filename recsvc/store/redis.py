@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -581,6 +582,8 @@ class EventWatch:
         self._connects = 0  # connections the set was built for
         self._ready = False
         self._ping_sent: float | None = None  # monotonic time of the unanswered PING
+        self._poller: Any = None  # select.poll over the subscriber socket `_polled`
+        self._polled: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rebuilds = 0
@@ -598,7 +601,7 @@ class EventWatch:
             if pubsub is None or not self._trusted(pubsub):
                 return False
             try:
-                if pubsub.connection is not None and pubsub.connection.can_read(timeout=0):
+                if self._pending(pubsub):
                     self._drain(pubsub)
             except (RedisError, OSError, ValueError):
                 self._ready = False
@@ -625,6 +628,25 @@ class EventWatch:
             return False
         sent = self._ping_sent
         return sent is None or time.monotonic() - sent < self.stale_after
+
+    def _pending(self, pubsub: _CountingPubSub) -> bool:
+        """Whether the subscriber socket has bytes (or EOF) waiting; call with the lock held.
+
+        A poll of the socket (about 1 us) rather than redis-py's `can_read` (two socket
+        timeout changes and a failed recv): after a `_drain` the parser's buffer holds no
+        complete message, so anything new is on the socket.
+        """
+        connection = pubsub.connection
+        if connection is None:
+            return False
+        sock = getattr(connection, "_sock", None)
+        if sock is None:
+            return bool(connection.can_read(timeout=0))
+        if self._polled is not sock:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN | select.POLLPRI)
+            self._polled = sock
+        return bool(self._poller.poll(0))
 
     def _drain(self, pubsub: _CountingPubSub) -> None:
         """Apply every message already received (never blocks); call with the lock held."""
