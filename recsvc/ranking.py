@@ -116,29 +116,39 @@ def finalize(
     if k <= 0:
         return answer
     taken: set[int] = set(exclude)
-    sources: list[Iterable[ScoredItem]] = [candidates, *topups]
-    for position, source in enumerate(sources):
+    items = answer.items
+    # The server runs this for every answer: locals, no per-item attribute updates.
+    n_allowed = len(allowed) if allowed is not None else 0
+    for position, source in enumerate((candidates, *topups)):
         for candidate in source:
             item = candidate.item
             if item < 0 or item in taken:
                 continue
-            if allowed is not None and (item >= len(allowed) or not allowed[item]):
+            if allowed is not None and (item >= n_allowed or not allowed[item]):
                 continue
             taken.add(item)
-            answer.items.append(candidate)
-            if position == 0:
-                answer.from_primary += 1
-            if len(answer.items) >= k:
-                return answer
+            items.append(candidate)
+            if len(items) >= k:
+                break
+        if position == 0:
+            answer.from_primary = len(items)
+        if len(items) >= k:
+            break
     return answer
 
 
 def scored(indexes: np.ndarray, scores: np.ndarray, reason: str = "") -> Iterator[ScoredItem]:
     """Lazily wrap parallel arrays as ScoredItems (stops at -1 padding)."""
+    indexes, scores = np.asarray(indexes), np.asarray(scores)
+    if indexes.dtype.kind not in "iu":
+        indexes = indexes.astype(np.int64)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    # tolist() gives Python ints and floats: no per-item conversion
     for item, score in zip(indexes.tolist(), scores.tolist(), strict=False):
         if item < 0:
             return
-        yield ScoredItem(int(item), float(score), reason)
+        yield ScoredItem(item, score, reason)
 
 
 def rank_users(

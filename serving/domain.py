@@ -42,14 +42,13 @@ from serving.config import ServeConfig
 from serving.fallback import LruCache, StoreGuard
 from serving.filters import NO_FILTER, FilterSpec
 from serving.model import LoadedModel, ModelTracker
-from serving.realtime import Session, rescore, session_of
+from serving.realtime import NO_SESSION, rescore, session_of
 from serving.warmup import UserWarmer
 
 DEADLINE_MARGIN = 0.002  # seconds kept to build and send the answer
 CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
 MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
 EVENT_TYPES = ("view", "cart", "purchase")
-NO_SESSION = Session((), frozenset(), frozenset())
 
 # Reasons double as the record of which list an item came from (see `_source`).
 PERSONAL = "personalized"
@@ -578,6 +577,7 @@ def _scored(
     forbids first, in one vectorised step, so a strict filter does not turn hundreds of
     forbidden entries into items one by one (finalize still checks every item it takes).
     """
+    # A generator: a top-up list that finalize never reaches costs nothing to build.
     items, scores = arrays
     if allowed is not None and len(items):
         items = np.asarray(items)
@@ -587,7 +587,7 @@ def _scored(
         items, scores = items[keep], np.asarray(scores)[keep]
     if limit is not None:
         items, scores = items[:limit], scores[:limit]
-    return scored(items, scores, reason)
+    yield from scored(items, scores, reason)
 _NO_ITEMS = np.zeros(0, dtype=np.int32)
 
 

@@ -55,6 +55,7 @@ RATE_LIMITED = Counter("recsvc_rate_limited", "Calls refused by a client's rate 
 
 _current_version: str | None = None
 _cache_children: dict[tuple[str, bool], Any] = {}
+_answer_children: dict[tuple[str, str], Any] = {}  # labels() takes a lock and builds a key
 
 
 def model_loaded(version: str) -> None:
@@ -73,7 +74,10 @@ def cache_lookup(cache: str, hit: bool) -> None:
 
 
 def answered(rpc: str, source: str) -> None:
-    ANSWERS.labels(rpc, source).inc()
+    child = _answer_children.get((rpc, source))
+    if child is None:
+        child = _answer_children[(rpc, source)] = ANSWERS.labels(rpc, source)
+    child.inc()
     if source == "fallback":
         FALLBACKS.labels(rpc).inc()
 
