@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
@@ -698,6 +699,39 @@ def test_event_watch_skips_reads_and_sees_events_from_other_servers(redis_url: s
         for running in (first, second, third):
             if running is not None:
                 running.stop(0)
+
+
+@pytest.mark.redis
+def test_event_recorded_while_the_watch_lost_its_subscription_is_not_missed(
+    redis_url: str, bundle_dir: Path  # noqa: F811
+) -> None:
+    url = f"{redis_url}?prefix=k{time.monotonic_ns()}"
+    running = serve(url, bundle_dir)  # the watch is on by default over a single Redis
+    channel, client = stub_for(running.target)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        _watch_ready(running)
+        watch = running.service.events_watch
+        before = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert before.source == pb.PERSONALIZED and watch.quiet(user_id(5))
+        rebuilds = watch.rebuilds
+        # Redis drops the subscriber connection; the event's message reaches no subscriber.
+        admin.client_kill_filter(_type="pubsub")
+        other = open_store(url)
+        other.record_event(user_id(5), 12, "purchase")
+        other.close()
+        for _ in range(3):  # at once, and after the watch re-subscribed and rebuilt its set
+            reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+            assert reply.source == pb.REALTIME and item_id(12) not in ids(reply)
+            deadline = time.monotonic() + 5
+            while not (watch.ready and watch.rebuilds > rebuilds):
+                assert time.monotonic() < deadline, "the watch did not re-subscribe"
+                time.sleep(0.02)
+        assert not watch.quiet(user_id(5)) and watch.quiet(user_id(6))
+    finally:
+        admin.close()
+        channel.close()
+        running.stop(0)
 
 
 @pytest.mark.redis
