@@ -58,7 +58,7 @@ class ServeConfig:
     hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
     # When a version starts serving, read its users into the cache in the background
     # (serving.warmup): `warm_batch` users per store round trip, taking at most
-    # `warm_cpu_share` of a core.
+    # `warm_cpu_share` of a core; refreshed every hot_user_ttl_seconds / 2.
     warm_users: bool = True
     warm_batch: int = 500
     warm_cpu_share: float = 0.25

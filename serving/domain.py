@@ -189,7 +189,9 @@ class RecommendationService:
         self._forget_lock = threading.Lock()
         self.warmer: UserWarmer | None = None
         if config.warm_users and config.hot_users > 0:
-            self.warmer = UserWarmer(self, config.warm_batch, config.warm_cpu_share)
+            self.warmer = UserWarmer(
+                self, config.warm_batch, config.warm_cpu_share, config.hot_user_ttl_seconds / 2
+            )
             self._listeners.append(self.warmer.model_loaded)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -236,18 +238,26 @@ class RecommendationService:
         with self._forget_lock:
             self.forget_generation += 1
 
-    def cache_users(self, version: str, users: list[UserFeatures], generation: int) -> int | None:
+    def cache_users(
+        self, version: str, users: list[UserFeatures], generation: int, max_age: float | None = None
+    ) -> int | None:
         """Cache a bulk read of `version`'s users without evicting anyone (`LruCache.fill`).
 
         generation: `forget_generation` before the read began; None (nothing cached) when a
-        customer was forgotten since, as the read may hold them. Returns how many were stored.
+        customer was forgotten since, as the read may hold them. max_age: also overwrite this
+        version's entries older than this (seconds). Returns how many were stored.
         """
         now = time.monotonic()
         entries = [(u.user_id, (version, u, now)) for u in users if u.known]
+        oldest = now - max_age if max_age is not None else float("-inf")
+
+        def replaceable(entry: tuple[str, UserFeatures | None, float]) -> bool:
+            return entry[0] != version or entry[2] < oldest
+
         with self._forget_lock:
             if generation != self.forget_generation:
                 return None
-            return self.user_cache.fill(entries, lambda entry: entry[0] != version)
+            return self.user_cache.fill(entries, replaceable)
 
     # -- RPCs -----------------------------------------------------------------------------
     def recommend(self, query: RecommendQuery, deadline: float | None = None) -> Result:

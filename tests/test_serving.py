@@ -646,6 +646,30 @@ def test_storefront_demo_calls_every_rpc(memory_server: RunningServer, bundle_di
     assert "INVALID_ARGUMENT: k: must be between 1 and 100" in text
 
 
+def test_warmed_users_stay_cached_past_the_ttl(bundle_dir: Path) -> None:  # noqa: F811
+    from prometheus_client import REGISTRY
+
+    def misses() -> float:
+        return REGISTRY.get_sample_value("recsvc_cache_lookups_total", {"cache": "user", "result": "miss"}) or 0.0
+
+    running = serve(f"memory://ttl{time.monotonic_ns()}", bundle_dir, hot_user_ttl_seconds=0.4)
+    channel, client = stub_for(running.target)
+    try:
+        version = running.service.tracker.require().version
+        deadline = time.monotonic() + 10
+        while version not in running.service.warmer.finished:
+            assert time.monotonic() < deadline, "the warm-up did not finish"
+            time.sleep(0.02)
+        time.sleep(1.0)  # more than twice the TTL: refreshed in the background meanwhile
+        before = misses()
+        for user in (2, 4, 6):
+            client.Recommend(pb.RecommendRequest(user_id=user_id(user), k=3), timeout=5)
+        assert misses() == before  # every one answered from the cache, no full store read
+    finally:
+        channel.close()
+        running.stop(0)
+
+
 # -- the real-time event watch (serve realtime_watch) -------------------------------------------
 def _watch_ready(running: RunningServer, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
