@@ -729,7 +729,8 @@ class EventWatch:
                     pubsub = self._pubsub
                     if pubsub is None:
                         continue
-                    self._drain(pubsub)
+                    if self._pending(pubsub):  # every 10 ms: a poll, not a parser round
+                        self._drain(pubsub)
                     now = time.monotonic()
                     if pubsub.connects != self._connects or not self._ready:
                         raise redis.ConnectionError("subscriber connection re-established or failed")
