@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from recsvc.events import Catalog
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built for every item of every answer
 class ScoredItem:
     item: int  # item index
     score: float

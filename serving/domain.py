@@ -69,7 +69,7 @@ class Source(enum.Enum):
     FALLBACK = "fallback"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResultItem:
     item_id: str
     score: float
@@ -560,7 +560,7 @@ class RecommendationService:
     def _result(self, model: LoadedModel, answer: Answer, primary: Source, fallback: bool) -> Result:
         """Ids for indexes, and the source: `primary` unless only top-ups answered."""
         ids = model.catalog.ids.ids
-        items = tuple(ResultItem(ids[s.item], s.score, s.reason) for s in answer.items)
+        items = tuple([ResultItem(ids[s.item], s.score, s.reason) for s in answer.items])
         if fallback:
             source = Source.FALLBACK
         elif answer.from_primary or not answer.items:
