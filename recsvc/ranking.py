@@ -144,11 +144,17 @@ def scored(indexes: np.ndarray, scores: np.ndarray, reason: str = "") -> Iterato
         indexes = indexes.astype(np.int64)
     if scores.dtype.kind != "f":
         scores = scores.astype(np.float64)
-    # tolist() gives Python ints and floats: no per-item conversion
-    for item, score in zip(indexes.tolist(), scores.tolist(), strict=False):
-        if item < 0:
-            return
-        yield ScoredItem(item, score, reason)
+    # tolist() gives Python ints and floats (no per-item conversion), in growing chunks: a
+    # caller usually takes a few items of a list that may be the whole catalogue long.
+    n = min(len(indexes), len(scores))
+    start, size = 0, 64
+    while start < n:
+        end = min(n, start + size)
+        for item, score in zip(indexes[start:end].tolist(), scores[start:end].tolist(), strict=True):
+            if item < 0:
+                return
+            yield ScoredItem(item, score, reason)
+        start, size = end, size * 4
 
 
 def rank_users(

@@ -582,8 +582,8 @@ class EventWatch:
         self._connects = 0  # connections the set was built for
         self._ready = False
         self._ping_sent: float | None = None  # monotonic time of the unanswered PING
-        self._poller: Any = None  # select.poll over the subscriber socket `_polled`
-        self._polled: Any = None
+        self._probe: Callable[[], bool] = lambda: True  # `_socket_probe` of socket `_probed`
+        self._probed: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rebuilds = 0
@@ -630,11 +630,12 @@ class EventWatch:
         return sent is None or time.monotonic() - sent < self.stale_after
 
     def _pending(self, pubsub: _CountingPubSub) -> bool:
-        """Whether the subscriber socket has bytes (or EOF) waiting; call with the lock held.
+        """Whether the subscriber socket has bytes waiting or was closed; call with the lock.
 
-        A poll of the socket (about 1 us) rather than redis-py's `can_read` (two socket
-        timeout changes and a failed recv): after a `_drain` the parser's buffer holds no
-        complete message, so anything new is on the socket.
+        After a `_drain` the parser's buffer holds no complete message, so anything new is on
+        the socket: `_socket_probe` looks without a read (redis-py's `can_read` changed the
+        socket timeout twice and raised inside a failed recv) and, on Linux, without letting
+        go of the GIL (a request thread that does waits for it behind the other threads).
         """
         connection = pubsub.connection
         if connection is None:
@@ -642,11 +643,10 @@ class EventWatch:
         sock = getattr(connection, "_sock", None)
         if sock is None:
             return bool(connection.can_read(timeout=0))
-        if self._polled is not sock:
-            self._poller = select.poll()
-            self._poller.register(sock, select.POLLIN | select.POLLPRI)
-            self._polled = sock
-        return bool(self._poller.poll(0))
+        if self._probed is not sock:
+            self._probe = _socket_probe(sock)
+            self._probed = sock
+        return bool(self._probe())
 
     def _drain(self, pubsub: _CountingPubSub) -> None:
         """Apply every message already received (never blocks); call with the lock held."""
@@ -749,6 +749,39 @@ class EventWatch:
                 self._stop.wait(0.2)
                 continue
             self._stop.wait(0.01)
+
+
+_TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (Linux)
+
+
+def _socket_probe(sock: socket.socket) -> Callable[[], bool]:
+    """A check: unread bytes on `sock`, or its peer closed it (or reset it).
+
+    On Linux: ioctl FIONREAD and the TCP state from TCP_INFO, neither of which releases the
+    GIL (a poll would, and under load a request thread then waits for it behind the others).
+    Elsewhere, or on a non-TCP socket: poll with a zero timeout.
+    """
+    fd = sock.fileno()
+    unread = bytearray(4)
+    try:
+        import fcntl
+        import termios
+
+        fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+
+        def probe() -> bool:
+            fd = sock.fileno()  # -1 once closed: the ioctl raises OSError (the watch rebuilds)
+            fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+            if any(unread):
+                return True
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+
+        return probe
+    except (ImportError, AttributeError, OSError):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return lambda: bool(poller.poll(0))
 
 
 def _alive(pid: int) -> bool:
