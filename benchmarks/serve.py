@@ -12,8 +12,12 @@
    on, as deployed: a client token from `recsvc token create`), waits for
    the health check to say SERVING, and runs `recsvc bench serve` with the health `Check`
    floor, `Recommend` and the storefront `mix` (users drawn uniformly from all 200k).
-   `--watch` adds a run with `[serve] realtime_watch` on (RECSVC_SERVE__REALTIME_WATCH=1: a
-   cached user without real-time events needs no store round trip).
+   The server runs with its defaults: `[serve] realtime_watch` on (a cached user without
+   real-time events needs no store round trip) and the user cache warmed in the background
+   when the version loads (serving.warmup); the phases start once every worker's warm-up has
+   finished, and its time and the workers' RSS are recorded (run.warmup). `--no-watch` adds a
+   run with the watch off (RECSVC_SERVE__REALTIME_WATCH=0); `--watch` one with it set on
+   explicitly (the default since the warm-up; kept for older command lines).
 4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
    target held or missed) and serve.png.
 
@@ -325,7 +329,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
     parser.add_argument("--watch", action="store_true",
-                        help="also run --workers 1 with [serve] realtime_watch on")
+                        help="also run --workers 1 with [serve] realtime_watch set on (the default)")
+    parser.add_argument("--no-watch", action="store_true",
+                        help="also run --workers 1 with [serve] realtime_watch off")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternate Check / Recommend / mix this many times (default 5)")
     parser.add_argument("--profile", action="store_true",
@@ -359,6 +365,8 @@ def main() -> int:
         runs = [bench_once(store, bundle, int(w), args, work, token) for w in args.workers.split(",")]
         if args.watch:
             runs.append(bench_once(store, bundle, 1, args, work, token, {"realtime_watch": "1"}))
+        if args.no_watch:
+            runs.append(bench_once(store, bundle, 1, args, work, token, {"realtime_watch": "0"}))
     finally:
         stop(redis_process)
     for run in runs:
@@ -384,6 +392,10 @@ def main() -> int:
             f"p99 {v['recommend_p99_ms']:.2f} ms [{'met' if v['p99_target_met'] else 'MISSED'}]; "
             f"mix {v.get('mix_rps', 0):,.0f}/s p99 {v.get('mix_p99_ms') or 0:.2f} ms"
         )
+        warm = run.get("warmup", {})
+        seconds = [w.get("seconds") for w in warm.get("per_worker", [])]
+        print(f"    warm-up {', '.join(f'{s} s' for s in seconds) or 'n/a'} per worker; "
+              f"RSS {', '.join(f'{r:.0f}' for r in warm.get('rss_mib', []))} MiB (parent, workers)")
     return 0
 
 

@@ -50,10 +50,10 @@ class ServeConfig:
     store_timeout_ms: float = 100.0  # socket timeout of each store call
     retry_after_ms: float = 250.0  # after a store failure, answer from the cache this long
     # Users whose versioned features (candidates, seen, factors, segment: immutable within a
-    # version) are kept in process, about 3 KB each with 200 candidates. A cached user costs
-    # one small store read per Recommend (the real-time events) instead of the full record,
-    # and is what fallback answers use while the store is down.
-    # 250k users take about 0.6 GB per worker process (measured: benchmarks/serve.py).
+    # version) are kept in process, about 3.1 KB of RSS each with 200 candidates (200k users:
+    # ~620 MB per worker process, measured by benchmarks/serve.py). A cached user costs one
+    # small store read per Recommend (the real-time events; none with realtime_watch) instead
+    # of the full record, and is what fallback answers use while the store is down.
     hot_users: int = 250_000
     hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
     # When a version starts serving, read its users into the cache in the background

@@ -44,11 +44,17 @@ class LruCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+        # No lock: each OrderedDict call is atomic under the GIL (C code, str/tuple keys), and
+        # a key evicted between the two calls only skips the recency update. Every request
+        # makes this call; the writers below serialise among themselves.
+        data = self._data
+        value = data.get(key)
+        if value is not None:
+            try:
+                data.move_to_end(key)
+            except KeyError:
+                pass
+        return value
 
     def put(self, key: K, value: V) -> None:
         if self.maxsize <= 0:
