@@ -12,8 +12,12 @@
    on, as deployed: a client token from `recsvc token create`), waits for
    the health check to say SERVING, and runs `recsvc bench serve` with the health `Check`
    floor, `Recommend` and the storefront `mix` (users drawn uniformly from all 200k).
-   `--watch` adds a run with `[serve] realtime_watch` on (RECSVC_SERVE__REALTIME_WATCH=1: a
-   cached user without real-time events needs no store round trip).
+   The server runs with its defaults: `[serve] realtime_watch` on (a cached user without
+   real-time events needs no store round trip) and the user cache warmed in the background
+   when the version loads (serving.warmup); the phases start once every worker's warm-up has
+   finished, and its time and the workers' RSS are recorded (run.warmup). `--no-watch` adds a
+   run with the watch off (RECSVC_SERVE__REALTIME_WATCH=0); `--watch` one with it set on
+   explicitly (the default since the warm-up; kept for older command lines).
 4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
    target held or missed) and serve.png.
 
@@ -196,6 +200,7 @@ def bench_once(
     settings = settings or {}
     name = f"{workers}" + "".join(f"-{key}" for key in settings)
     server_env = {**env(), **{f"RECSVC_SERVE__{key.upper()}": value for key, value in settings.items()}}
+    server_env["RECSVC_LOG_LEVEL"] = "INFO"  # the warm-up's progress lines (wait_warm)
     log = open(work / f"serve-{name}.log", "w")
     server = subprocess.Popen(
         recsvc("serve", "--store", store, "--host", "127.0.0.1", "--port", str(port),
@@ -206,6 +211,7 @@ def bench_once(
         wait_serving(target, 120.0, server)  # type: ignore[arg-type]
         if workers > 1:
             time.sleep(3.0)  # every worker loaded the version, not only the first to answer
+        warm = wait_warm(work / f"serve-{name}.log", workers, server)
         out = work / f"bench-{name}.json"
         command = recsvc("bench", "serve", "--target", target, "--rpc", "Recommend,mix",
                          "--users-from", str(bundle), "--concurrency", str(args.concurrency),
@@ -242,12 +248,48 @@ def bench_once(
         f", {key}={value}" for key, value in settings.items()
     )
     run["workers"] = workers
+    run["warmup"] = warm
     run["server_settings"] = settings
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
     if args.profile and raw.exists():
         run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
                                     **summarise_profile(raw)}
     return run
+
+
+def wait_warm(log_path: Path, workers: int, server: subprocess.Popen[Any],
+              timeout: float = 600.0) -> dict[str, Any]:
+    """Wait until every worker's user-cache warm-up (serving.warmup) finished, so the phases
+    measure the steady state; returns what the servers logged about it (seconds, users, RSS)."""
+    deadline = time.monotonic() + timeout
+    finished: list[str] = []
+    while time.monotonic() < deadline and server.poll() is None:
+        lines = log_path.read_text(errors="replace").splitlines()
+        finished = [line for line in lines if "user cache warm-up finished" in line
+                    or "user cache warm-up skipped" in line]
+        if len(finished) >= workers:
+            break
+        time.sleep(0.5)
+    fields: list[dict[str, str]] = []
+    for line in finished:
+        fields.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
+    rss = [round(_rss_mib(pid), 1) for pid in _tree(server.pid)]
+    return {"workers_finished": len(finished), "per_worker": fields, "rss_mib": rss}
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (the worker processes), from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return [pid, *[k for kid in kids for k in _tree(kid)]]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def verdict(run: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +329,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
     parser.add_argument("--watch", action="store_true",
-                        help="also run --workers 1 with [serve] realtime_watch on")
+                        help="also run --workers 1 with [serve] realtime_watch set on (the default)")
+    parser.add_argument("--no-watch", action="store_true",
+                        help="also run --workers 1 with [serve] realtime_watch off")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternate Check / Recommend / mix this many times (default 5)")
     parser.add_argument("--profile", action="store_true",
@@ -321,6 +365,8 @@ def main() -> int:
         runs = [bench_once(store, bundle, int(w), args, work, token) for w in args.workers.split(",")]
         if args.watch:
             runs.append(bench_once(store, bundle, 1, args, work, token, {"realtime_watch": "1"}))
+        if args.no_watch:
+            runs.append(bench_once(store, bundle, 1, args, work, token, {"realtime_watch": "0"}))
     finally:
         stop(redis_process)
     for run in runs:
@@ -346,6 +392,10 @@ def main() -> int:
             f"p99 {v['recommend_p99_ms']:.2f} ms [{'met' if v['p99_target_met'] else 'MISSED'}]; "
             f"mix {v.get('mix_rps', 0):,.0f}/s p99 {v.get('mix_p99_ms') or 0:.2f} ms"
         )
+        warm = run.get("warmup", {})
+        seconds = [w.get("seconds") for w in warm.get("per_worker", [])]
+        print(f"    warm-up {', '.join(f'{s} s' for s in seconds) or 'n/a'} per worker; "
+              f"RSS {', '.join(f'{r:.0f}' for r in warm.get('rss_mib', []))} MiB (parent, workers)")
     return 0
 
 

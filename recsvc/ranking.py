@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from recsvc.events import Catalog
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built for every item of every answer
 class ScoredItem:
     item: int  # item index
     score: float
@@ -116,29 +116,45 @@ def finalize(
     if k <= 0:
         return answer
     taken: set[int] = set(exclude)
-    sources: list[Iterable[ScoredItem]] = [candidates, *topups]
-    for position, source in enumerate(sources):
+    items = answer.items
+    # The server runs this for every answer: locals, no per-item attribute updates.
+    n_allowed = len(allowed) if allowed is not None else 0
+    for position, source in enumerate((candidates, *topups)):
         for candidate in source:
             item = candidate.item
             if item < 0 or item in taken:
                 continue
-            if allowed is not None and (item >= len(allowed) or not allowed[item]):
+            if allowed is not None and (item >= n_allowed or not allowed[item]):
                 continue
             taken.add(item)
-            answer.items.append(candidate)
-            if position == 0:
-                answer.from_primary += 1
-            if len(answer.items) >= k:
-                return answer
+            items.append(candidate)
+            if len(items) >= k:
+                break
+        if position == 0:
+            answer.from_primary = len(items)
+        if len(items) >= k:
+            break
     return answer
 
 
 def scored(indexes: np.ndarray, scores: np.ndarray, reason: str = "") -> Iterator[ScoredItem]:
     """Lazily wrap parallel arrays as ScoredItems (stops at -1 padding)."""
-    for item, score in zip(indexes.tolist(), scores.tolist(), strict=False):
-        if item < 0:
-            return
-        yield ScoredItem(int(item), float(score), reason)
+    indexes, scores = np.asarray(indexes), np.asarray(scores)
+    if indexes.dtype.kind not in "iu":
+        indexes = indexes.astype(np.int64)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    # tolist() gives Python ints and floats (no per-item conversion), in growing chunks: a
+    # caller usually takes a few items of a list that may be the whole catalogue long.
+    n = min(len(indexes), len(scores))
+    start, size = 0, 64
+    while start < n:
+        end = min(n, start + size)
+        for item, score in zip(indexes[start:end].tolist(), scores[start:end].tolist(), strict=True):
+            if item < 0:
+                return
+            yield ScoredItem(item, score, reason)
+        start, size = end, size * 4
 
 
 def rank_users(

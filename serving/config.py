@@ -24,7 +24,11 @@ class ServeConfig:
     port: int = 50051
     metrics_port: int = 0  # 0: no metrics endpoint
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
-    threads: int = 8  # gRPC handler threads per worker (I/O waits release the GIL)
+    # gRPC handler threads per worker. Store waits release the GIL, so a few threads overlap
+    # round trips; more threads than that only add GIL hand-offs once the user cache is warm
+    # and the event watch is on (measured on 2 cores, 1 worker, c=16: Recommend 3.4k/s with 8,
+    # 4.1k/s with 4, 5.1k/s with 2; the storefront mix 2.1k, 3.4k, 3.8k/s).
+    threads: int = 4
     grace_seconds: float = 5.0  # SIGTERM: how long in-flight calls may take to finish
     drain_delay_seconds: float = 1.0  # SIGTERM: NOT_SERVING but still answering this long first
 
@@ -41,7 +45,8 @@ class ServeConfig:
     # cached user with no real-time events makes no store round trip at all. Trade-off: when
     # Redis hangs (not when it goes down) such answers keep source PERSONALIZED rather than
     # FALLBACK for up to ~store_timeout_ms + 50 ms, until the watch's heartbeat notices.
-    realtime_watch: bool = False
+    # On by default where the store supports it (Redis single node; ignored elsewhere).
+    realtime_watch: bool = True
 
     # Store access and degradation.
     poll_seconds: float = 1.0  # how often the store's `current` pointer is checked
@@ -49,11 +54,18 @@ class ServeConfig:
     store_timeout_ms: float = 100.0  # socket timeout of each store call
     retry_after_ms: float = 250.0  # after a store failure, answer from the cache this long
     # Users whose versioned features (candidates, seen, factors, segment: immutable within a
-    # version) are kept in process, about 3 KB each with 200 candidates. A cached user costs
-    # one small store read per Recommend (the real-time events) instead of the full record,
-    # and is what fallback answers use while the store is down.
-    hot_users: int = 100_000
+    # version) are kept in process, about 3.1 KB of RSS each with 200 candidates (200k users:
+    # ~620 MB per worker process, measured by benchmarks/serve.py). A cached user costs one
+    # small store read per Recommend (the real-time events; none with realtime_watch) instead
+    # of the full record, and is what fallback answers use while the store is down.
+    hot_users: int = 250_000
     hot_user_ttl_seconds: float = 600.0  # re-read after this long (e.g. to notice a forget)
+    # When a version starts serving, read its users into the cache in the background
+    # (serving.warmup): `warm_batch` users per store round trip, taking at most
+    # `warm_cpu_share` of a core; refreshed every hot_user_ttl_seconds / 2.
+    warm_users: bool = True
+    warm_batch: int = 500
+    warm_cpu_share: float = 0.25
     hot_items: int = 20_000  # items whose similar lists are kept (cache and fallback)
 
     # Security (docs/security.md). Authentication is on unless insecure_no_auth: tokens come

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -41,13 +42,13 @@ from serving.config import ServeConfig
 from serving.fallback import LruCache, StoreGuard
 from serving.filters import NO_FILTER, FilterSpec
 from serving.model import LoadedModel, ModelTracker
-from serving.realtime import Session, rescore, session_of
+from serving.realtime import NO_SESSION, rescore, session_of
+from serving.warmup import UserWarmer
 
 DEADLINE_MARGIN = 0.002  # seconds kept to build and send the answer
 CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
 MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
 EVENT_TYPES = ("view", "cart", "purchase")
-NO_SESSION = Session((), frozenset(), frozenset())
 
 # Reasons double as the record of which list an item came from (see `_source`).
 PERSONAL = "personalized"
@@ -68,7 +69,7 @@ class Source(enum.Enum):
     FALLBACK = "fallback"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResultItem:
     item_id: str
     score: float
@@ -183,6 +184,15 @@ class RecommendationService:
         )
         # Which users may have real-time events (`recsvc.store.redis.EventWatch`), when on.
         self.events_watch: Any = None
+        # Bumped by every drop_user: a bulk read that overlapped one is not cached.
+        self.forget_generation = 0
+        self._forget_lock = threading.Lock()
+        self.warmer: UserWarmer | None = None
+        if config.warm_users and config.hot_users > 0:
+            self.warmer = UserWarmer(
+                self, config.warm_batch, config.warm_cpu_share, config.hot_user_ttl_seconds / 2
+            )
+            self._listeners.append(self.warmer.model_loaded)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -194,6 +204,8 @@ class RecommendationService:
             self.events_watch = watch(self.config.store_timeout_ms / 1000.0)
 
     def stop(self) -> None:
+        if self.warmer is not None:
+            self.warmer.stop()
         if self.events_watch is not None:
             self.events_watch.stop()
             self.events_watch = None
@@ -217,7 +229,35 @@ class RecommendationService:
 
     def drop_user(self, user_id: str) -> None:
         """Forget what this process caches about a user (e.g. after a ForgetUser)."""
-        self.user_cache.pop(user_id)
+        with self._forget_lock:
+            self.forget_generation += 1
+            self.user_cache.pop(user_id)
+
+    def forgets_changed(self) -> None:
+        """Customers were forgotten elsewhere: bulk reads in progress must not be cached."""
+        with self._forget_lock:
+            self.forget_generation += 1
+
+    def cache_users(
+        self, version: str, users: list[UserFeatures], generation: int, max_age: float | None = None
+    ) -> int | None:
+        """Cache a bulk read of `version`'s users without evicting anyone (`LruCache.fill`).
+
+        generation: `forget_generation` before the read began; None (nothing cached) when a
+        customer was forgotten since, as the read may hold them. max_age: also overwrite this
+        version's entries older than this (seconds). Returns how many were stored.
+        """
+        now = time.monotonic()
+        entries = [(u.user_id, (version, u, now)) for u in users if u.known]
+        oldest = now - max_age if max_age is not None else float("-inf")
+
+        def replaceable(entry: tuple[str, UserFeatures | None, float]) -> bool:
+            return entry[0] != version or entry[2] < oldest
+
+        with self._forget_lock:
+            if generation != self.forget_generation:
+                return None
+            return self.user_cache.fill(entries, replaceable)
 
     # -- RPCs -----------------------------------------------------------------------------
     def recommend(self, query: RecommendQuery, deadline: float | None = None) -> Result:
@@ -520,7 +560,7 @@ class RecommendationService:
     def _result(self, model: LoadedModel, answer: Answer, primary: Source, fallback: bool) -> Result:
         """Ids for indexes, and the source: `primary` unless only top-ups answered."""
         ids = model.catalog.ids.ids
-        items = tuple(ResultItem(ids[s.item], s.score, s.reason) for s in answer.items)
+        items = tuple([ResultItem(ids[s.item], s.score, s.reason) for s in answer.items])
         if fallback:
             source = Source.FALLBACK
         elif answer.from_primary or not answer.items:
@@ -547,6 +587,7 @@ def _scored(
     forbids first, in one vectorised step, so a strict filter does not turn hundreds of
     forbidden entries into items one by one (finalize still checks every item it takes).
     """
+    # A generator: a top-up list that finalize never reaches costs nothing to build.
     items, scores = arrays
     if allowed is not None and len(items):
         items = np.asarray(items)
@@ -556,7 +597,7 @@ def _scored(
         items, scores = items[keep], np.asarray(scores)[keep]
     if limit is not None:
         items, scores = items[:limit], scores[:limit]
-    return scored(items, scores, reason)
+    yield from scored(items, scores, reason)
 _NO_ITEMS = np.zeros(0, dtype=np.int32)
 
 

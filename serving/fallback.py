@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
@@ -44,11 +44,17 @@ class LruCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+        # No lock: each OrderedDict call is atomic under the GIL (C code, str/tuple keys), and
+        # a key evicted between the two calls only skips the recency update. Every request
+        # makes this call; the writers below serialise among themselves.
+        data = self._data
+        value = data.get(key)
+        if value is not None:
+            try:
+                data.move_to_end(key)
+            except KeyError:
+                pass
+        return value
 
     def put(self, key: K, value: V) -> None:
         if self.maxsize <= 0:
@@ -58,6 +64,40 @@ class LruCache(Generic[K, V]):
             self._data.move_to_end(key)
             if len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
+
+    def fill(self, entries: Iterable[tuple[K, V]], replaceable: Callable[[V], bool]) -> int:
+        """Add entries without evicting anything (e.g. a background warm-up).
+
+        An absent key goes in at the least recently used end while there is room; a present
+        one is overwritten (keeping its place) only when `replaceable(current value)`.
+        Returns how many entries were stored.
+        """
+        stored = 0
+        with self._lock:
+            data = self._data
+            for key, value in entries:
+                current = data.get(key)
+                if current is not None:
+                    if replaceable(current):
+                        data[key] = value
+                        stored += 1
+                elif len(data) < self.maxsize:
+                    data[key] = value
+                    data.move_to_end(key, last=False)
+                    stored += 1
+        return stored
+
+    def discard(self, keys: Iterable[K], unwanted: Callable[[V], bool]) -> int:
+        """Drop those of `keys` whose value is `unwanted`; returns how many were dropped."""
+        dropped = 0
+        with self._lock:
+            data = self._data
+            for key in keys:
+                value = data.get(key)
+                if value is not None and unwanted(value):
+                    del data[key]
+                    dropped += 1
+        return dropped
 
     def pop(self, key: K) -> None:
         with self._lock:

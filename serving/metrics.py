@@ -7,6 +7,8 @@
     recsvc_cache_lookups_total{cache, result} hot-key cache hits and misses
     recsvc_model_info{version}                1 for the version being served
     recsvc_store_degraded                     1 while the store's circuit breaker is open
+    recsvc_warm_users                         users the cache warm-up loaded for the current
+                                              version (serving.warmup; least of the workers)
     recsvc_auth_rejected_total{reason}        calls refused by authentication (missing token,
                                               unknown token, not admin, ...)
     recsvc_rate_limited_total{client}         calls refused by a client's rate limit
@@ -43,12 +45,17 @@ MODEL = Gauge(
 DEGRADED = Gauge(
     "recsvc_store_degraded", "1 while the feature store is bypassed", multiprocess_mode="livemax"
 )
+WARM_USERS = Gauge(
+    "recsvc_warm_users", "Users the cache warm-up loaded for the current version",
+    multiprocess_mode="livemin",
+)
 
 AUTH_REJECTED = Counter("recsvc_auth_rejected", "Calls refused by authentication", ["reason"])
 RATE_LIMITED = Counter("recsvc_rate_limited", "Calls refused by a client's rate limit", ["client"])
 
 _current_version: str | None = None
 _cache_children: dict[tuple[str, bool], Any] = {}
+_answer_children: dict[tuple[str, str], Any] = {}  # labels() takes a lock and builds a key
 
 
 def model_loaded(version: str) -> None:
@@ -67,9 +74,16 @@ def cache_lookup(cache: str, hit: bool) -> None:
 
 
 def answered(rpc: str, source: str) -> None:
-    ANSWERS.labels(rpc, source).inc()
+    child = _answer_children.get((rpc, source))
+    if child is None:
+        child = _answer_children[(rpc, source)] = ANSWERS.labels(rpc, source)
+    child.inc()
     if source == "fallback":
         FALLBACKS.labels(rpc).inc()
+
+
+def warm_users(count: int) -> None:
+    WARM_USERS.set(count)
 
 
 def auth_rejected(reason: str) -> None:

@@ -75,6 +75,7 @@ class ForgetWatcher:
         fresh = entries - known if known is not None else entries
         if not fresh:
             return 0
+        self.service.forgets_changed()  # a cache warm-up reading now may hold them
         cache = self.service.user_cache
         dropped = 0
         for user_id in cache.keys():

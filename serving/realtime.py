@@ -43,8 +43,13 @@ class Session:
         return bool(self.new_events)
 
 
+NO_SESSION = Session((), frozenset(), frozenset())
+
+
 def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
     """Split recent events into what is new to `model` and what must be excluded."""
+    if not recent:
+        return NO_SESSION
     n_items = model.n_items
     usable = [e for e in recent if 0 <= e.item < n_items]
     return Session(

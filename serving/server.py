@@ -1,7 +1,7 @@
 """The server process: gRPC server, health, reflection, metrics, workers and signals.
 
 Threading model: the synchronous `grpc.server` with a small ThreadPoolExecutor
-(`ServeConfig.threads`, 8 by default). On a 2-core machine this measured faster than
+(`ServeConfig.threads`, 4 by default). On a 2-core machine this measured faster than
 `grpc.aio` for our unary calls (the store client is synchronous; its socket waits release the
 GIL, so a few threads overlap store round trips); `--workers N` runs N such processes on one
 port (SO_REUSEPORT) so both cores serve Python code.

@@ -80,11 +80,11 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 
 def _items_response(cls: Callable[..., R], result: Result, rpc: str) -> R:
     metrics.answered(rpc, result.source.value)
-    return cls(
-        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, reason=i.reason) for i in result.items],
-        model_version=result.model_version,
-        source=SOURCES[result.source],
-    )
+    response = cls(model_version=result.model_version, source=SOURCES[result.source])
+    add = response.items.add  # type: ignore[attr-defined]  # in place: no copies of items
+    for item in result.items:
+        add(item_id=item.item_id, score=item.score, reason=item.reason)
+    return response
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):

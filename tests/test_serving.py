@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
@@ -399,15 +400,38 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path: Path, bundle_dir:
 
 
 @pytest.mark.redis
-def test_slow_redis_answers_from_fallback_within_the_deadline(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("watch", [False, True], ids=["store-read", "event-watch"])
+def test_slow_redis_answers_within_the_deadline_then_from_fallback(
+    tmp_path: Path, bundle_dir: Path, watch: bool  # noqa: F811
+) -> None:
     port = free_port()
     process = start_redis(tmp_path / "redis", port)
-    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir)
+    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, realtime_watch=watch)
     channel, client = stub_for(running.target)
     try:
+        if watch:
+            _watch_ready(running)
         warm = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=5)
         os.kill(process.pid, signal.SIGSTOP)  # Redis hangs: every store call would time out
         try:
+            # A cached user: every answer comes within the deadline with their last-known
+            # list. Reading the store, the first answer already says FALLBACK. With the event
+            # watch no store read is needed, so answers stay PERSONALIZED (still correct: no
+            # event can be recorded while Redis hangs) until the watch's heartbeat notices,
+            # within store_timeout_ms + 50 ms; from then on they say FALLBACK.
+            sources = []
+            hung = time.monotonic()
+            while not sources or sources[-1] != pb.FALLBACK:
+                assert time.monotonic() - hung < 2.0, f"never switched to FALLBACK: {sources}"
+                started = time.monotonic()
+                reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=0.3)
+                assert time.monotonic() - started < 0.3
+                assert ids(reply) == ids(warm)
+                sources.append(reply.source)
+                time.sleep(0.01)
+            assert set(sources) <= {pb.PERSONALIZED, pb.FALLBACK}
+            if not watch:
+                assert sources == [pb.FALLBACK]
             for _ in range(5):
                 started = time.monotonic()
                 reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=0.3)
@@ -418,6 +442,45 @@ def test_slow_redis_answers_from_fallback_within_the_deadline(tmp_path: Path, bu
                 assert cold.source == pb.FALLBACK and ids(cold) == [item_id(39), item_id(38), item_id(37)]
         finally:
             os.kill(process.pid, signal.SIGCONT)
+    finally:
+        channel.close()
+        running.stop(0)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.redis
+def test_warm_up_caches_every_user_of_a_new_version_before_they_ask(
+    tmp_path: Path, bundle_dir: Path  # noqa: F811
+) -> None:
+    port = free_port()
+    process = start_redis(tmp_path / "redis", port)
+    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, realtime_watch=False)
+    channel, client = stub_for(running.target)
+    try:
+        warmer = running.service.warmer
+        version = running.service.tracker.require().version
+        deadline = time.monotonic() + 10
+        while version not in warmer.finished:
+            assert time.monotonic() < deadline, "the warm-up did not finish"
+            time.sleep(0.02)
+        users = [user_id(u) for u in (3, 5, 7)]
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            # Users who never asked still get their own list while the store hangs.
+            hung = [client.Recommend(pb.RecommendRequest(user_id=u, k=5), timeout=0.3) for u in users]
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        assert all(reply.source == pb.FALLBACK for reply in hung)
+        deadline = time.monotonic() + 5
+        while True:  # the breaker closes again after retry_after_ms
+            healthy = [client.Recommend(pb.RecommendRequest(user_id=u, k=5), timeout=5) for u in users]
+            if all(reply.source == pb.PERSONALIZED for reply in healthy):
+                break
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.05)
+        assert [ids(r) for r in hung] == [ids(r) for r in healthy]
+        assert healthy[1].items[0].item_id == item_id(12)  # user 5's planted favourite
     finally:
         channel.close()
         running.stop(0)
@@ -583,6 +646,30 @@ def test_storefront_demo_calls_every_rpc(memory_server: RunningServer, bundle_di
     assert "INVALID_ARGUMENT: k: must be between 1 and 100" in text
 
 
+def test_warmed_users_stay_cached_past_the_ttl(bundle_dir: Path) -> None:  # noqa: F811
+    from prometheus_client import REGISTRY
+
+    def misses() -> float:
+        return REGISTRY.get_sample_value("recsvc_cache_lookups_total", {"cache": "user", "result": "miss"}) or 0.0
+
+    running = serve(f"memory://ttl{time.monotonic_ns()}", bundle_dir, hot_user_ttl_seconds=0.4)
+    channel, client = stub_for(running.target)
+    try:
+        version = running.service.tracker.require().version
+        deadline = time.monotonic() + 10
+        while version not in running.service.warmer.finished:
+            assert time.monotonic() < deadline, "the warm-up did not finish"
+            time.sleep(0.02)
+        time.sleep(1.0)  # more than twice the TTL: refreshed in the background meanwhile
+        before = misses()
+        for user in (2, 4, 6):
+            client.Recommend(pb.RecommendRequest(user_id=user_id(user), k=3), timeout=5)
+        assert misses() == before  # every one answered from the cache, no full store read
+    finally:
+        channel.close()
+        running.stop(0)
+
+
 # -- the real-time event watch (serve realtime_watch) -------------------------------------------
 def _watch_ready(running: RunningServer, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -636,6 +723,39 @@ def test_event_watch_skips_reads_and_sees_events_from_other_servers(redis_url: s
         for running in (first, second, third):
             if running is not None:
                 running.stop(0)
+
+
+@pytest.mark.redis
+def test_event_recorded_while_the_watch_lost_its_subscription_is_not_missed(
+    redis_url: str, bundle_dir: Path  # noqa: F811
+) -> None:
+    url = f"{redis_url}?prefix=k{time.monotonic_ns()}"
+    running = serve(url, bundle_dir)  # the watch is on by default over a single Redis
+    channel, client = stub_for(running.target)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        _watch_ready(running)
+        watch = running.service.events_watch
+        before = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert before.source == pb.PERSONALIZED and watch.quiet(user_id(5))
+        rebuilds = watch.rebuilds
+        # Redis drops the subscriber connection; the event's message reaches no subscriber.
+        admin.client_kill_filter(_type="pubsub")
+        other = open_store(url)
+        other.record_event(user_id(5), 12, "purchase")
+        other.close()
+        for _ in range(3):  # at once, and after the watch re-subscribed and rebuilt its set
+            reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+            assert reply.source == pb.REALTIME and item_id(12) not in ids(reply)
+            deadline = time.monotonic() + 5
+            while not (watch.ready and watch.rebuilds > rebuilds):
+                assert time.monotonic() < deadline, "the watch did not re-subscribe"
+                time.sleep(0.02)
+        assert not watch.quiet(user_id(5)) and watch.quiet(user_id(6))
+    finally:
+        admin.close()
+        channel.close()
+        running.stop(0)
 
 
 @pytest.mark.redis

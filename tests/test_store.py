@@ -292,6 +292,28 @@ def test_keep_deletes_older_versions(store: Any, bundles: Path) -> None:
     assert [v.id for v in store.versions()] == ["v4"]
 
 
+def test_scan_reads_every_user_once_in_small_batches(store: Any, bundles: Path) -> None:
+    bundle = make_bundle(bundles, "v1")
+    store.publish(bundle, progress=False)
+    store.forget_user("u00007")
+    seen: list[str] = []
+    cursor: int | None = 0
+    rounds = 0
+    while cursor is not None:
+        cursor, users = store.scan_user_features("v1", cursor, 8)
+        seen.extend(u.user_id for u in users)
+        rounds += 1
+        for features in users:  # the same features a single read gives (no events)
+            one = store.user_features("v1", features.user_id)
+            np.testing.assert_array_equal(features.candidates, one.candidates)
+            np.testing.assert_array_equal(features.scores, one.scores)
+            np.testing.assert_array_equal(features.seen, one.seen)
+            assert features.segment.segment == one.segment.segment and features.recent == ()
+    assert sorted(seen) == sorted(set(bundle.users.ids) - {"u00007"})
+    assert rounds > 1  # batched, not everything at once
+    assert store.scan_user_features("nope", 0, 8) == (None, [])
+
+
 def test_forget_user_everywhere(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     store.publish(make_bundle(bundles, "v2"), progress=False)

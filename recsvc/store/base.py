@@ -87,7 +87,7 @@ class StoreState:
     items_revision: int  # bumped by every `update_items`
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)  # slots: servers cache many
 class RecentEvent:
     """One real-time event of a user (not versioned)."""
 
@@ -101,7 +101,7 @@ class RecentEvent:
 BuyAgainList = BuyAgainLists
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)  # slots: servers cache many
 class UserSegment:
     """RFM and taste-cluster assignment of one user (bundle `segments/users.parquet`)."""
 
@@ -115,7 +115,7 @@ class UserSegment:
     m: int
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)  # slots: servers cache many
 class UserFeatures:
     """Everything the server needs about one user for one version, read in one round trip."""
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -559,7 +560,8 @@ def decode_user_record(data: bytes, user_id: str) -> UserFeatures:
             factors = np.frombuffer(body[start:], dtype=dtype, count=n).astype(np.float32)
         elif tag == TAG_SEGMENT:
             size = body[0]
-            name = bytes(body[1 : 1 + size]).decode("utf-8", "replace")
+            # interned: a server caching many users holds each segment name once
+            name = sys.intern(bytes(body[1 : 1 + size]).decode("utf-8", "replace"))
             cluster, recency, frequency, monetary, r, f, m = _SEGMENT_TAIL.unpack_from(body, 1 + size)
             segment = UserSegment(name, cluster, recency, frequency, monetary, r, f, m)
         elif tag == TAG_BUYAGAIN:

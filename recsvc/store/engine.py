@@ -203,6 +203,15 @@ class StoreEngine(ABC):
     ) -> list[tuple[bytes | None, list[bytes]]]:
         """Per user: (record or None, up to `recent` raw events newest first), one round trip."""
 
+    def scan_user_records(
+        self, version: str, cursor: int, count: int
+    ) -> tuple[int | None, list[tuple[str, bytes]]]:
+        """About `count` (user key, record) pairs of a version from `cursor` (0 to start);
+        returns the cursor to continue from (None: done). Every stored user comes exactly
+        once in a full scan of an unchanged version. Stores that cannot scan return
+        (None, [])."""
+        return None, []
+
     @abstractmethod
     def delete_users(self, version: str, user_ids: Sequence[str]) -> int:
         """Remove user records from one version; how many existed."""
@@ -340,6 +349,21 @@ class StoreEngine(ABC):
             else:
                 out.append(None)
         return out
+
+    def scan_user_features(
+        self, version: str, cursor: int = 0, count: int = 1000
+    ) -> tuple[int | None, list[UserFeatures]]:
+        """About `count` users' versioned features (no real-time events) from `cursor`, for
+        bulk reads such as warming a server's cache; returns (next cursor or None, features).
+
+        Raises InvalidInput when the store hashes customer ids: the keys it holds cannot be
+        turned back into the ids callers know users by.
+        """
+        if self.id_hasher is not None:
+            raise InvalidInput("hash_ids", "users cannot be listed when the store hashes ids")
+        following, records = self.scan_user_records(version, cursor, count)
+        decode = codec.decode_user_record
+        return following, [decode(record, key) for key, record in records]
 
     def buyagain(self, version: str, user_id: str) -> BuyAgainLists | None:
         features = self.user_features(version, user_id)

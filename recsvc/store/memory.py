@@ -12,6 +12,7 @@ Must not import `training` or `serving`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -160,6 +161,18 @@ class MemoryStore(StoreEngine):
                 record = entry.users.get(user_id) if entry is not None else None
                 out.append((record, self._events(user_id, recent) if recent > 0 else []))
             return out
+
+    def scan_user_records(
+        self, version: str, cursor: int, count: int
+    ) -> tuple[int | None, list[tuple[str, bytes]]]:
+        with self._data.lock:
+            entry = self._version(version)
+            if entry is None:
+                return None, []
+            # Insertion order is stable while the version is not written to (it is published).
+            records = list(itertools.islice(entry.users.items(), cursor, cursor + max(1, count)))
+            following = cursor + len(records)
+            return (following if following < len(entry.users) else None), records
 
     def delete_users(self, version: str, user_ids: Sequence[str]) -> int:
         with self._data.lock:

@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -182,6 +183,7 @@ class RedisStore(StoreEngine):
         self._lock_refresh = client.register_script(_LOCK_REFRESH)
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._lock_value: str | None = None
+        self._scan_meta: dict[str, tuple[int, int]] = {}  # version -> (buckets, users/bucket)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -412,6 +414,33 @@ class RedisStore(StoreEngine):
         return [(reply, []) for reply in replies]
 
     @_guard
+    def scan_user_records(
+        self, version: str, cursor: int, count: int
+    ) -> tuple[int | None, list[tuple[str, bytes]]]:
+        # The cursor is a user bucket: whole buckets (HGETALL, ~50 users each at 200k users)
+        # in one pipelined round trip, as many as make about `count` users.
+        if cursor == 0 or version not in self._scan_meta:
+            meta = self.version_table().get(version)
+            if meta is None:
+                return None, []
+            users = int(meta.get("n_users", 0) or 0)
+            buckets = int(meta.get("layout", {}).get("user_buckets", USER_BUCKETS))
+            self._scan_meta[version] = (buckets, max(1, users // max(1, buckets)))
+        buckets, per_bucket = self._scan_meta.get(version, (USER_BUCKETS, 1))
+        if cursor >= buckets:
+            return None, []
+        end = min(buckets, cursor + max(1, count // per_bucket))
+        pipe = self._pipe()
+        for bucket in range(cursor, end):
+            pipe.hgetall(self._users(version, bucket))
+        records = [
+            (key.decode("utf-8", "surrogatepass"), value)
+            for reply in pipe.execute()
+            for key, value in reply.items()
+        ]
+        return (end if end < buckets else None), records
+
+    @_guard
     def delete_users(self, version: str, user_ids: Sequence[str]) -> int:
         pipe = self._pipe()
         for user_id in user_ids:
@@ -553,6 +582,8 @@ class EventWatch:
         self._connects = 0  # connections the set was built for
         self._ready = False
         self._ping_sent: float | None = None  # monotonic time of the unanswered PING
+        self._probe: Callable[[], bool] = lambda: True  # `_socket_probe` of socket `_probed`
+        self._probed: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rebuilds = 0
@@ -562,7 +593,8 @@ class EventWatch:
         """True when the user certainly has no real-time events (no store read needed)."""
         if not self._ready:
             return False
-        # Never wait long: the thread may hold the lock while redis-py reconnects.
+        # Never wait long: the thread may hold the lock while redis-py reconnects. (Not
+        # waiting at all measured worse: the store read that replaces the wait costs more.)
         if not self._lock.acquire(timeout=0.005):
             return False
         try:
@@ -570,7 +602,7 @@ class EventWatch:
             if pubsub is None or not self._trusted(pubsub):
                 return False
             try:
-                if pubsub.connection is not None and pubsub.connection.can_read(timeout=0):
+                if self._pending(pubsub):
                     self._drain(pubsub)
             except (RedisError, OSError, ValueError):
                 self._ready = False
@@ -597,6 +629,25 @@ class EventWatch:
             return False
         sent = self._ping_sent
         return sent is None or time.monotonic() - sent < self.stale_after
+
+    def _pending(self, pubsub: _CountingPubSub) -> bool:
+        """Whether the subscriber socket has bytes waiting or was closed; call with the lock.
+
+        After a `_drain` the parser's buffer holds no complete message, so anything new is on
+        the socket: `_socket_probe` looks without a read (redis-py's `can_read` changed the
+        socket timeout twice and raised inside a failed recv) and, on Linux, without letting
+        go of the GIL (a request thread that does waits for it behind the other threads).
+        """
+        connection = pubsub.connection
+        if connection is None:
+            return False
+        sock = getattr(connection, "_sock", None)
+        if sock is None:
+            return bool(connection.can_read(timeout=0))
+        if self._probed is not sock:
+            self._probe = _socket_probe(sock)
+            self._probed = sock
+        return bool(self._probe())
 
     def _drain(self, pubsub: _CountingPubSub) -> None:
         """Apply every message already received (never blocks); call with the lock held."""
@@ -679,7 +730,8 @@ class EventWatch:
                     pubsub = self._pubsub
                     if pubsub is None:
                         continue
-                    self._drain(pubsub)
+                    if self._pending(pubsub):  # every 10 ms: a poll, not a parser round
+                        self._drain(pubsub)
                     now = time.monotonic()
                     if pubsub.connects != self._connects or not self._ready:
                         raise redis.ConnectionError("subscriber connection re-established or failed")
@@ -698,6 +750,39 @@ class EventWatch:
                 self._stop.wait(0.2)
                 continue
             self._stop.wait(0.01)
+
+
+_TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (Linux)
+
+
+def _socket_probe(sock: socket.socket) -> Callable[[], bool]:
+    """A check: unread bytes on `sock`, or its peer closed it (or reset it).
+
+    On Linux: ioctl FIONREAD and the TCP state from TCP_INFO, neither of which releases the
+    GIL (a poll would, and under load a request thread then waits for it behind the others).
+    Elsewhere, or on a non-TCP socket: poll with a zero timeout.
+    """
+    fd = sock.fileno()
+    unread = bytearray(4)
+    try:
+        import fcntl
+        import termios
+
+        fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+
+        def probe() -> bool:
+            fd = sock.fileno()  # -1 once closed: the ioctl raises OSError (the watch rebuilds)
+            fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+            if any(unread):
+                return True
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+
+        return probe
+    except (ImportError, AttributeError, OSError):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return lambda: bool(poller.poll(0))
 
 
 def _alive(pid: int) -> bool:
