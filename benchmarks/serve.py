@@ -4,7 +4,7 @@
         [--watch] [--profile]
 
 1. Builds the model once (cached in --work): `recsvc synth` of 200k users, 100k items and 4M
-   events, then `recsvc train --model als --no-ease --no-itemknn` (ALS, 64 factors; candidates,
+   events, then `recsvc train --model als --no-ease --no-itemknn` (ALS, shipped defaults; candidates,
    similar items, rules, buy-again, segments, popularity: every component the server reads).
 2. Starts a real `redis-server` on a free port (no persistence) and `recsvc publish`es the
    bundle into it.
