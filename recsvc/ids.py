@@ -52,15 +52,11 @@ class IdMap:
         """Vectorised lookup: int32 indexes of `values` (-1 for unknown ones when not growing)."""
         codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
         if grow:
-            mapped = np.fromiter((self.add(u) for u in uniques), dtype=np.int64, count=len(uniques))
-        else:
-            mapped = np.fromiter(
-                (self._index.get(u, -1) for u in uniques), dtype=np.int64, count=len(uniques)
-            )
-        out = np.full(len(codes), -1, dtype=np.int32)
-        valid = codes >= 0
-        out[valid] = mapped[codes[valid]]
-        return out
+            return self.encode_codes(codes, np.asarray(uniques, dtype=object))
+        mapped = np.fromiter(
+            (self._index.get(u, -1) for u in uniques), dtype=np.int64, count=len(uniques)
+        )
+        return _expand(codes, mapped)
 
     def encode_codes(self, codes: np.ndarray, uniques: np.ndarray) -> np.ndarray:
         """int32 indexes of `uniques[codes]` (-1 where a code is -1), growing the map.
@@ -69,17 +65,14 @@ class IdMap:
         uses are added, in the order of `uniques`.
         """
         codes = np.asarray(codes)
-        valid = codes >= 0
         used = np.zeros(len(uniques), dtype=bool)
-        used[codes[valid]] = True
+        used[codes[codes >= 0]] = True
         mapped = np.full(len(uniques), -1, dtype=np.int64)
         positions = np.flatnonzero(used)
         mapped[positions] = np.fromiter(
             (self.add(u) for u in uniques[positions].tolist()), dtype=np.int64, count=len(positions)
         )
-        out = np.full(len(codes), -1, dtype=np.int32)
-        out[valid] = mapped[codes[valid]]
-        return out
+        return _expand(codes, mapped)
 
     def decode(self, indexes: np.ndarray) -> list[str]:
         ids = self._ids
@@ -87,3 +80,11 @@ class IdMap:
 
     def to_array(self) -> np.ndarray:
         return np.asarray(self._ids, dtype=object)
+
+
+def _expand(codes: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+    """int32 `mapped[codes]`, -1 where a code is -1 (a missing value)."""
+    out = np.full(len(codes), -1, dtype=np.int32)
+    valid = codes >= 0
+    out[valid] = mapped[codes[valid]]
+    return out

@@ -186,13 +186,6 @@ def default_models(config: TrainConfig, n_items: int) -> tuple[str, list[str], s
     return "blend", parts, note
 
 
-def _factor_part(scorer: Any) -> FactorScorer | None:
-    """The factor scorer that alone ranks for `scorer`, if there is one."""
-    if isinstance(scorer, FactorScorer) and not scorer.fold_in_always:
-        return scorer
-    return None
-
-
 def factor_candidates(
     scorer: FactorScorer, matrix: sp.csr_matrix, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -236,9 +229,12 @@ def user_candidates(
     scorer: Any, matrix: sp.csr_matrix, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's best n unseen items by `scorer` (the lists the store serves)."""
-    factor = _factor_part(scorer)
-    if factor is not None and factor.user_factors.shape[0] == matrix.shape[0]:
-        return factor_candidates(factor, matrix, n)
+    if (
+        isinstance(scorer, FactorScorer)
+        and not scorer.fold_in_always
+        and scorer.user_factors.shape[0] == matrix.shape[0]
+    ):
+        return factor_candidates(scorer, matrix, n)
     n_users, n_items = matrix.shape
     n = min(n, n_items)
     items = np.full((n_users, n), -1, dtype=np.int32)
