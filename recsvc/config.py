@@ -60,6 +60,8 @@ class EASEConfig:
     max_items: int = 20000  # above this the dense solve is skipped (see README)
     top_n: int = 0  # keep only the top_n weights per column (0: keep all)
     local_neighbours: int = 200  # above max_items: each column solved over its strongest co-items
+    column_norm: float = 0.0  # fit on X D^-column_norm (D: item degrees); 0: plain EASE
+    column_restore: float = 0.0  # weights W = D^-column_norm B D^column_restore
 
 
 @dataclass

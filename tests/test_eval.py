@@ -104,7 +104,13 @@ def test_tuner_writes_a_config_that_train_accepts(tmp_path: Path) -> None:
     assert config.ease.l2 == pytest.approx(result.best["ease"].params["ease.l2"])
     assert config.itemknn.similarity == result.best["itemknn"].params["itemknn.similarity"]
     # the first trial of each model is the configuration it started from
-    assert result.trials[0].params == {"ease.l2": load_train_config(environ={}).ease.l2}
+    shipped = load_train_config(environ={}).ease
+    assert result.trials[0].params == {
+        "ease.l2": shipped.l2,
+        "ease.column_norm": shipped.column_norm,
+        "ease.column_restore": shipped.column_restore,
+    }
+    assert config.ease.column_norm == result.best["ease"].params["ease.column_norm"]
 
 
 def test_tune_cli_with_a_blend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

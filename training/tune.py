@@ -75,7 +75,11 @@ class Uniform:
 Param = Choice | LogUniform | Uniform
 
 SEARCH_SPACES: dict[str, dict[str, Param]] = {
-    "ease": {"ease.l2": LogUniform(50.0, 3000.0)},
+    "ease": {
+        "ease.l2": LogUniform(50.0, 3000.0),
+        "ease.column_norm": Uniform(0.0, 0.5),
+        "ease.column_restore": Uniform(0.0, 0.3),
+    },
     "itemknn": {
         "itemknn.similarity": Choice(("cosine", "jaccard", "lift")),
         "itemknn.neighbours": LogUniform(10, 500, integer=True),
