@@ -13,7 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -399,16 +401,35 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path: Path, bundle_dir:
         process.wait(timeout=10)
 
 
+@contextmanager
+def _served_over_redis(
+    directory: Path, bundle: Path, **settings: object
+) -> Iterator[tuple[subprocess.Popen[bytes], RunningServer, Any]]:
+    """A real Redis in `directory` holding `bundle`, a server over it (`settings`) and a
+    client stub: (redis process, server, stub); all three stopped afterwards."""
+    port = free_port()
+    process = start_redis(directory, port)
+    try:
+        running = serve(f"redis://127.0.0.1:{port}/0", bundle, **settings)
+        channel, client = stub_for(running.target)
+        try:
+            yield process, running, client
+        finally:
+            channel.close()
+            running.stop(0)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("watch", [False, True], ids=["store-read", "event-watch"])
 def test_slow_redis_answers_within_the_deadline_then_from_fallback(
     tmp_path: Path, bundle_dir: Path, watch: bool  # noqa: F811
 ) -> None:
-    port = free_port()
-    process = start_redis(tmp_path / "redis", port)
-    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, realtime_watch=watch)
-    channel, client = stub_for(running.target)
-    try:
+    with _served_over_redis(tmp_path / "redis", bundle_dir, realtime_watch=watch) as (
+        process, running, client,
+    ):  # fmt: skip
         if watch:
             _watch_ready(running)
         warm = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=5)
@@ -442,22 +463,15 @@ def test_slow_redis_answers_within_the_deadline_then_from_fallback(
                 assert cold.source == pb.FALLBACK and ids(cold) == [item_id(39), item_id(38), item_id(37)]
         finally:
             os.kill(process.pid, signal.SIGCONT)
-    finally:
-        channel.close()
-        running.stop(0)
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.redis
 def test_warm_up_caches_every_user_of_a_new_version_before_they_ask(
     tmp_path: Path, bundle_dir: Path  # noqa: F811
 ) -> None:
-    port = free_port()
-    process = start_redis(tmp_path / "redis", port)
-    running = serve(f"redis://127.0.0.1:{port}/0", bundle_dir, realtime_watch=False)
-    channel, client = stub_for(running.target)
-    try:
+    with _served_over_redis(tmp_path / "redis", bundle_dir, realtime_watch=False) as (
+        process, running, client,
+    ):  # fmt: skip
         warmer = running.service.warmer
         version = running.service.tracker.require().version
         deadline = time.monotonic() + 10
@@ -481,11 +495,6 @@ def test_warm_up_caches_every_user_of_a_new_version_before_they_ask(
             time.sleep(0.05)
         assert [ids(r) for r in hung] == [ids(r) for r in healthy]
         assert healthy[1].items[0].item_id == item_id(12)  # user 5's planted favourite
-    finally:
-        channel.close()
-        running.stop(0)
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_drain_lets_in_flight_calls_finish(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
