@@ -12,8 +12,10 @@ through these functions, so offline numbers are online behaviour:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,8 +23,7 @@ import scipy.sparse as sp
 from recsvc.events import Catalog
 
 
-@dataclass(frozen=True, slots=True)  # slots: built for every item of every answer
-class ScoredItem:
+class ScoredItem(NamedTuple):  # a tuple: built for every item of every answer, cheaply
     item: int  # item index
     score: float
     reason: str = ""
@@ -105,24 +106,28 @@ def finalize(
     k: int,
     allowed: np.ndarray | None = None,
     exclude: Iterable[int] = (),
-    topups: Sequence[Iterable[ScoredItem]] = (),
+    topups: Iterable[Iterable[ScoredItem]] = (),
 ) -> Answer:
     """Up to k distinct items from `candidates`, then from each top-up list in turn.
 
     An item is skipped when it is negative (padding), outside `allowed`, in `exclude`, or
-    already taken.
+    already taken. `topups` is read one list at a time, only while items are missing (a
+    generator of lists costs nothing when `candidates` fill the answer).
     """
     answer = Answer()
     if k <= 0:
         return answer
-    taken: set[int] = set(exclude)
+    # Sets are read as they are (a user's history can be long; copying it costs more than a
+    # second membership test per candidate); taken holds what this answer took.
+    excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+    taken: set[int] = set()
     items = answer.items
     # The server runs this for every answer: locals, no per-item attribute updates.
     n_allowed = len(allowed) if allowed is not None else 0
-    for position, source in enumerate((candidates, *topups)):
+    for position, source in enumerate(itertools.chain((candidates,), topups)):
         for candidate in source:
             item = candidate.item
-            if item < 0 or item in taken:
+            if item < 0 or item in taken or item in excluded:
                 continue
             if allowed is not None and (item >= n_allowed or not allowed[item]):
                 continue
@@ -147,7 +152,7 @@ def scored(indexes: np.ndarray, scores: np.ndarray, reason: str = "") -> Iterato
     # tolist() gives Python ints and floats (no per-item conversion), in growing chunks: a
     # caller usually takes a few items of a list that may be the whole catalogue long.
     n = min(len(indexes), len(scores))
-    start, size = 0, 64
+    start, size = 0, 16
     while start < n:
         end = min(n, start + size)
         for item, score in zip(indexes[start:end].tolist(), scores[start:end].tolist(), strict=True):

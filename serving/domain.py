@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -69,8 +69,7 @@ class Source(enum.Enum):
     FALLBACK = "fallback"
 
 
-@dataclass(frozen=True, slots=True)
-class ResultItem:
+class ResultItem(NamedTuple):  # a tuple: built for every item of every answer, cheaply
     item_id: str
     score: float
     reason: str
@@ -273,16 +272,19 @@ class RecommendationService:
         # Without a catalogue filter finalize skips at most len(exclude) items of a list and
         # has taken at most k before it, so the rest of a long list is never looked at.
         limit = 2 * query.k + len(exclude) if allowed is None else None
-        segment_lists = self._segment_lists(model, features, query.segment)
-        topups = [
-            *(_scored(arrays, reason, limit, allowed) for arrays, reason in segment_lists),
-            *self._category_lists(model, query.filter.categories, allowed),
-            self._global(model, allowed, limit),
-            self._filler(model, allowed),
-        ]
+
+        def topups() -> Iterator[Iterable[ScoredItem]]:
+            # Built only when the first list leaves the answer short (a generator).
+            for arrays, reason in self._segment_lists(model, features, query.segment):
+                yield _scored(arrays, reason, limit, allowed)
+            yield from self._category_lists(model, query.filter.categories, allowed)
+            yield self._global(model, allowed, limit)
+            yield self._filler(model, allowed)
+
         primary: Iterable[ScoredItem] = ()
         source = Source.POPULAR  # unknown user: the answer is all top-ups
         if features is not None and session.changed and not view.fallback:
+            segment_lists = self._segment_lists(model, features, query.segment)
             head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
             primary = rescore(
                 model,
@@ -296,7 +298,7 @@ class RecommendationService:
         elif features is not None and features.known:
             primary = _scored((features.candidates, features.scores), PERSONAL, limit, allowed)
             source = Source.PERSONALIZED
-        answer = finalize(primary, query.k, allowed, exclude, topups)
+        answer = finalize(primary, query.k, allowed, exclude, topups())
         return self._result(model, answer, source, view.fallback)
 
     def similar_items(self, query: SimilarQuery, deadline: float | None = None) -> Result:

@@ -149,6 +149,24 @@ def test_finalize_never_breaks_the_rules(candidates, topup, exclude, allowed_bit
     assert len(items) == min(k, len(eligible))  # tops up whenever it can
 
 
+def test_finalize_reads_top_up_lists_only_while_items_are_missing() -> None:
+    built: list[str] = []
+
+    def topups():  # the server builds its top-up lists lazily, like this
+        for name, items in (("segment", [5, 6]), ("global", [6, 7, 8])):
+            built.append(name)
+            yield [ScoredItem(i, 0.5, name) for i in items]
+
+    exclude = frozenset({1})
+    full = finalize((ScoredItem(i, 1.0) for i in [1, 2, 3, 4]), 3, None, exclude, topups())
+    assert [s.item for s in full.items] == [2, 3, 4] and full.from_primary == 3
+    assert built == []  # the personal list filled the answer: no top-up list was built
+    short = finalize((ScoredItem(i, 1.0) for i in [1, 2]), 4, None, exclude, topups())
+    assert [(s.item, s.reason) for s in short.items] == [(2, ""), (5, "segment"), (6, "segment"), (7, "global")]
+    assert built == ["segment", "global"] and short.from_primary == 1
+    assert exclude == {1}  # the caller's exclusions are read, never changed
+
+
 def test_allowed_mask_filters() -> None:
     catalog = Catalog(
         category=np.array(["a", "b", "a"], dtype=object),
