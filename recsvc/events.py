@@ -530,7 +530,7 @@ class _Chunk:
             return np.full(self.n, -1, dtype=np.intp), np.zeros(0, dtype=object)
         codes, clean = found
         missing = codes < 0
-        empty = np.fromiter((u == "" for u in clean), dtype=bool, count=len(clean))
+        empty = clean == ""
         if canonical in required:
             self.reject(missing | _take(empty, codes, False), f"missing {canonical}")
         problem = np.fromiter((_id_problem(u) for u in clean), dtype=np.int8, count=len(clean))

@@ -221,3 +221,33 @@ def test_every_row_is_kept_or_counted(tmp_path_factory: pytest.TempPathFactory, 
     assert report.rows_read == len(rows)
     assert report.rows_kept + report.rows_bad == report.rows_read
     assert len(log) == report.rows_kept
+
+
+def test_a_log_read_in_chunks_loads_like_one_chunk(tmp_path: Path) -> None:
+    # Ids are checked per chunk: a bad id is rejected in every chunk it appears in (it never
+    # enters the map), a good one keeps its index, and indexes follow first appearance.
+    long_id = "u" * 300
+    rows = [
+        ("u1", "i1"), ("u2", "i2"), ("u\x07", "i1"), (long_id, "i3"),  # chunk 1
+        ("u1", "i2"), ("u\x07", "i2"), ("u3", "i1"), ("u2", " i1 "),  # chunk 2 (" i1 " is i1)
+        (long_id, "i1"), ("u3", ""), ("u4", "i\x07"), ("u1", "i4"),  # chunk 3
+    ]
+    text = "user_id,item_id\n" + "".join(f"{u},{i}\n" for u, i in rows)
+    path = write(tmp_path, "events.csv", text)
+    whole_log, whole = load_events(path, LoadOptions(event_type="view", required=("user_id", "item_id")))
+    log, report = load_events(
+        path, LoadOptions(event_type="view", required=("user_id", "item_id"), chunk_rows=4)
+    )
+    assert dict(report.bad_rows) == dict(whole.bad_rows) == {
+        "user_id has control characters": 2,
+        "user_id longer than 256 characters": 2,
+        "missing item_id": 1,
+        "item_id has control characters": 1,
+    }
+    assert report.examples["user_id has control characters"] == [3, 6]
+    assert report.examples["user_id longer than 256 characters"] == [4, 9]
+    assert list(log.users.ids) == list(whole_log.users.ids) == ["u1", "u2", "u3"]
+    assert list(log.items.ids) == ["i1", "i2", "i4"]
+    assert log.users.decode(log.user) == ["u1", "u2", "u1", "u3", "u2", "u1"]
+    assert log.items.decode(log.item) == ["i1", "i2", "i2", "i1", "i1", "i4"]
+    assert log.users.decode(log.user) == whole_log.users.decode(whole_log.user)
