@@ -38,13 +38,18 @@ redis-server:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # The Spark engine's tests need Java 17 or newer (pyspark 4): install it with apt when missing
-# or older.
+# or older. Spark MLlib's ALS also wants a native BLAS (netlib loads libblas.so.3, which
+# OpenBLAS provides); without one it falls back to Java BLAS, slower, and the training
+# benchmark's Spark comparison would not be fair.
 java-runtime:
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1); \
 	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
 	  echo "installing a Java 17 runtime with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
 	fi
+	@ldconfig -p | grep -q 'libblas\.so\.3 ' || { \
+	  echo "installing OpenBLAS (libblas.so.3 for Spark MLlib) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check recsvc training serving tests benchmarks

@@ -6,11 +6,13 @@ Runs `recsvc bench train --sizes ... --items 100000 --spark --train-args "--fact
 --iterations 15"` (users = events / 100, so the 20M log has 200k users; the default
 `recsvc train` configuration with the target's ALS size: every model, rules,
 buy-again, segments and popularity; each training a child process whose wall time, CPU time
-and peak RSS are measured), then judges the largest size against the targets:
+and peak RSS are measured), then judges the 20M size against the targets:
 
-- under 5 minutes and under 8 GiB peak memory for 20M interactions x 100k items;
-- our ALS fit at least 10x faster than Spark MLlib ALS (implicitPrefs, local[2]) on the same
-  interaction matrix with the same factors, iterations, regularisation and alpha.
+- under 5 minutes and under 8 GiB peak memory for 20M interactions (log events: views, carts,
+  purchases; the synthetic log sums them into about 10M distinct user-item pairs) x 100k items;
+- our ALS fit at least 10x faster than Spark MLlib ALS (implicitPrefs, local[2], native BLAS)
+  on the same interaction matrix with the same factors, iterations and the same regParam and
+  alpha values (the two libraries use them differently; see training/engines/spark.py).
 
 Writes benchmarks/results/train.json (with the verdict) and train.png. Imports only `recsvc`.
 """
@@ -34,29 +36,40 @@ RESULTS = ROOT / "benchmarks" / "results"
 TARGET_ALS = "--factors 64 --iterations 15"  # the issue's target: ALS 64 factors, 15 iterations
 
 
-def verdict(result: dict[str, Any]) -> dict[str, Any]:
-    """The largest run that finished, against the training targets."""
+def verdict(result: dict[str, Any], target_label: str = "20M") -> dict[str, Any]:
+    """The target size's run (20M events) against the training targets.
+
+    A target size that failed or did not run is a miss, never replaced by a smaller size.
+    The Spark ratio counts only where Spark had a native BLAS: on Java BLAS MLlib is slower
+    and the ratio would flatter us.
+    """
     runs = [r for r in result["runs"] if "error" not in r]
     failed = [r["label"] for r in result["runs"] if "error" in r]
-    if not runs:
-        return {"failed": failed}
-    biggest = runs[-1]
+    target = next((r for r in runs if r["label"] == target_label), None)
+    if target is None:
+        return {"size": target_label, "failed": failed, "time_target_met": False,
+                "memory_target_met": False, "missing": f"no finished {target_label} run"}
     out: dict[str, Any] = {
-        "size": biggest["label"],
-        "events": biggest["events"],
-        "interactions": biggest["interactions"],
-        "wall_seconds": biggest["wall_seconds"],
-        "peak_rss_gib": biggest["peak_rss_gib"],
-        "time_target_met": biggest["wall_seconds"] <= TRAIN_TARGETS["seconds_max"],
-        "memory_target_met": biggest["peak_rss_gib"] <= TRAIN_TARGETS["peak_gib_max"],
-        "slowest_steps": sorted(biggest["steps"].items(), key=lambda kv: -kv[1])[:4],
+        "size": target["label"],
+        "events": target["events"],  # log rows: views, carts, purchases
+        "user_item_pairs": target["interactions"],  # distinct (user, item) cells of the matrix
+        "wall_seconds": target["wall_seconds"],
+        "peak_rss_gib": target["peak_rss_gib"],
+        "time_target_met": target["wall_seconds"] <= TRAIN_TARGETS["seconds_max"],
+        "memory_target_met": target["peak_rss_gib"] <= TRAIN_TARGETS["peak_gib_max"],
+        "slowest_steps": sorted(target["steps"].items(), key=lambda kv: -kv[1])[:4],
         "failed": failed,
     }
-    ratios = {r["label"]: r["spark_als"]["ratio_vs_local_als"] for r in runs
-              if "ratio_vs_local_als" in r.get("spark_als", {})}
-    if ratios:
-        out["spark_ratio_by_size"] = ratios
-        out["spark_target_met"] = all(v >= TRAIN_TARGETS["spark_ratio_min"] for v in ratios.values())
+    spark = {r["label"]: r["spark_als"] for r in runs if "ratio_vs_local_als" in r.get("spark_als", {})}
+    if spark:
+        out["spark_ratio_by_size"] = {label: s["ratio_vs_local_als"] for label, s in spark.items()}
+        java = sorted(label for label, s in spark.items() if s.get("spark_blas") != "native")
+        if java:
+            out["spark_target_met"] = None
+            out["spark_target_note"] = f"not judged: Spark ran on Java BLAS at {', '.join(java)}"
+        else:
+            out["spark_target_met"] = all(
+                v >= TRAIN_TARGETS["spark_ratio_min"] for v in out["spark_ratio_by_size"].values())
     return out
 
 

@@ -239,3 +239,38 @@ def test_bench_train_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     assert capsys.readouterr().out.count("from the previous run") == 2
     assert json.loads(out.read_text())["runs"] == runs
+
+
+def _train_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_script", Path(__file__).resolve().parents[1] / "benchmarks" / "train.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_run(label: str, seconds: float, ratio: float, blas: str) -> dict[str, Any]:
+    return {"label": label, "events": 20_000_000, "interactions": 10_000_000,
+            "wall_seconds": seconds, "peak_rss_gib": 4.0, "steps": {"fit als": 60.0},
+            "spark_als": {"ratio_vs_local_als": ratio, "spark_blas": blas}}
+
+
+def test_train_verdict_judges_the_target_size_and_only_fair_spark_runs() -> None:
+    verdict = _train_script().verdict
+    small = _train_run("5M", 90.0, 12.0, "native")
+
+    # the 20M run failed: a miss, not the verdict of the largest size that finished
+    failed = verdict({"runs": [small, {"label": "20M", "error": "killed"}]})
+    assert failed["size"] == "20M" and failed["failed"] == ["20M"]
+    assert failed["time_target_met"] is False and "missing" in failed
+
+    fair = verdict({"runs": [small, _train_run("20M", 280.0, 9.0, "native")]})
+    assert fair["time_target_met"] is True and fair["user_item_pairs"] == 10_000_000
+    assert fair["spark_target_met"] is False  # 9x at 20M misses 10x
+
+    java = verdict({"runs": [small, _train_run("20M", 320.0, 15.0, "java (no libblas.so.3)")]})
+    assert java["time_target_met"] is False
+    assert java["spark_target_met"] is None and "20M" in java["spark_target_note"]
