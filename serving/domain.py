@@ -283,6 +283,7 @@ class RecommendationService:
 
         primary: Iterable[ScoredItem] = ()
         source = Source.POPULAR  # unknown user: the answer is all top-ups
+        failed: list[bool] = []  # a similar-items read failed: the answer is a fallback
         if features is not None and session.changed and not view.fallback:
             segment_lists = self._segment_lists(model, features, query.segment)
             head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
@@ -290,7 +291,7 @@ class RecommendationService:
                 model,
                 features,
                 session,
-                lambda item: self._similar(model, item, deadline),
+                lambda item: self._similar_or_empty(model, item, deadline, failed),
                 head,
                 self.config.realtime_similar_items,
             )
@@ -299,18 +300,15 @@ class RecommendationService:
             primary = _scored((features.candidates, features.scores), PERSONAL, limit, allowed)
             source = Source.PERSONALIZED
         answer = finalize(primary, query.k, allowed, exclude, topups())
-        return self._result(model, answer, source, view.fallback)
+        return self._result(model, answer, source, view.fallback or bool(failed))
 
     def similar_items(self, query: SimilarQuery, deadline: float | None = None) -> Result:
         model = self.tracker.require()
         item = model.catalog.index_of(query.item_id)
         if item < 0:
             raise NotFound(f"item_id: item '{query.item_id}' is not in model {model.version}")
-        fallback = False
-        try:
-            items, scores = self._similar(model, item, deadline)
-        except StoreUnavailable:
-            items, scores, fallback = _EMPTY[0], _EMPTY[1], True
+        failed: list[bool] = []
+        items, scores = self._similar_or_empty(model, item, deadline, failed)
         exclude, user_fallback = self._exclusions(model, query.filter, query.user_id, deadline)
         exclude.add(item)
         category = str(model.catalog.category[item])
@@ -321,7 +319,7 @@ class RecommendationService:
         ]
         primary = _scored((items, scores), "similar", allowed=allowed)
         answer = finalize(primary, query.k, allowed, exclude, topups)
-        return self._result(model, answer, Source.PERSONALIZED, fallback or user_fallback)
+        return self._result(model, answer, Source.PERSONALIZED, bool(failed) or user_fallback)
 
     def cross_sell(self, query: CrossSellQuery, deadline: float | None = None) -> Result:
         model = self.tracker.require()
@@ -347,11 +345,7 @@ class RecommendationService:
         failed: list[bool] = []
 
         def neighbours(item: int) -> Iterator[ScoredItem]:
-            try:
-                items, scores = self._similar(model, item, deadline)
-            except StoreUnavailable:
-                failed.append(True)
-                return
+            items, scores = self._similar_or_empty(model, item, deadline, failed)
             reason = f"similar to {model.catalog.item_id(item)}"
             for other, value in zip(items.tolist(), scores.tolist(), strict=False):
                 if other >= 0:
@@ -389,8 +383,10 @@ class RecommendationService:
         flt = query.filter
         if query.category:
             # Popular in a category: its own list, then the other lists within the category.
-            wanted = frozenset({query.category})
-            flt = replace(flt, categories=flt.categories & wanted if flt.categories else wanted)
+            # Conditions are ANDed: a filter naming other categories leaves nothing.
+            if flt.categories and query.category not in flt.categories:
+                return self._result(model, finalize((), query.k, None, set()), Source.POPULAR, False)
+            flt = replace(flt, categories=frozenset({query.category}))
         allowed = model.filters.allowed(flt)
         lists: list[Iterable[ScoredItem]] = []
         source = Source.POPULAR
@@ -402,7 +398,8 @@ class RecommendationService:
             items, scores = model.popular("segment", query.segment)
             if len(items):
                 lists.append(_scored((items, scores), IN_SEGMENT, allowed=allowed))
-                source = Source.SEGMENT
+                # trending comes first and is store-wide: then the answer is not the segment's
+                source = Source.POPULAR if query.trending else Source.SEGMENT
         exclude, fallback = self._exclusions(model, flt, query.user_id, deadline)
         topups = [self._global(model, allowed), self._filler(model, allowed)]
         answer = finalize(itertools.chain(*lists), query.k, allowed, exclude, topups)
@@ -417,7 +414,7 @@ class RecommendationService:
         self.guard.call(
             self.store.record_event,
             query.user_id,
-            item,
+            query.item_id,  # by id: the next version may index the item differently
             query.event_type,
             ts,
             budget=self._budget(deadline),
@@ -503,6 +500,16 @@ class RecommendationService:
         value = (np.asarray(items, dtype=np.int32), np.asarray(scores, dtype=np.float32))
         self.similar_cache.put(key, value)
         return value
+
+    def _similar_or_empty(
+        self, model: LoadedModel, item: int, deadline: float | None, failed: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_similar`, or an empty list (and True appended to `failed`) when the store fails."""
+        try:
+            return self._similar(model, item, deadline)
+        except StoreUnavailable:
+            failed.append(True)
+            return _EMPTY
 
     def _exclusions(
         self, model: LoadedModel, flt: FilterSpec, user_id: str, deadline: float | None

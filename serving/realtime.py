@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,11 +31,19 @@ POOL_POPULAR = 100  # head of the top-up list added to the pool
 PURCHASE = "purchase"
 
 
+class SessionEvent(NamedTuple):
+    """A recent event with its item as an index of the model answering."""
+
+    item: int
+    event_type: str
+    ts: float
+
+
 @dataclass(frozen=True)
 class Session:
     """A user's real-time state as it matters to one answer."""
 
-    new_events: tuple[RecentEvent, ...]  # newer than the model, known items, newest first
+    new_events: tuple[SessionEvent, ...]  # newer than the model, known items, newest first
     purchased: frozenset[int]  # items bought in any recent event (never recommended)
     interacted: frozenset[int]  # every item of the recent events
 
@@ -47,11 +56,19 @@ NO_SESSION = Session((), frozenset(), frozenset())
 
 
 def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
-    """Split recent events into what is new to `model` and what must be excluded."""
+    """Split recent events into what is new to `model` and what must be excluded.
+
+    Events name items by id; `model`'s catalogue maps them to its indexes (events of items
+    it does not know are left out), so a model swap never shifts what an event refers to.
+    """
     if not recent:
         return NO_SESSION
-    n_items = model.n_items
-    usable = [e for e in recent if 0 <= e.item < n_items]
+    index_of = model.catalog.index_of
+    usable = [
+        SessionEvent(item, e.event_type, e.ts)
+        for e in recent
+        if (item := index_of(e.item_id)) >= 0
+    ]
     return Session(
         new_events=tuple(e for e in usable if e.ts > model.trained_until),
         purchased=frozenset(e.item for e in usable if e.event_type == PURCHASE),
@@ -59,7 +76,7 @@ def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
     )
 
 
-def event_strengths(model: LoadedModel, events: Iterable[RecentEvent]) -> dict[int, float]:
+def event_strengths(model: LoadedModel, events: Iterable[SessionEvent]) -> dict[int, float]:
     """Item -> summed event weight (as training weighs event types)."""
     strengths: dict[int, float] = {}
     for event in events:

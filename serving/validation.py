@@ -27,6 +27,7 @@ from serving.filters import NO_FILTER, FilterSpec
 
 EVENT_TYPES = {pb.VIEW: "view", pb.CART: "cart", pb.PURCHASE: "purchase"}
 MAX_CLOCK_SKEW_S = 60.0
+MAX_PRICE = 1e15  # a price bound above any real price is a client bug
 
 
 class Validator:
@@ -85,8 +86,11 @@ class Validator:
         if not message.HasField(name):
             return None
         value = float(getattr(message, name))
-        if math.isnan(value) or value < 0:
-            raise InvalidInput(f"{field}.{name}", f"must be a number >= 0, got {value}")
+        # Finite and bounded: catalogue prices are float32, which overflows past ~3.4e38.
+        if not (math.isfinite(value) and 0 <= value <= MAX_PRICE):
+            raise InvalidInput(
+                f"{field}.{name}", f"must be a number from 0 to {MAX_PRICE:g}, got {value}"
+            )
         return value
 
     # -- requests ---------------------------------------------------------------------------

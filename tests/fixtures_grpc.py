@@ -74,12 +74,18 @@ def category_of(item: str) -> str:
     return CATEGORIES[int(item.split("-")[1]) // 10]
 
 
-def make_bundle(root: Path, variant: int = 0, version: str | None = None) -> Path:
-    """Write the planted bundle under `root` (see the module docstring); returns its path."""
+def make_bundle(
+    root: Path, variant: int = 0, version: str | None = None, reverse_items: bool = False
+) -> Path:
+    """Write the planted bundle under `root` (see the module docstring); returns its path.
+
+    reverse_items: index i holds item_id(N_ITEMS - 1 - i), as a training run that met the
+    items in another order would number them (the planted structure follows the index).
+    """
     now = int(time.time())
     writer = BundleWriter(root, version)
     users = IdMap(user_id(u) for u in range(N_USERS))
-    items = IdMap(item_id(i) for i in range(N_ITEMS))
+    items = IdMap(item_id(N_ITEMS - 1 - i if reverse_items else i) for i in range(N_ITEMS))
     index = np.arange(N_ITEMS)
     catalog = Catalog(
         category=np.array([CATEGORIES[i // 10] for i in index], dtype=object),

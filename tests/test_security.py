@@ -329,14 +329,14 @@ def test_hashed_ids_keep_customer_ids_out_of_the_store(hashed_url: str, bundle_d
     bundle = Bundle(bundle_dir)
     store.publish(bundle, progress=False)
     version = store.current_version()
-    store.record_event(user_id(2), 5, "view")
-    store.record_event("visitor-77", 6, "cart")
+    store.record_event(user_id(2), "i5", "view")
+    store.record_event("visitor-77", "i6", "cart")
     assert store.forget_user(user_id(3)) == 1
     # reads by id still work, in one round trip
     features = store.user_features(version, user_id(1), recent=5)
     assert features is not None and features.user_id == user_id(1) and len(features.candidates)
-    assert [e.item for e in store.recent_events(user_id(2))] == [5]
-    assert store.user_features(version, "visitor-77", recent=5).recent[0].item == 6
+    assert [e.item_id for e in store.recent_events(user_id(2))] == ["i5"]
+    assert store.user_features(version, "visitor-77", recent=5).recent[0].item_id == "i6"
     assert store.user_features(version, user_id(3)) is None
     # ... but no customer id is stored anywhere, in keys, fields or values
     dump = _everything_stored(store)

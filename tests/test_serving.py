@@ -175,6 +175,14 @@ def test_popular_lists(stub: object) -> None:
     assert ids(reply) == [item_id(i) for i in range(20, 30) if i != 24]  # 24 is out of stock
     reply = stub.Popular(pb.PopularRequest(k=2, segment="vip"), timeout=5)
     assert ids(reply) == [item_id(15), item_id(16)] and reply.source == pb.SEGMENT
+    reply = stub.Popular(pb.PopularRequest(k=2, segment="vip", trending=True), timeout=5)
+    assert ids(reply) == [item_id(20), item_id(21)] and reply.source == pb.POPULAR  # store-wide trend
+    # the request's category and the filter's are both conditions: books AND toys is nothing
+    toys = pb.Filter(categories=["toys"])
+    assert ids(stub.Popular(pb.PopularRequest(k=5, category="books", filter=toys), timeout=5)) == []
+    both = pb.Filter(categories=["toys", "books"], in_stock_only=True)
+    reply = stub.Popular(pb.PopularRequest(k=3, category="books", filter=both), timeout=5)
+    assert [category_of(i) for i in ids(reply)] == ["books"] * 3
     flt = pb.Filter(exclude_purchased=True)
     reply = stub.Popular(pb.PopularRequest(k=2, category="music", user_id=user_id(1), filter=flt), timeout=5)
     assert ids(reply) == [item_id(12), item_id(13)]  # 10 and 11 were seen by user-01
@@ -209,6 +217,34 @@ def test_new_visitor_gets_personal_answers_after_a_few_events(stub: object) -> N
     assert not unknown.item_known
 
 
+def test_events_keep_their_items_across_a_swap_that_renumbers_items(
+    server: RunningServer, stub: object, tmp_path: Path
+) -> None:
+    visitor = f"visitor-{time.monotonic_ns()}"
+    touched = {item_id(5): pb.PURCHASE, item_id(21): pb.VIEW, item_id(22): pb.CART}
+    for item, kind in touched.items():
+        stub.RecordEvent(pb.RecordEventRequest(user_id=visitor, item_id=item, event_type=kind), timeout=5)
+    every = {item_id(i) for i in range(N_ITEMS)}
+    first = stub.Recommend(pb.RecommendRequest(user_id=visitor, k=N_ITEMS), timeout=5)
+    assert set(ids(first)) == every - set(touched)
+    # user-00's planted buy-again item sits at index 7: item_id(7) now, item_id(32) after the swap
+    assert ids(stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)) == [item_id(7)]
+    stub.RecordEvent(pb.RecordEventRequest(user_id=user_id(0), item_id=item_id(32), event_type=pb.PURCHASE),
+                     timeout=5)
+    # The next training run numbers the same items the other way round.
+    publisher = open_store(server.store.url)
+    second = publisher.publish(Bundle(make_bundle(tmp_path, reverse_items=True)), progress=False).version
+    deadline = time.monotonic() + 10
+    while server.service.tracker.require().version != second:
+        assert time.monotonic() < deadline, "the server did not follow the swap"
+        time.sleep(0.05)
+    after = stub.Recommend(pb.RecommendRequest(user_id=visitor, k=N_ITEMS), timeout=5)
+    assert after.model_version == second
+    assert set(ids(after)) == every - set(touched)  # the same items, not the same indexes
+    # item_id(32), due in the new version, was bought since its training: not due
+    assert ids(stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)) == []
+
+
 def test_model_info(server: RunningServer, stub: object) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert info.model_version == server.service.tracker.require().version
@@ -227,6 +263,8 @@ BAD_REQUESTS = [
     ("Recommend", pb.RecommendRequest(user_id="a\x00b", k=3), "user_id"),
     ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(min_price=5, max_price=2)), "filter.min_price"),
     ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(min_price=float("nan"))), "filter.min_price"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(min_price=float("inf"))), "filter.min_price"),
+    ("Popular", pb.PopularRequest(k=3, filter=pb.Filter(max_price=1e300)), "filter.max_price"),
     ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(categories=["x"] * 1001)), "filter.categories"),
     ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(exclude_item_ids=["ok", ""])), "filter.exclude_item_ids[1]"),
     ("SimilarItems", pb.SimilarItemsRequest(item_id="", k=3), "item_id"),
@@ -614,8 +652,47 @@ def test_recommend_validation_accepts_or_names_the_field(
         assert error.field.startswith(KNOWN_FIELDS), error.field
         return
     assert 1 <= query.k <= 100 and query.user_id == user and 0 < len(user) <= 256
+    for bound in (query.filter.min_price, query.filter.max_price):
+        assert bound is None or 0 <= bound <= 1e15
     if query.filter.min_price is not None and query.filter.max_price is not None:
         assert query.filter.min_price <= query.filter.max_price
+
+
+@pytest.mark.redis
+def test_refused_reads_after_the_users_degrade_to_fallback_not_errors(
+    redis_url: str, bundle_dir: Path  # noqa: F811
+) -> None:
+    """Redis refuses the similar-items reads (an ACL without the item keys: NOPERM) while it
+    serves the user's own record: the real-time re-score, SimilarItems and CrossSell answer
+    from what they have (source FALLBACK), and RecordEvent says UNAVAILABLE, never INTERNAL."""
+    prefix = f"acl{time.monotonic_ns()}"
+    admin = redis.Redis.from_url(redis_url)
+    open_store(f"{redis_url}?prefix={prefix}").publish(Bundle(bundle_dir), progress=False)
+    admin.execute_command(
+        "ACL", "SETUSER", prefix, "on", f">{prefix}-pw", "+@all", "resetchannels", "&*",
+        "resetkeys", f"~{prefix}:{{u*", f"%R~{prefix}:{{g}}*", f"%R~{prefix}:{{v:*",
+    )
+    host = redis_url.split("://", 1)[1]
+    running = serve(f"redis://{prefix}:{prefix}-pw@{host}?prefix={prefix}", warm_users=False)
+    channel, client = stub_for(running.target)
+    try:
+        client.RecordEvent(pb.RecordEventRequest(user_id=user_id(5), item_id=item_id(12),
+                                                 event_type=pb.PURCHASE), timeout=5)
+        reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
+        assert reply.source == pb.FALLBACK and len(reply.items) == 5
+        assert item_id(12) not in ids(reply)
+        similar = client.SimilarItems(pb.SimilarItemsRequest(item_id=item_id(3), k=3), timeout=5)
+        assert similar.source == pb.FALLBACK and len(similar.items) == 3
+        admin.execute_command("ACL", "SETUSER", prefix, "resetkeys", f"%R~{prefix}:*")  # read-only
+        with pytest.raises(grpc.RpcError) as refused:
+            client.RecordEvent(pb.RecordEventRequest(user_id=user_id(6), item_id=item_id(2),
+                                                     event_type=pb.VIEW), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        channel.close()
+        running.stop(0)
+        admin.execute_command("ACL", "DELUSER", prefix)
+        admin.close()
 
 
 # -- the circuit breaker -------------------------------------------------------------------------
@@ -751,7 +828,7 @@ def test_event_recorded_while_the_watch_lost_its_subscription_is_not_missed(
         # Redis drops the subscriber connection; the event's message reaches no subscriber.
         admin.client_kill_filter(_type="pubsub")
         other = open_store(url)
-        other.record_event(user_id(5), 12, "purchase")
+        other.record_event(user_id(5), item_id(12), "purchase")
         other.close()
         for _ in range(3):  # at once, and after the watch re-subscribed and rebuilt its set
             reply = client.Recommend(pb.RecommendRequest(user_id=user_id(5), k=5), timeout=5)
@@ -792,7 +869,7 @@ def test_event_watch_is_rebuilt_after_redis_restarts(tmp_path: Path, bundle_dir:
         process = start_redis(redis_dir, port, *extra)
         # An event recorded by another process while this server may not be subscribed yet.
         other = open_store(url)
-        other.record_event(user_id(5), 12, "purchase")
+        other.record_event(user_id(5), item_id(12), "purchase")
         other.close()
         _watch_ready(running)
         deadline = time.monotonic() + 5

@@ -317,7 +317,7 @@ def test_scan_reads_every_user_once_in_small_batches(store: Any, bundles: Path) 
 def test_forget_user_everywhere(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     store.publish(make_bundle(bundles, "v2"), progress=False)
-    store.record_event("u00007", 3, "view")
+    store.record_event("u00007", "i00003", "view")
     assert store.forget_user("u00007") == 2
     for version in ("v1", "v2"):
         assert store.user_features(version, "u00007", recent=5) is None
@@ -379,22 +379,25 @@ def test_item_updates_without_retrain(store: Any, bundles: Path) -> None:
 
 def test_realtime_events_in_the_same_read(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
-    for index, (item, kind) in enumerate([(3, "view"), (4, "cart"), (5, "purchase")]):
+    for index, (item, kind) in enumerate([("i3", "view"), ("i4", "cart"), ("i5", "purchase")]):
         store.record_event("u00002", item, kind, ts=1000.0 + index)
     events = store.recent_events("u00002", limit=2)
-    assert [(e.item, e.event_type, e.ts) for e in events] == [(5, "purchase", 1002.0), (4, "cart", 1001.0)]
+    assert [(e.item_id, e.event_type, e.ts) for e in events] == [
+        ("i5", "purchase", 1002.0), ("i4", "cart", 1001.0)]
     features = store.user_features("v1", "u00002", recent=10)
-    assert [e.item for e in features.recent] == [5, 4, 3] and features.known
+    assert [e.item_id for e in features.recent] == ["i5", "i4", "i3"] and features.known
     assert store.user_features("v1", "u00002").recent == ()
-    store.record_event("visitor", 9, "view")
+    store.record_event("visitor", "sku-\u00e9", "view")
     newcomer = store.user_features("v1", "visitor", recent=5)
-    assert newcomer is not None and not newcomer.known and newcomer.recent[0].item == 9
+    assert newcomer is not None and not newcomer.known and newcomer.recent[0].item_id == "sku-\u00e9"
     assert len(newcomer.candidates) == 0
     for _ in range(store.recent_max + 5):
-        store.record_event("busy", 1, "view")
+        store.record_event("busy", "i1", "view")
     assert len(store.recent_events("busy", limit=1000)) == store.recent_max
-    with pytest.raises(InvalidInput):
-        store.record_event("", 1, "view")
+    with pytest.raises(InvalidInput, match="user_id"):
+        store.record_event("", "i1", "view")
+    with pytest.raises(InvalidInput, match="item_id"):
+        store.record_event("u00002", "", "view")
 
 
 def test_status_lists_versions(store: Any, bundles: Path) -> None:
@@ -726,13 +729,23 @@ def test_strings_round_trip(values: list[str]) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.floats(0, 4e9), st.one_of(st.none(), st.text(max_size=10)),
        st.one_of(st.none(), st.floats(0, 1e6, width=32)), st.one_of(st.none(), st.booleans()),
-       st.integers(0, 2**31 - 1), st.text(min_size=1, max_size=12))
+       st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=12))
 def test_item_update_and_event_round_trip(ts: float, category: str | None, price: float | None,
-                                          in_stock: bool | None, item: int, kind: str) -> None:
+                                          in_stock: bool | None, item: str, kind: str) -> None:
     update = codec.ItemUpdate(ts, category, price, in_stock, None)
     assert codec.decode_item_update(codec.encode_item_update(update)) == update
     event = codec.decode_event(codec.encode_event(item, kind, ts))
-    assert (event.item, event.event_type, event.ts) == (item, kind, ts)
+    assert event is not None and (event.item_id, event.event_type, event.ts) == (item, kind, ts)
+
+
+def test_events_of_the_earlier_index_format_are_skipped() -> None:
+    import struct
+
+    legacy = struct.pack("<id", 7, 1000.0) + b"purchase"  # item index 7, before item ids
+    assert codec.decode_event(legacy) is None
+    record = codec.encode_event("sku-7", "view", 5.0)
+    assert codec.decode_event(record) is not None
+    assert codec.decode_event(record[:16]) is None  # torn inside the item id
 
 
 def test_record_is_compact() -> None:

@@ -89,9 +89,10 @@ class StoreState:
 
 @dataclass(frozen=True, eq=False, slots=True)  # slots: servers cache many
 class RecentEvent:
-    """One real-time event of a user (not versioned)."""
+    """One real-time event of a user (not versioned: the item by id, which every version
+    maps to its own index)."""
 
-    item: int  # item index in the version current when it was recorded
+    item_id: str
     event_type: str
     ts: float  # epoch seconds
 
@@ -262,7 +263,7 @@ class FeatureStore(Protocol):
 
     # -- real-time state (not versioned) ----------------------------------------------------
     def record_event(
-        self, user_id: str, item_index: int, event_type: str, ts: float | None = None
+        self, user_id: str, item_id: str, event_type: str, ts: float | None = None
     ) -> None:
         """Append a real-time event to the user's capped, expiring recent list."""
         ...

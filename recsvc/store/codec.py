@@ -83,7 +83,12 @@ _BUYAGAIN_ARRAYS = (
     ("sd_days", "<f4"),
     ("confidence", "<f4"),
 )
-_EVENT = struct.Struct("<id")  # item index, epoch seconds; then the event type, utf-8
+# A recent event: marker, epoch seconds, item id length; then the item id and the event type
+# (utf-8). Events name the item by id, not by index: indexes change from version to version.
+# The marker (int32 -1) tells these records from the index-based ones of earlier releases,
+# which began with a non-negative int32 item index and are ignored (they expire in a day).
+_EVENT_MARKER = b"\xff\xff\xff\xff"
+_EVENT = struct.Struct("<4sdH")
 
 
 def index_bits(n_items: int) -> int:
@@ -604,13 +609,26 @@ def decode_strings(data: bytes) -> list[str]:
     ]
 
 
-def encode_event(item_index: int, event_type: str, ts: float) -> bytes:
-    return _EVENT.pack(int(item_index), float(ts)) + event_type.encode("utf-8")
+def encode_event(item_id: str, event_type: str, ts: float) -> bytes:
+    item = item_id.encode("utf-8", "surrogatepass")
+    if len(item) > 0xFFFF:
+        raise ValueError("item id longer than 65535 bytes")
+    return _EVENT.pack(_EVENT_MARKER, float(ts), len(item)) + item + event_type.encode("utf-8")
 
 
-def decode_event(data: bytes) -> RecentEvent:
-    item, ts = _EVENT.unpack_from(data, 0)
-    return RecentEvent(item=item, event_type=data[_EVENT.size :].decode("utf-8", "replace"), ts=ts)
+def decode_event(data: bytes) -> RecentEvent | None:
+    """The event, or None for a record of the earlier index-based format (or a torn one)."""
+    if len(data) < _EVENT.size or not data.startswith(_EVENT_MARKER):
+        return None
+    _, ts, length = _EVENT.unpack_from(data, 0)
+    end = _EVENT.size + length
+    if len(data) < end:
+        return None
+    return RecentEvent(
+        item_id=data[_EVENT.size : end].decode("utf-8", "surrogatepass"),
+        event_type=data[end:].decode("utf-8", "replace"),
+        ts=ts,
+    )
 
 
 @dataclass(frozen=True)

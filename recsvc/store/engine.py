@@ -334,7 +334,7 @@ class StoreEngine(ABC):
         for user_id, (record, raw_events) in zip(
             user_ids, self.get_users(version, keys, min(recent, self.recent_max)), strict=True
         ):
-            events = tuple(codec.decode_event(e) for e in raw_events)
+            events = tuple(_events(raw_events))
             if record is not None:
                 features = codec.decode_user_record(record, user_id)
                 if events:
@@ -468,20 +468,20 @@ class StoreEngine(ABC):
     # -- real-time --------------------------------------------------------------------------
 
     def record_event(
-        self, user_id: str, item_index: int, event_type: str, ts: float | None = None
+        self, user_id: str, item_id: str, event_type: str, ts: float | None = None
     ) -> None:
         if not user_id:
             raise InvalidInput("user_id", "must not be empty")
-        if int(item_index) < 0:
-            raise InvalidInput("item_index", "must not be negative")
-        event = codec.encode_event(int(item_index), event_type, time.time() if ts is None else ts)
+        if not item_id:
+            raise InvalidInput("item_id", "must not be empty")
+        event = codec.encode_event(item_id, event_type, time.time() if ts is None else ts)
         self.push_event(self.user_key(user_id), event)
 
     def recent_events(self, user_id: str, limit: int = 50) -> list[RecentEvent]:
         if limit <= 0:
             return []
         raw = self.read_events(self.user_key(user_id), min(limit, self.recent_max))
-        return [codec.decode_event(e) for e in raw]
+        return _events(raw)
 
     # -- admin ------------------------------------------------------------------------------
 
@@ -623,3 +623,8 @@ def _epoch(iso: str) -> float:
     from recsvc.store.publish import epoch_of
 
     return epoch_of(iso) if iso else -math.inf
+
+
+def _events(raw: Sequence[bytes]) -> list[RecentEvent]:
+    """Decoded events, newest first; records of the earlier index-based format are skipped."""
+    return [event for event in map(codec.decode_event, raw) if event is not None]

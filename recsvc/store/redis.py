@@ -17,7 +17,7 @@ that decides the Redis Cluster slot):
                                       file:rules/<name>, pop:<list>:names, pop:<list>:g:<group>
                                       (blobs over 4 MiB are split into `<name>\\0<i>` fields)
     rs:{u<b>}:v:<version>    hash     user id -> user record (codec), b = crc32(user id) % 4096
-    rs:{u<b>}:rt:<user id>   list     the user's recent real-time events, newest first, capped,
+    rs:{u<b>}:rt:<user id>   list     the user's recent real-time events (items by id), newest first, capped,
                                       expiring (not versioned)
     rs:{i<b>}:v:<version>    hash     item index -> similar-items list, b = item index // 256
 
@@ -93,9 +93,24 @@ return 0
 
 T = TypeVar("T")
 
+# Error replies that say the server cannot serve now (not that the command was wrong):
+# refused credentials; a replica after a failover (READONLY) or one whose master is down;
+# memory full (OOM); snapshots failing (MISCONF); a script running too long (BUSY); a
+# cluster slot moving (TRYAGAIN); too few replicas for a write.
+_AUTH_REPLIES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
+_UNAVAILABLE_REPLIES = _AUTH_REPLIES | {
+    "READONLY", "MASTERDOWN", "OOM", "MISCONF", "BUSY", "TRYAGAIN", "NOREPLICAS", "LOADING",
+}
+
+
+def _reply_code(exc: ResponseError) -> str:
+    code = getattr(exc, "status_code", None)  # set by redis-py's parser for prefixed replies
+    return str(code) if code else str(exc).split(" ", 1)[0]
+
 
 def _guard(method: Callable[..., T]) -> Callable[..., T]:
-    """Map connection problems to StoreUnavailable (with the masked URL, never a password)."""
+    """Map connection problems and "cannot serve now" replies to StoreUnavailable (with the
+    masked URL, never a password); other errors are bugs and propagate."""
 
     @functools.wraps(method)
     def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> T:
@@ -104,8 +119,11 @@ def _guard(method: Callable[..., T]) -> Callable[..., T]:
         except (redis.ConnectionError, redis.TimeoutError, ClusterError) as exc:
             raise StoreUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         except ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            code = _reply_code(exc)
+            if code in _AUTH_REPLIES:
                 raise StoreUnavailable(f"{self.url}: authentication failed") from exc
+            if code in _UNAVAILABLE_REPLIES:
+                raise StoreUnavailable(f"{self.url}: {code}: {exc}") from exc
             raise
 
     return wrapper
