@@ -293,19 +293,26 @@ def _rss_mib(pid: int) -> float:
 
 
 def verdict(run: dict[str, Any]) -> dict[str, Any]:
-    """Recommend's ratio to the Check floor and its p99 against the targets."""
+    """Recommend's ratio to the Check floor and its p99 against the targets.
+
+    A run in which Recommend or Check had errors (NOT_SENT included) meets neither target:
+    its throughput and latency are not those of a server answering every call.
+    """
     phases = {p["name"]: p for p in run["phases"]}
     recommend, mix = phases["Recommend"], phases.get("mix")
     ratio = recommend["rps_vs_floor"]
     p99 = recommend["latency_ms"]["p99"]
+    errors = sum(recommend["errors"].values())
+    clean = errors == 0 and not phases["Check"]["errors"]
     out = {
         "recommend_rps": recommend["rps"],
         "check_rps": phases["Check"]["rps"],
         "recommend_vs_check": ratio,
         "recommend_p99_ms": p99,
-        "ratio_target_met": ratio >= SERVE_TARGETS["rps_vs_floor_min"],
-        "p99_target_met": p99 is not None and p99 <= SERVE_TARGETS["p99_ms_max"],
-        "recommend_errors": sum(recommend["errors"].values()),
+        "ratio_target_met": clean and ratio >= SERVE_TARGETS["rps_vs_floor_min"],
+        "p99_target_met": clean and p99 is not None and p99 <= SERVE_TARGETS["p99_ms_max"],
+        "recommend_errors": errors,
+        "check_errors": sum(phases["Check"]["errors"].values()),
     }
     if mix:
         out.update({"mix_rps": mix["rps"], "mix_vs_check": mix["rps_vs_floor"],
@@ -390,7 +397,8 @@ def main() -> int:
             f"  {run['label']}: Recommend {v['recommend_rps']:,.0f}/s = {v['recommend_vs_check']:.0%} "
             f"of Check ({v['check_rps']:,.0f}/s) [{'met' if v['ratio_target_met'] else 'MISSED'}], "
             f"p99 {v['recommend_p99_ms']:.2f} ms [{'met' if v['p99_target_met'] else 'MISSED'}]; "
-            f"mix {v.get('mix_rps', 0):,.0f}/s p99 {v.get('mix_p99_ms') or 0:.2f} ms"
+            f"mix {v.get('mix_rps', 0):,.0f}/s p99 {v.get('mix_p99_ms') or 0:.2f} ms; "
+            f"errors: Recommend {v['recommend_errors']}, Check {v['check_errors']}"
         )
         warm = run.get("warmup", {})
         seconds = [w.get("seconds") for w in warm.get("per_worker", [])]

@@ -8,7 +8,18 @@ Two ways to apply load:
 - open loop (`rate` R): requests are scheduled at fixed intended times t0 + i / R whether or
   not earlier ones have come back, and latency is measured from the *intended* send time. When
   the server (or this generator) falls behind, the queueing shows in the latency instead of
-  silently lowering the request rate ("coordinated omission").
+  silently lowering the request rate ("coordinated omission"); an intended send skipped at
+  the outstanding-call cap counts as an error (`NOT_SENT`), never as a missing sample.
+
+What a phase reports, over its measured window (warm-up excluded):
+
+- requests/s: successful answers that *arrived* inside the window, whenever they were sent
+  (throughput; an open-loop run against a slower server reports what the server sustained,
+  not the offered rate);
+- latency percentiles: every call *sent* inside the window, failed ones included at the time
+  they failed (a call that times out after 2 s is in p99.9, not left out), with the answers
+  that came back after the window closed;
+- errors by status code name, and per second the answers and errors that arrived in it.
 
 Every run measures the health service's `Check` RPC first, the same way, as the floor: the
 requests/s that gRPC and Python allow on this machine for a call that does no work. Each RPC's
@@ -419,20 +430,20 @@ class PhaseResult:
     name: str
     mode: str
     seconds: float  # measured window (warm-up excluded)
-    latency: LatencyHistogram
-    errors: dict[str, int]  # status code name -> count
-    per_rpc: dict[str, LatencyHistogram]
+    latency: LatencyHistogram  # every call sent in the window, failed ones included
+    errors: dict[str, int]  # status code name -> count (calls sent in the window)
+    per_rpc: dict[str, LatencyHistogram]  # as `latency`, per RPC
     per_second: list[dict[str, float | None]]
     generator_cpu_seconds: float
     server_cpu_seconds: float | None
+    ok: int = 0  # successful calls sent in the window
+    arrived: int = 0  # successful answers that arrived in the window (requests/s)
+    ok_by_rpc: dict[str, int] = field(default_factory=dict)
+    arrived_by_rpc: dict[str, int] = field(default_factory=dict)
     max_send_lag: float = 0.0  # open loop: how late the generator sent (seconds)
     not_sent: int = 0  # open loop: intended sends skipped at the outstanding-call cap
     sources: dict[str, int] = field(default_factory=dict)  # answers by source name
     round_rps: list[float] = field(default_factory=list)  # requests/s of each round (rounds > 1)
-
-    @property
-    def ok(self) -> int:
-        return self.latency.count
 
     def merge(self, other: PhaseResult) -> None:
         """Add a later round of the same phase: counts add up, per-second series continue."""
@@ -443,10 +454,13 @@ class PhaseResult:
         self.per_second.extend({**second, "t": offset + int(second["t"] or 0)} for second in other.per_second)
         self.seconds += other.seconds
         self.latency.merge(other.latency)
-        for name, count in other.errors.items():
-            self.errors[name] = self.errors.get(name, 0) + count
-        for name, count in other.sources.items():
-            self.sources[name] = self.sources.get(name, 0) + count
+        self.ok += other.ok
+        self.arrived += other.arrived
+        for mine, theirs in ((self.errors, other.errors), (self.sources, other.sources),
+                             (self.ok_by_rpc, other.ok_by_rpc),
+                             (self.arrived_by_rpc, other.arrived_by_rpc)):
+            for name, count in theirs.items():
+                mine[name] = mine.get(name, 0) + count
         for name, hist in other.per_rpc.items():
             if name in self.per_rpc:
                 self.per_rpc[name].merge(hist)
@@ -460,7 +474,7 @@ class PhaseResult:
 
     @property
     def rps(self) -> float:
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
+        return self.arrived / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         total = self.ok + sum(self.errors.values())
@@ -469,6 +483,7 @@ class PhaseResult:
             "mode": self.mode,
             "seconds": round(self.seconds, 3),
             "requests_ok": self.ok,
+            "answers_in_window": self.arrived,
             "errors": dict(sorted(self.errors.items())),
             "sources": dict(sorted(self.sources.items())),
             "error_rate": round(sum(self.errors.values()) / total, 6) if total else 0.0,
@@ -499,8 +514,10 @@ class PhaseResult:
         if len(self.per_rpc) > 1:
             out["per_rpc"] = {
                 name: {
-                    "requests_ok": hist.count,
-                    "rps": round(hist.count / self.seconds, 1) if self.seconds else 0.0,
+                    "requests_ok": self.ok_by_rpc.get(name, 0),
+                    "rps": round(self.arrived_by_rpc.get(name, 0) / self.seconds, 1)
+                    if self.seconds
+                    else 0.0,
                     "latency_ms": hist.summary_ms(),
                 }
                 for name, hist in sorted(self.per_rpc.items())
@@ -532,7 +549,8 @@ def process_tree_cpu(pids: Sequence[int]) -> float:
 
 
 class _Recorder:
-    """Collects the answers of one phase inside its measured window."""
+    """Collects the answers of one phase: calls sent in its measured window (latency, errors)
+    and answers that arrived in it (throughput, the per-second series)."""
 
     def __init__(self, window_start: float, window_end: float, precision: float) -> None:
         self.start = window_start
@@ -542,6 +560,10 @@ class _Recorder:
         self.per_rpc: dict[str, LatencyHistogram] = {}
         self.errors: dict[str, int] = {}
         self.sources: dict[str, int] = {}  # answers by `source` (RPCs that have one)
+        self.ok = 0
+        self.ok_by_rpc: dict[str, int] = {}
+        self.arrived = 0
+        self.arrived_by_rpc: dict[str, int] = {}
         seconds = max(1, math.ceil(window_end - window_start))
         self.second_ok = [0] * seconds
         self.second_errors = [0] * seconds
@@ -550,23 +572,30 @@ class _Recorder:
     def add(
         self, name: str, sent: float, done: float, error: str | None, source: str | None = None
     ) -> None:
+        latency = done - sent
+        if self.start <= done < self.end:  # arrived in the window: throughput
+            second = min(int(done - self.start), len(self.second_ok) - 1)
+            if error is None:
+                self.arrived += 1
+                self.arrived_by_rpc[name] = self.arrived_by_rpc.get(name, 0) + 1
+                self.second_ok[second] += 1
+                self.second_hist[second].record(latency)
+            else:
+                self.second_errors[second] += 1
         if sent < self.start or sent >= self.end:
             return  # warm-up, or sent after the window closed
-        if source is not None:
-            self.sources[source] = self.sources.get(source, 0) + 1
-        second = min(int(done - self.start), len(self.second_ok) - 1)
-        if error is not None:
-            self.errors[error] = self.errors.get(error, 0) + 1
-            self.second_errors[second] += 1
-            return
-        latency = done - sent
         self.latency.record(latency)
         hist = self.per_rpc.get(name)
         if hist is None:
             hist = self.per_rpc[name] = LatencyHistogram(self.precision)
         hist.record(latency)
-        self.second_ok[second] += 1
-        self.second_hist[second].record(latency)
+        if error is not None:
+            self.errors[error] = self.errors.get(error, 0) + 1
+            return
+        self.ok += 1
+        self.ok_by_rpc[name] = self.ok_by_rpc.get(name, 0) + 1
+        if source is not None:
+            self.sources[source] = self.sources.get(source, 0) + 1
 
     def per_second(self) -> list[dict[str, float | None]]:
         return [
@@ -582,6 +611,7 @@ class _Recorder:
 
 
 SOURCE_NAMES = {value: name for name, value in pb.Source.items()}
+NOT_SENT = "NOT_SENT"  # open loop: an intended send skipped at the outstanding-call cap
 # Called for every finished call: (rpc, sent, done, error code name or None, reply or None).
 Observer = Callable[[str, float, float, "str | None", Any], None]
 
@@ -678,7 +708,10 @@ async def run_phase(
             if intended >= window_start:
                 lag = max(lag, now - intended)
             if len(in_flight) >= max_outstanding:
-                not_sent += intended >= window_start
+                if intended >= window_start:
+                    not_sent += 1
+                    # an error, not a missing sample: the queueing it stands for shows
+                    recorder.add(pool.next()[0], intended, now, NOT_SENT)
             else:
                 task = asyncio.create_task(_invoke(pool, recorder, intended, observer))
                 in_flight.add(task)
@@ -711,6 +744,10 @@ async def run_phase(
         mode="closed" if rate is None else "open",
         seconds=duration,
         latency=recorder.latency,
+        ok=recorder.ok,
+        arrived=recorder.arrived,
+        ok_by_rpc=recorder.ok_by_rpc,
+        arrived_by_rpc=recorder.arrived_by_rpc,
         errors=recorder.errors,
         sources=recorder.sources,
         per_rpc=recorder.per_rpc,

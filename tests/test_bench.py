@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from recsvc import loadgen
 from recsvc.cli import main
-from recsvc.commands.bench import parse_duration, parse_sizes
+from recsvc.commands.bench import parse_duration, parse_sizes, serve_summary
 from recsvc.errors import InvalidInput
 from recsvc.loadgen import CallPool, LatencyHistogram, load_ids, run_phase
 from tests.fixtures_grpc import N_ITEMS, N_USERS, bundle_dir, memory_server  # noqa: F401
@@ -105,6 +105,37 @@ def test_open_loop_counts_queueing_that_closed_loop_hides() -> None:
     assert opened.latency.percentile(90) > 0.2  # queueing (~0.5 s at the end), not 20 ms
     assert closed.latency.percentile(90) < opened.latency.percentile(90) / 4
     assert not opened.errors and not closed.errors
+    # Throughput is what the server did (50/s), not what was offered (100/s).
+    assert 35 <= opened.rps <= 55 and 35 <= closed.rps <= 55
+
+
+def test_failed_calls_count_in_latency_and_skipped_sends_are_errors() -> None:
+    calls = 0
+
+    async def sometimes_late_and_failing() -> None:
+        nonlocal calls
+        calls += 1
+        if calls % 10 == 0:  # a tenth of the calls time out after 200 ms
+            await asyncio.sleep(0.2)
+            raise TimeoutError("deadline")
+        await asyncio.sleep(0.001)
+
+    async def stalled() -> None:
+        await asyncio.sleep(0.5)  # the server hangs: the outstanding-call cap is reached
+
+    async def both() -> tuple[Any, Any]:
+        failing = await run_phase("failing", CallPool(["Flaky"], [sometimes_late_and_failing]),
+                                  duration=1.0, warmup=0.0, concurrency=4)
+        capped = await run_phase("capped", CallPool(["Stalled"], [stalled]), duration=0.5,
+                                 warmup=0.0, rate=200.0, max_outstanding=10)
+        return failing, capped
+
+    failing, capped = asyncio.run(both())
+    assert failing.errors["TimeoutError"] > 0
+    assert failing.latency.count == failing.ok + failing.errors["TimeoutError"]
+    assert failing.latency.percentile(99) >= 0.19  # the timeouts, not only the 1 ms answers
+    assert capped.not_sent > 50 and capped.errors["NOT_SENT"] == capped.not_sent
+    assert capped.to_dict()["error_rate"] > 0.5 and set(capped.per_rpc) == {"Stalled"}
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -178,7 +209,8 @@ def test_bench_serve_against_a_real_server(memory_server: Any, bundle_dir: Path,
         assert phase["requests_ok"] > 0 and phase["errors"] == {}
         lat = phase["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
-        assert sum(s["ok"] for s in phase["per_second"]) == phase["requests_ok"]
+        assert sum(s["ok"] for s in phase["per_second"]) == phase["answers_in_window"]
+        assert phase["rps"] == round(phase["answers_in_window"] / phase["seconds"], 1)
         assert phase["generator"]["cpu_per_wall"] > 0
     assert set(result["rps_vs_floor"]) == {"Recommend", "mix"}
     assert result["config"]["rounds"] == 2
@@ -206,6 +238,8 @@ def test_bench_serve_open_loop_without_ids(memory_server: Any) -> None:  # noqa:
     for phase in result["phases"]:
         assert phase["requests_ok"] > 100 and phase["errors"] == {}
         assert phase["generator"]["not_sent"] == 0
+    summary = "\n".join(serve_summary(result))
+    assert summary.count("0 not sent (outstanding-call cap") == 2
 
 
 @pytest.mark.slow

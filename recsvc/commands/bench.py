@@ -295,7 +295,13 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
         spread = [r for r in phase.get("round_rps_vs_floor", []) if r is not None]
         if spread:
             lines.append(f"  {'':<13}vs floor per round: {min(spread):.0%} .. {max(spread):.0%}")
-    lines.append("  latency in ms; gen CPU = load generator CPU time / wall time (100% = one core)"
+        gen = phase["generator"]
+        if "max_send_lag_ms" in gen:  # open loop: how far the generator fell behind its schedule
+            lines.append(f"  {'':<13}sends up to {gen['max_send_lag_ms']:.1f} ms late; "
+                         f"{gen['not_sent']} not sent (outstanding-call cap; counted as errors)")
+    lines.append("  req/s = answers that arrived in the window; latency (every call sent in the window, "
+                 "failed ones included) in ms;\n"
+                 "  gen CPU = load generator CPU time / wall time (100% = one core)"
                  + ("; srv CPU/req = server process tree CPU per answered call" if with_server else ""))
     return lines
 
