@@ -464,6 +464,7 @@ class RecommendationService:
                 ) if recent_n else []
                 return _UserView(_with_recent(cached[1], user_id, recent), fallback=False)
             metrics.cache_lookup("user", False)
+            generation = self.forget_generation  # a forget during the read must win
             features = self.guard.call(
                 self.store.user_features,
                 model.version,
@@ -474,9 +475,10 @@ class RecommendationService:
         except StoreUnavailable:
             return _UserView(cached[1] if usable and cached is not None else None, fallback=True)
         known = features if features is not None and features.known else None
-        self.user_cache.put(
-            user_id, (model.version, replace(known, recent=()) if known is not None else None, now)
-        )
+        entry = (model.version, replace(known, recent=()) if known is not None else None, now)
+        with self._forget_lock:
+            if generation == self.forget_generation:  # else it may be a forgotten customer
+                self.user_cache.put(user_id, entry)
         return _UserView(features, fallback=False)
 
     def _quiet(self, user_id: str) -> bool:

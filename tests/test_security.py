@@ -427,6 +427,47 @@ def test_forget_reaches_other_server_processes(redis_url: str, bundle_dir: Path,
         second.stop(0)
 
 
+def test_a_read_racing_a_forget_does_not_cache_the_forgotten_customer(bundle_dir: Path) -> None:  # noqa: F811
+    """A Recommend reads the customer; ForgetUser lands while the read is on the wire; the
+    read's answer must not re-cache them (for up to hot_user_ttl). A real store cannot pause
+    mid-read on demand, so the read waits on an event here."""
+    import threading
+
+    from serving.config import ServeConfig
+    from serving.domain import RecommendationService, RecommendQuery
+
+    store = open_store(f"memory://race{uuid.uuid4().hex[:6]}")
+    store.publish(Bundle(bundle_dir), progress=False)
+    service = RecommendationService(store, ServeConfig(warm_users=False, realtime_watch=False))
+    service.start()
+    reading, forgotten = threading.Event(), threading.Event()
+    real_read = store.user_features
+
+    def paused_read(*args: Any, **kwargs: Any) -> Any:
+        features = real_read(*args, **kwargs)
+        reading.set()
+        assert forgotten.wait(5)
+        return features
+
+    store.user_features = paused_read  # type: ignore[method-assign]
+    user = user_id(3)
+    try:
+        request = threading.Thread(target=service.recommend, args=(RecommendQuery(user, 3),))
+        request.start()
+        assert reading.wait(5)
+        store.forget_user(user)
+        service.drop_user(user)  # what ForgetUser does after the store
+        forgotten.set()
+        request.join(5)
+        assert service.user_cache.get(user) is None
+        store.user_features = real_read  # type: ignore[method-assign]
+        service.recommend(RecommendQuery(user_id(4), 3))  # without a forget, reads are cached
+        assert service.user_cache.get(user_id(4)) is not None
+    finally:
+        forgotten.set()
+        service.stop()
+
+
 # -- what logs and metrics may hold --------------------------------------------------------------
 @pytest.mark.redis
 def test_logs_and_metrics_never_hold_customer_ids_or_tokens(
