@@ -60,14 +60,17 @@ def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
 
     Events name items by id; `model`'s catalogue maps them to its indexes (events of items
     it does not know are left out), so a model swap never shifts what an event refers to.
+    Repeats of one event (same item, type and timestamp: a RecordEvent retried after a timeout
+    whose write had landed) count once.
     """
     if not recent:
         return NO_SESSION
     index_of = model.catalog.index_of
+    distinct = dict.fromkeys((e.item_id, e.event_type, e.ts) for e in recent)
     usable = [
-        SessionEvent(item, e.event_type, e.ts)
-        for e in recent
-        if (item := index_of(e.item_id)) >= 0
+        SessionEvent(item, event_type, ts)
+        for item_id, event_type, ts in distinct
+        if (item := index_of(item_id)) >= 0
     ]
     return Session(
         new_events=tuple(e for e in usable if e.ts > model.trained_until),

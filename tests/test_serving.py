@@ -245,6 +245,23 @@ def test_events_keep_their_items_across_a_swap_that_renumbers_items(
     assert ids(stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)) == []
 
 
+def test_a_retried_event_counts_once(server: RunningServer, stub: object) -> None:
+    from serving.realtime import event_strengths, session_of
+
+    visitor = f"visitor-{time.monotonic_ns()}"
+    ts = int(time.time() * 1000)
+    for item, kind in ((21, pb.CART), (21, pb.CART), (22, pb.VIEW)):  # the cart event retried
+        stub.RecordEvent(pb.RecordEventRequest(user_id=visitor, item_id=item_id(item), event_type=kind,
+                                               timestamp_ms=ts), timeout=5)
+    model = server.service.tracker.require()
+    stored = server.store.recent_events(visitor)
+    assert len(stored) == 3
+    session = session_of(model, stored)
+    index = model.catalog.index_of
+    assert event_strengths(model, session.new_events) == {
+        index(item_id(21)): model.event_weights["cart"], index(item_id(22)): model.event_weights["view"]}
+
+
 def test_model_info(server: RunningServer, stub: object) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert info.model_version == server.service.tracker.require().version
