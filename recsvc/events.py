@@ -382,6 +382,11 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
                     seconds = column.cast(pa.int64()).to_numpy(zero_copy_only=False) / scale
                     series = pd.Series(seconds, dtype="float64")
                     columns[name] = series.map(repr).where(series.notna(), None)
+                elif pa.types.is_nested(column.type):
+                    # Lists, structs, maps: no use as an id or a number (counted as bad rows
+                    # where a used column holds them, as in JSON Lines); harmless elsewhere.
+                    empty = column.is_null().to_numpy(zero_copy_only=False)
+                    columns[name] = pd.Series(np.where(empty, None, _NESTED), dtype=object)
                 else:
                     text = column.cast(pa.string()).to_pandas()
                     columns[name] = text.astype(object).where(text.notna(), None)
@@ -392,7 +397,7 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
 
 
 def parse_timestamps(values: pd.Series) -> np.ndarray:
-    """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms."""
+    """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms / µs / ns."""
     given = values.notna().to_numpy()
     out = np.full(len(values), np.nan)
     first = values[given].iloc[0] if given.any() else None
@@ -409,8 +414,13 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
         part = values[pending]
         if form == "epoch":
             numeric = pd.to_numeric(part, errors="coerce").to_numpy(dtype="float64", copy=True)
-            millis = np.abs(numeric) > 1e11
-            numeric[millis] = numeric[millis] / 1000.0
+            # Seconds, milli-, micro- or nanoseconds since the epoch, told apart by magnitude
+            # (each band covers the years 1973 to 5138 in its unit).
+            size = np.abs(numeric)
+            for bound, scale in ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3)):
+                unit = size > bound
+                numeric[unit] = numeric[unit] / scale
+                size[unit] = 0.0
             parsed = numeric
         else:
             stamps = pd.to_datetime(part, errors="coerce", utc=True, format="ISO8601")
@@ -467,8 +477,14 @@ def check_columns(
                 f"(columns: {show_columns(list(present))}); map it with --columns",
             )
     has_column = {c: source_of[c] in names for c in CANONICAL_COLUMNS}
-    if options.event_type:
-        has_column["event_type"] = True
+    if options.event_type and has_column["event_type"]:
+        raise InvalidInput(
+            "--event-type",
+            f"{source} has an event type column ('{source_of['event_type']}'); --event-type "
+            "is for logs without one",
+        )
+    if options.event_type and options.event_type != DEFAULT_EVENT_TYPE:
+        has_column["event_type"] = True  # typed: e.g. every row a purchase
     elif not has_column["event_type"]:
         report.notes.append(f"no event type column: every row counts as '{DEFAULT_EVENT_TYPE}'")
     return has_column
@@ -597,8 +613,9 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         if ts_col is not None:
             ts = parse_timestamps(ts_col)
             missing = ts_col.isna().to_numpy()
-            if "timestamp" in options.required:
-                reject(missing, "missing timestamp")
+            # A log with times needs every row's: a row kept at epoch 0 would be a purchase
+            # from 1970 to recency, decay and buy-again.
+            reject(missing, "missing timestamp")
             reject(~missing & np.isnan(ts), "unparsable timestamp")
             ts = np.nan_to_num(ts, nan=0.0)
         else:

@@ -15,6 +15,7 @@ from recsvc.errors import InvalidInput
 from recsvc.events import EventLog
 
 SECONDS_PER_DAY = 86_400.0
+MIN_DECAY = 1e-6  # the smallest time-decay factor an event keeps
 
 
 def event_weights(log: EventLog, config: EventsConfig, now: int | None = None) -> np.ndarray:
@@ -35,9 +36,10 @@ def event_weights(log: EventLog, config: EventsConfig, now: int | None = None) -
     if config.half_life_days > 0 and len(log) and log.has_column.get("timestamp", False):
         now = int(log.timestamp.max()) if now is None else now
         age_days = (now - log.timestamp).astype(np.float64) / SECONDS_PER_DAY
-        weights = weights * np.exp2(-np.maximum(age_days, 0.0) / config.half_life_days).astype(
-            np.float32
-        )
+        decay = np.exp2(-np.maximum(age_days, 0.0) / config.half_life_days)
+        # Floored: an old event fades but stays an interaction (a zero weight would drop it
+        # from the matrix, and so from what the user has seen: an old purchase offered again).
+        weights = weights * np.maximum(decay, MIN_DECAY).astype(np.float32)
     if config.use_quantity:
         weights = weights * (1.0 + np.log1p(np.maximum(log.quantity - 1.0, 0.0)))
     if config.rating_weight and log.has_column.get("rating", False):

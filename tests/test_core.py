@@ -53,6 +53,15 @@ def test_event_weights_types_decay_and_quantity(tmp_path: Path) -> None:
     assert matrix[0, 0] == pytest.approx(9.0)  # repeated (user, item) rows are summed
 
 
+def test_a_very_old_event_fades_but_stays_an_interaction(tmp_path: Path) -> None:
+    log = small_log(tmp_path)
+    config = EventsConfig(weights={"view": 1.0, "cart": 4.0, "purchase": 8.0}, half_life_days=0.01)
+    weights = event_weights(log, config)  # "a,y" is 1,000 half-lives old: 2^-1000 underflows
+    assert 0 < weights[2] < 1e-5 and weights[0] == pytest.approx(1.0)
+    matrix = interaction_matrix(log, weights)
+    assert matrix.nnz == 3 and matrix[0, 1] > 0  # still something user a has seen
+
+
 def test_event_type_without_weight_is_named(tmp_path: Path) -> None:
     log = small_log(tmp_path)
     with pytest.raises(InvalidInput) as info:

@@ -156,6 +156,18 @@ def test_parquet_with_native_types(tmp_path: Path) -> None:
     assert np.isnan(log.rating[1]) and log.rating[0] == 4.0
 
 
+def test_parquet_with_nested_columns(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"],
+                          "tags": [["a", "b"], [], None]})  # an unused list column: harmless
+    frame.to_parquet(tmp_path / "tags.parquet", index=False)
+    log, report = load_events(tmp_path / "tags.parquet")
+    assert len(log) == 3 and report.rows_bad == 0
+    nested = pd.DataFrame({"user_id": [["u1"], ["u2", "u3"]], "item_id": ["i1", "i2"]})  # list ids
+    nested.to_parquet(tmp_path / "nested.parquet", index=False)
+    log, report = load_events(tmp_path / "nested.parquet")
+    assert len(log) == 0 and report.rows_bad == 2
+
+
 def test_corrupt_parquet_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "e.parquet"
     pd.DataFrame({"user_id": ["a"] * 100, "item_id": ["b"] * 100}).to_parquet(path)
@@ -182,10 +194,31 @@ def test_wrong_encoding_is_counted_not_fatal(tmp_path: Path) -> None:
 
 
 def test_parse_timestamps_units() -> None:
-    values = pd.Series(["1700000000", "1700000000000", "2023-11-14T22:13:20Z", "garbage", None])
+    values = pd.Series(["1700000000", "1700000000000", "2023-11-14T22:13:20Z", "1700000000000000",
+                        "1700000000000000000", "garbage", None])
     out = parse_timestamps(values)
-    assert out[:3].tolist() == [1700000000.0] * 3
-    assert np.isnan(out[3]) and np.isnan(out[4])
+    assert out[:5].tolist() == pytest.approx([1700000000.0] * 5)  # s, ms, ISO, µs, ns
+    assert np.isnan(out[5]) and np.isnan(out[6])
+
+
+def test_a_row_without_its_time_in_a_timed_log_is_bad_not_1970(tmp_path: Path) -> None:
+    path = write(tmp_path, "e.csv", "user_id,item_id,event_type,timestamp\n"
+                 "u1,i1,purchase,2026-01-01\nu1,i2,purchase,\nu2,i1,view,2026-01-02\n")
+    log, report = load_events(path)
+    assert report.bad_rows == {"missing timestamp": 1} and report.examples["missing timestamp"] == [2]  # data rows, 1-based
+    assert len(log) == 2 and log.timestamp.min() > 1.7e9
+
+
+def test_event_type_flag_is_for_logs_without_one(tmp_path: Path) -> None:
+    typed = write(tmp_path, "typed.csv", "user_id,item_id,event_type\nu1,i1,view\n")
+    with pytest.raises(InvalidInput, match="event type column"):
+        load_events(typed, LoadOptions(event_type="purchase"))
+    plain = write(tmp_path, "plain.csv", "user_id,item_id,order_id\nu1,i1,o1\nu1,i2,o1\n")
+    default, _ = load_events(plain)
+    named, _ = load_events(plain, LoadOptions(event_type="interaction"))  # the default, by name
+    assert default.purchase_mask().all() and named.purchase_mask().all()
+    bought, _ = load_events(plain, LoadOptions(event_type="purchase"))
+    assert bought.purchase_mask().all()
 
 
 def test_catalog_alignment_and_bad_values(tmp_path: Path) -> None:

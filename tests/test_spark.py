@@ -383,6 +383,9 @@ u3,i7,purchase,1767261600,o6,1,-4
 u4,i8,,2026-01-03,,,
 {long},i1,view,2026-01-03,,,
 u4,i9,CART,2026-01-03,,1,
+u5,i1,view,,,,
+u5,i2,view,1767261600000000,,,
+u5,i3,view,1767261600000000000,,,
 """.replace("{long}", "u" * 300)
 
 
@@ -404,7 +407,7 @@ def test_bad_rows_counted_like_the_local_loader(spark: Any, tmp_path: Path) -> N
     path.write_text(BAD_LOG)
     spark_report, local = _reports(spark, path, LoadOptions())
     assert spark_report.to_dict() == local.to_dict()
-    assert local.rows_bad == 11 and len(local.bad_rows) == 11  # one row per reason
+    assert local.rows_bad == 12 and len(local.bad_rows) == 12  # one row per reason
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -499,7 +502,7 @@ def test_forgotten_customers_leave_no_trace(
             spark, str(path), _effective_options(None, TrainConfig()), cache, forget=forget
         )
         users = {r["user_id"] for r in spark_log.users.collect()}
-        assert users == {"u4"}  # u1 and u3 forgotten; every row of u2 is bad
+        assert users == {"u4", "u5"}  # u1 and u3 forgotten; every row of u2 is bad
         assert spark_log.forgotten_users == 2
         assert any("forgotten customers dropped" in note for note in spark_log.report.notes)
     finally:
@@ -530,7 +533,7 @@ def test_cli_trains_with_the_spark_engine(
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "rows read 14, kept 3, bad 11" in out
+    assert "rows read 17, kept 5, bad 12" in out
     bundle = Bundle(tmp_path / "b")
     assert bundle.manifest["engine"]["name"] == "spark"
     assert bundle.manifest["rows"]["bad_rows"]["unknown event_type"] == 1
@@ -542,7 +545,7 @@ def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
 
     path = tmp_path / "events.csv"
     path.write_text(BAD_LOG)
-    with pytest.raises(TooManyBadRows, match="events.csv: 11 of 14 rows are bad"):
+    with pytest.raises(TooManyBadRows, match="events.csv: 12 of 17 rows are bad"):
         train_spark(
             path, tmp_path / "b", _config(), load_options=LoadOptions(max_bad_rows=5), spark=spark
         )

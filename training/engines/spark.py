@@ -381,14 +381,21 @@ def _finite(column: Column) -> Column:
 
 
 def _seconds(raw: str, dtype: T.DataType) -> Column:
-    """Epoch seconds from ISO-8601 text, epoch s or ms (> 1e11 taken as ms), or a timestamp type."""
+    """Epoch seconds from ISO-8601 text, epoch s / ms / µs / ns (told apart by magnitude as in
+    `recsvc.events.parse_timestamps`), or a timestamp type."""
     if isinstance(dtype, T.TimestampType | T.TimestampNTZType):
         return F.unix_micros(F.col(f"`{raw}_typed`").cast("timestamp")) / 1e6
     if isinstance(dtype, T.DateType):
         return F.unix_date(F.col(f"`{raw}_typed`")).cast("double") * float(SECONDS_PER_DAY)
     number = _number(raw, dtype)
     number = F.when(_finite(number), number)
-    from_number = F.when(F.abs(number) > 1e11, number / 1000.0).otherwise(number)
+    size = F.abs(number)
+    from_number = (
+        F.when(size > 1e17, number / 1e9)
+        .when(size > 1e14, number / 1e6)
+        .when(size > 1e11, number / 1e3)
+        .otherwise(number)
+    )
     from_text = F.unix_micros(F.try_to_timestamp(F.col(raw))) / 1e6
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 
@@ -495,8 +502,7 @@ def _event_reason(
         for condition, reason in id_checks(value, name, json_lines):
             check(condition, reason)
     if has["timestamp"]:
-        if "timestamp" in options.required:
-            check(F.col("_raw_timestamp").isNull(), "missing timestamp")
+        check(F.col("_raw_timestamp").isNull(), "missing timestamp")  # as the local loader
         check(F.col("_raw_timestamp").isNotNull() & F.col("_ts").isNull(), "unparsable timestamp")
     for name in ("quantity", "price", "rating"):
         if not has[name]:
