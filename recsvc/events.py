@@ -386,7 +386,9 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
                     # Lists, structs, maps: no use as an id or a number (counted as bad rows
                     # where a used column holds them, as in JSON Lines); harmless elsewhere.
                     empty = column.is_null().to_numpy(zero_copy_only=False)
-                    columns[name] = pd.Series(np.where(empty, None, _NESTED), dtype=object)
+                    marks = np.full(len(empty), _NESTED, dtype=object)
+                    marks[empty] = None
+                    columns[name] = pd.Series(marks, dtype=object)
                 else:
                     text = column.cast(pa.string()).to_pandas()
                     columns[name] = text.astype(object).where(text.notna(), None)
