@@ -285,13 +285,14 @@ def test_bad_rows_are_counted_with_their_reasons(tmp_path: Path) -> None:
     jsonl = tmp_path / "mixed.jsonl"
     rows: list[Any] = [
         {"user_id": "u1", "item_id": "a", "event_type": "view", "timestamp": 1_700_000_000},
-        {"user_id": 42, "item_id": "b", "event_type": "view"},  # numbers are ids too
+        {"user_id": 42, "item_id": "b", "event_type": "view", "timestamp": 1_700_000_001},  # numbers are ids too
         {"user_id": ["u", 2], "item_id": "c"},  # an array where an id belongs
         {"user_id": "u3", "item_id": {"sku": 1}},  # an object where an id belongs
         {"user_id": "u4", "item_id": "d", "timestamp": "yesterday"},
-        {"user_id": "u5", "item_id": "e", "quantity": "lots"},
+        {"user_id": "u5", "item_id": "e", "quantity": "lots", "timestamp": 1_700_000_002},
         {"user_id": "u6\x07", "item_id": "f"},  # a control character
-        {"user_id": "u7", "item_id": "g", "event_type": {"kind": "view"}},
+        {"user_id": "u7", "item_id": "g", "event_type": {"kind": "view"}, "timestamp": 1_700_000_003},
+        {"user_id": "u8", "item_id": "h"},  # no time in a log that has times
     ]
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken json\n[1, 2]\n", encoding="utf-8")
     log, report = load_events(jsonl)
@@ -305,8 +306,9 @@ def test_bad_rows_are_counted_with_their_reasons(tmp_path: Path) -> None:
         "unparsable event_type": 1,
         "malformed JSON line": 1,
         "JSON line is not an object": 1,
+        "missing timestamp": 1,
     }
-    assert report.rows_read == 10 and report.rows_kept == 2
+    assert report.rows_read == 11 and report.rows_kept == 2
 
     latin = tmp_path / "latin1.csv"
     latin.write_bytes("user_id,item_id,event_type\nJos\xe9,a,view\nAnn,caf\xe9,view\nBo,b,view\n".encode("latin-1"))
