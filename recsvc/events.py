@@ -786,6 +786,12 @@ def read_catalog_frame(path: str | Path, fmt: str | None = None) -> pd.DataFrame
     return frame
 
 
+def repeated_items_note(rows: int) -> str:
+    """The report note of a catalogue that lists items more than once (every engine's)."""
+    plural = "s" if rows != 1 else ""
+    return f"catalog: item_id repeated by a later row in {rows} row{plural}; each item's last row is used"
+
+
 def load_catalog(
     path: str | Path, items: IdMap, report: LoadReport | None = None, grow: bool = True
 ) -> Catalog:
@@ -809,6 +815,9 @@ def load_catalog(
     frame = frame[~missing]
     ids = ids[~missing]
     rows = rows[~missing]
+    repeated = int(ids.duplicated(keep="last").sum())
+    if repeated:  # the last row of each item wins (assignment order), said rather than silent
+        report.notes.append(repeated_items_note(repeated))
     index = items.encode(ids.to_numpy(dtype=object), grow=grow)
     known = index >= 0
     catalog = Catalog.empty(len(items))

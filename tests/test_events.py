@@ -236,6 +236,11 @@ def test_catalog_alignment_and_bad_values(tmp_path: Path) -> None:
     assert catalog.in_stock.tolist() == [True, False, True]
     assert report.bad_rows["catalog: unparsable or negative price"] == 1
     assert report.bad_rows["catalog: unparsable in_stock"] == 1
+    assert not any("repeated" in note for note in report.notes)
+    again = write(tmp_path, "again.csv", "item_id,price\ni1,3\ni2,4\ni1,5\ni1,6\n")
+    catalog = load_catalog(again, log.items, report)
+    assert catalog.price[0] == 6  # the last row of i1
+    assert "item_id repeated by a later row in 2 rows" in report.notes[-1]
 
 
 ID = st.one_of(st.none(), st.text(alphabet="abcxyz01 ,\"", max_size=6))

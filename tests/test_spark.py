@@ -480,6 +480,8 @@ def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
     finally:
         cache.release()
     assert dict(spark_report.bad_rows) == dict(report.bad_rows)
+    assert spark_report.notes == report.notes == [
+        "catalog: item_id repeated by a later row in 1 row; each item's last row is used"]
     assert set(rows) == {"i1", "i2"}
     assert rows["i1"]["price"] == local.price[0] == 4.0 and not rows["i1"]["in_stock"]  # last wins
     assert rows["i2"]["price"] is None and rows["i2"]["in_stock"]  # blanked, still for sale

@@ -70,6 +70,7 @@ from recsvc.events import (
     check_columns,
     check_text_columns,
     detect_format,
+    repeated_items_note,
     show_columns,
 )
 from recsvc.ids import IdMap
@@ -851,14 +852,13 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
     )
     counted = count_reasons(checked, [F.col("_left_out"), F.col("_bad_price"), F.col("_bad_stock")])
     _add_to_report(report, counted)
-    # A catalogue listing an item twice: the last row wins, as in load_catalog.
+    # A catalogue listing an item twice: the last row wins, as in load_catalog (and is noted).
     latest = Window.partitionBy("item_id").orderBy(F.col("_mid").desc())
-    return (
-        checked.where(usable)
-        .select("*", F.row_number().over(latest).alias("_n"))
-        .where(F.col("_n") == 1)
-        .select("item_id", "category", "price", "in_stock", "title")
-    )
+    ranked = checked.where(usable).select("*", F.row_number().over(latest).alias("_n"))
+    repeated = ranked.where(F.col("_n") > 1).count()
+    if repeated:
+        report.notes.append(repeated_items_note(repeated))
+    return ranked.where(F.col("_n") == 1).select("item_id", "category", "price", "in_stock", "title")
 
 
 def _catalog_arrays(spark_log: SparkLog, catalog: DataFrame | None) -> tuple[IdMap, Catalog]:
@@ -1322,18 +1322,29 @@ def fit_buyagain_spark(spark_log: SparkLog, config: Any, now: int) -> Any:
         ONCE_SPREAD,
         PRIOR_SPREAD,
         PRIOR_WEIGHT,
+        SAME_OCCASION_SECONDS,
     )
 
     rows = _repurchase_rows(spark_log)
     if not spark_log.has_column.get("timestamp", False) or rows is None:
         return BuyAgainLists.empty(spark_log.n_users, now)
     rows = rows.where(~(F.col("quantity") <= 0))
-    day = F.floor(F.col("ts") / SECONDS_PER_DAY).cast("long")
-    occasions = rows.groupBy("user", "item", day.alias("day")).agg(F.max("ts").alias("time"))
-    by_day = Window.partitionBy("user", "item").orderBy("day")
-    gaps = occasions.select(
-        "user", "item", "time", (F.col("day") - F.lag("day").over(by_day)).alias("gap")
-    ).persist(PERSIST)
+    # Occasions as in training.buyagain: runs of a pair's purchases each less than
+    # SAME_OCCASION_SECONDS after the one before; gaps in whole days (at least 1) between
+    # the occasions' first purchases.
+    by_time = Window.partitionBy("user", "item").orderBy("ts")
+    starts = (F.col("ts") - F.lag("ts").over(by_time)) >= SAME_OCCASION_SECONDS
+    occasion = F.sum(F.when(starts, 1).otherwise(0)).over(
+        by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    occasions = (
+        rows.select("user", "item", "ts", occasion.alias("occasion"))
+        .groupBy("user", "item", "occasion")
+        .agg(F.min("ts").alias("first"), F.max("ts").alias("time"))
+    )
+    by_first = Window.partitionBy("user", "item").orderBy("first")
+    since = F.col("first") - F.lag("first").over(by_first)  # null for a pair's first occasion
+    gap_days = F.when(since.isNotNull(), F.greatest(F.rint(since / SECONDS_PER_DAY), F.lit(1.0)))
+    gaps = occasions.select("user", "item", "time", gap_days.alias("gap")).persist(PERSIST)
     pairs = gaps.groupBy("user", "item").agg(
         F.count(F.lit(1)).alias("count"),
         F.max("time").alias("last"),
