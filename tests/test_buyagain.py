@@ -320,13 +320,13 @@ def test_synth_store_cycles_due_this_week_found_well_above_recency_baseline(
     assert ours >= recency + 0.4, (ours, recency)
 
 
-def test_same_lists_when_user_x_item_codes_would_overflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.buyagain as fitting
-
-    log, _, now = planted_store(seed=1, n_users=60)
-    plain = fit_buyagain(log, BuyAgainConfig(), now)
-    monkeypatch.setattr(fitting, "MAX_KEY", 10)  # force the factorised pair codes
-    squeezed = fit_buyagain(log, BuyAgainConfig(), now)
-    assert np.array_equal(plain.indptr, squeezed.indptr)
-    assert np.array_equal(plain.items, squeezed.items)
-    assert np.allclose(plain.due_score, squeezed.due_score)
+def test_one_trip_across_midnight_is_one_occasion() -> None:
+    # 23:58 and 00:03 UTC: one occasion, not "bought 2 times, about every 1 day"
+    rows = [("bob", "milk", "purchase", d) for d in (10 - 2 / 1440, 10 + 3 / 1440)]
+    rows += [("cat", "milk", "purchase", d) for d in (10.25, 10.75, 24.5)]  # 12 h apart: two
+    log = make_log(rows)
+    lists = fit_buyagain(log, BuyAgainConfig(), at(12))
+    bob = log.users.get("bob")
+    assert lists.indptr[bob + 1] == lists.indptr[bob]  # one occasion: no cycle to offer
+    cat = lists.indptr[log.users.get("cat")]
+    assert lists.count[cat] == 3 and lists.interval_days[cat] == pytest.approx(7.5)  # gaps 1, 14

@@ -1,12 +1,14 @@
 """Fit buy-again lists: who re-buys what, how often, and when the next purchase is due.
 
 From purchase rows (event type "purchase"; in a log whose only type is "interaction", every row),
-one *purchase occasion* is a distinct (user, item, day): several rows, units or orders of the
-same item on one day count once, so a basket line split over rows does not fake a cycle. Rows
-without a user or with a quantity <= 0 are not purchases.
+one *purchase occasion* is a run of a (user, item)'s purchases each less than 12 hours
+(SAME_OCCASION_SECONDS) after the one before: several rows, units or orders of the same item
+in one trip count once, so a basket line split over rows or an order placed across midnight
+does not fake a cycle. Rows without a user or with a quantity <= 0 are not purchases.
 
 Per (user, item) with two or more occasions:
-- count = occasions; interval = median gap between consecutive occasions, in days (robust to
+- count = occasions; interval = median gap between consecutive occasions' first purchases,
+  in whole days (at least 1; robust to
   a skipped cycle or a stock-up);
 - spread = robust coefficient of variation of the gaps, 1.4826 * MAD / median, shrunk towards
   PRIOR_SPREAD with weight PRIOR_WEIGHT pseudo-gaps (one or two gaps say little about spread);
@@ -31,7 +33,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 
 from recsvc.buyagain import HORIZON_DAYS, SECONDS_PER_DAY, BuyAgainLists, due_scores
 from recsvc.config import BuyAgainConfig
@@ -45,7 +46,7 @@ MIN_SPREAD = 0.05
 ONCE_SPREAD = 0.5  # a customer's first repeat is less predictable than an established cycle
 MIN_POPULATION_BUYERS = 5  # a repurchase rate from fewer buyers is noise
 LAPSE_SDS = 3.0
-MAX_KEY = 2**62
+SAME_OCCASION_SECONDS = 12 * 3600  # purchases of an item closer than this are one occasion
 
 
 def purchase_mask(log: EventLog) -> np.ndarray:
@@ -89,36 +90,27 @@ def fit_buyagain(log: EventLog, config: BuyAgainConfig, now: int) -> BuyAgainLis
         return BuyAgainLists.empty(n_users, now)
 
     timestamp = log.timestamp[rows]
-    day = timestamp // SECONDS_PER_DAY
-    first_day = int(day.min())
-    span = int(day.max()) - first_day + 1
     pair_code = log.user[rows].astype(np.int64) * n_items + log.item[rows]
-    if int(pair_code.max()) >= MAX_KEY // span:  # keep (pair, day) inside one int64
-        pair_code, pair_ids = pd.factorize(pair_code, sort=True)
-        pair_ids = np.asarray(pair_ids, dtype=np.int64)
-    else:
-        pair_ids = None
-    key = pair_code * span + (day - first_day)
-    order = np.argsort(key)
-    key = key[order]
+    order = np.lexsort((timestamp, pair_code))
+    pair_code = pair_code[order]
     timestamp = timestamp[order]
-    del order, day
+    del order
 
-    # Purchase occasions: distinct (pair, day), sorted by pair then day.
-    occasion_start = group_starts(key)
-    occasion_key = key[occasion_start]
-    occasion_time = np.maximum.reduceat(timestamp, occasion_start) if len(key) else timestamp
-    occasion_pair = occasion_key // span
-    occasion_day = occasion_key % span
-    del key, timestamp
+    # Purchase occasions: runs of a pair's purchases each less than SAME_OCCASION_SECONDS
+    # after the one before (one trip, a basket line split over rows, an order at midnight).
+    new = np.ones(len(pair_code), dtype=bool)
+    new[1:] = (pair_code[1:] != pair_code[:-1]) | (np.diff(timestamp) >= SAME_OCCASION_SECONDS)
+    occasion_start = np.flatnonzero(new)
+    occasion_time = np.maximum.reduceat(timestamp, occasion_start) if len(new) else timestamp
+    occasion_first = timestamp[occasion_start]
+    occasion_pair = pair_code[occasion_start]
+    del new, timestamp, pair_code
 
     pair_start = group_starts(occasion_pair)
     n_pairs = len(pair_start)
     count = np.diff(np.append(pair_start, len(occasion_pair))).astype(np.int64)
     last = occasion_time[pair_start + count - 1]
     code = occasion_pair[pair_start]
-    if pair_ids is not None:
-        code = pair_ids[code]
     user = (code // n_items).astype(np.int32)
     item = (code % n_items).astype(np.int32)
 
@@ -128,7 +120,8 @@ def fit_buyagain(log: EventLog, config: BuyAgainConfig, now: int) -> BuyAgainLis
     is_first[pair_start] = 1
     pair_of_occasion = np.cumsum(is_first) - 1
     gap_pair = pair_of_occasion[1:][same]
-    gaps = (occasion_day[1:] - occasion_day[:-1])[same]
+    # whole days between the occasions' first purchases, at least one
+    gaps = np.maximum(np.rint(np.diff(occasion_first)[same] / SECONDS_PER_DAY), 1).astype(np.int64)
     interval = group_median(gap_pair, gaps, n_pairs)
     # Deviations are whole or half days: doubled they are integers, as group_median wants.
     deviation = np.rint(2 * np.abs(gaps - interval[gap_pair])).astype(np.int64)
