@@ -230,7 +230,33 @@ class LoadOptions:
     max_bad_rows: float | int | None = None
 
 
-BadLines = list[tuple[str, int]]  # (reason, 1-based line number) of lines no parser could split
+# (reason, record number) of lines no parser could split. Records are numbered from 1 in file
+# order, malformed ones included: the CSV header and blank JSON lines are not records. Rows
+# of every reason are reported by record number (as the Spark engine does), so a log without
+# quoted line breaks has record n on line n + 1 (CSV) / on its n-th non-blank line (JSONL).
+BadLines = list[tuple[str, int]]
+
+
+class _Records:
+    """The record numbers of the rows a reader returns, given the malformed records it skipped."""
+
+    def __init__(self) -> None:
+        self.skipped = np.zeros(0, dtype=np.int64)  # malformed record numbers, ascending
+        self.rows = 0  # rows returned so far
+
+    def skip(self, bad: BadLines) -> None:
+        if bad:
+            numbers = np.asarray([number for _, number in bad], dtype=np.int64)
+            self.skipped = np.sort(np.concatenate([self.skipped, numbers]))
+
+    def take(self, n: int) -> np.ndarray:
+        """Record numbers of the next `n` rows: row r is record r + (skipped records before it)."""
+        rows = np.arange(self.rows + 1, self.rows + n + 1, dtype=np.int64)
+        self.rows += n
+        # rows before the j-th skipped record (1-based): its number - j; row r follows it iff
+        # that is below r
+        before = self.skipped - np.arange(1, len(self.skipped) + 1)
+        return rows + np.searchsorted(before, rows, side="left")
 
 
 def check_input_file(path: Path, flag: str) -> None:
@@ -324,8 +350,8 @@ def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.Dat
             )
             for frame in reader:
                 bad: BadLines = []
-                for warning in caught:
-                    bad += [("malformed line (wrong number of fields)", int(m)) for m in
+                for warning in caught:  # pandas gives file lines; the header is line 1
+                    bad += [("malformed line (wrong number of fields)", int(m) - 1) for m in
                             _SKIP_LINE.findall(str(warning.message))]
                 caught.clear()
                 yield frame, bad
@@ -339,17 +365,19 @@ def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.Dat
 def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     records: list[dict[str, Any]] = []
     bad: BadLines = []
+    number = 0  # records: non-blank lines
     with _open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
+        for line in handle:
             if not line.strip():
                 continue
+            number += 1
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                bad.append(("malformed JSON line", line_no))
+                bad.append(("malformed JSON line", number))
                 continue
             if not isinstance(record, dict):
-                bad.append(("JSON line is not an object", line_no))
+                bad.append(("JSON line is not an object", number))
                 continue
             records.append({k: _json_value(v) for k, v in record.items()})
             if len(records) >= chunk_rows:
@@ -503,18 +531,33 @@ def _take(table: np.ndarray, codes: np.ndarray, fill: Any) -> np.ndarray:
 class _Chunk:
     """One chunk of a log being checked: which rows are still good, and why others are not."""
 
-    def __init__(self, frame: pd.DataFrame, source_of: dict[str, str], report: LoadReport) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        source_of: dict[str, str],
+        report: LoadReport,
+        records: _Records,
+        has_column: dict[str, bool],
+    ) -> None:
         self.frame = frame
         self.source_of = source_of
+        self.has_column = has_column
         self.report = report
         self.n = len(frame)
-        self.row_numbers = np.arange(report.rows_read + 1, report.rows_read + self.n + 1)
+        self.row_numbers = records.take(self.n)
         report.rows_read += self.n
         self.ok = np.ones(self.n, dtype=bool)
 
     def col(self, canonical: str) -> pd.Series | None:
+        """The column; None when the log has no such column. A JSON Lines chunk whose records
+        all lack a key the log has gets an all-missing column (its rows are checked, not kept
+        with made-up values)."""
         name = self.source_of[canonical]
-        return self.frame[name] if name in self.frame.columns else None
+        if name in self.frame.columns:
+            return self.frame[name]
+        if self.has_column.get(canonical, False):
+            return pd.Series([None] * self.n, dtype=object, index=self.frame.index)
+        return None
 
     def reject(self, bad: np.ndarray, reason: str) -> None:
         """Count the still-good rows flagged in `bad` under `reason` and drop them."""
@@ -591,10 +634,12 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
     checked = False
 
     bar = progress(desc=f"loading {path.name}", unit="rows")
+    records = _Records()
     for chunk, bad_lines in _iter_chunks(path, fmt, options.chunk_rows):
-        for reason, line_no in bad_lines:
-            report.add_bad(reason, np.array([line_no]))
+        for reason, number in bad_lines:
+            report.add_bad(reason, np.array([number]))
         report.rows_read += len(bad_lines)
+        records.skip(bad_lines)
         if not checked and len(chunk.columns) == 0:
             continue
         if not checked:
@@ -603,7 +648,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
             has_column = check_columns(options, list(chunk.columns), path.name, report)
             checked = True
 
-        rows = _Chunk(chunk, source_of, report)
+        rows = _Chunk(chunk, source_of, report, records, has_column)
         bar.update(rows.n)
         n = rows.n
         col, reject = rows.col, rows.reject
@@ -801,11 +846,14 @@ def load_catalog(
     """
     frame = read_catalog_frame(path)
     report = report if report is not None else LoadReport()
-    for reason, line_no in frame.attrs.get("bad_lines", []):
-        report.add_bad(f"catalog: {reason}", np.array([line_no]))
+    bad_lines = frame.attrs.get("bad_lines", [])
+    for reason, number in bad_lines:
+        report.add_bad(f"catalog: {reason}", np.array([number]))
     ids = frame["item_id"].astype(object).where(frame["item_id"].notna(), None)
     ids = ids.map(lambda v: v.strip() if isinstance(v, str) else v)
-    rows = np.arange(1, len(frame) + 1)
+    records = _Records()
+    records.skip(bad_lines)
+    rows = records.take(len(frame))
     missing = (ids.isna() | (ids == "")).to_numpy()
     report.add_bad("catalog: missing item_id", rows[missing])
     problems = ids.map(_id_problem).to_numpy(dtype=np.int8)

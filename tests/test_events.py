@@ -82,6 +82,19 @@ def test_malformed_csv_line_is_counted_not_dropped(tmp_path: Path) -> None:
     assert report.bad_rows["malformed line (wrong number of fields)"] == 1
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_bad_rows_are_reported_by_their_record_number(tmp_path: Path, chunk_rows: int) -> None:
+    # record n is on line n + 1 of a CSV (the header is line 1), malformed lines included
+    csv = write(tmp_path, "e.csv", "user_id,item_id\nu1,i1\nu2,i2,extra\n,i3\nu4,i4\nu5,i5,x,y\n,i6\n")
+    _, report = load_events(csv, LoadOptions(chunk_rows=chunk_rows))
+    assert report.examples == {"malformed line (wrong number of fields)": [2, 5], "missing user_id": [3, 6]}
+    lines = ['{"user_id": "u1", "item_id": "i1"}', "", '{"item_id": "i2"}', "{broken",
+             "", '{"user_id": "u4", "item_id": "i4"}', '{"item_id": "i5"}']  # blank lines are not records
+    jsonl = write(tmp_path, "e.jsonl", "\n".join(lines) + "\n")
+    _, report = load_events(jsonl, LoadOptions(chunk_rows=chunk_rows))
+    assert report.examples == {"missing user_id": [2, 5], "malformed JSON line": [3]}
+
+
 def test_column_mapping_and_constant_event_type(tmp_path: Path) -> None:
     path = write(
         tmp_path,

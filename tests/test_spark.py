@@ -410,6 +410,22 @@ def test_bad_rows_counted_like_the_local_loader(spark: Any, tmp_path: Path) -> N
     assert local.rows_bad == 12 and len(local.bad_rows) == 12  # one row per reason
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_bad_rows_numbered_like_the_local_loader(spark: Any, tmp_path: Path, fmt: str) -> None:
+    # malformed records between bad rows: both engines number records in file order
+    if fmt == "csv":
+        text = "user_id,item_id\nu1,i1\nu2,i2,extra\n,i3\nu4,i4\nu5,i5,x,y\n,i6\n"
+    else:
+        text = "\n".join(['{"user_id": "u1", "item_id": "i1"}', '{"item_id": "i2"}', "{broken",
+                          '{"user_id": "u4", "item_id": "i4"}', '{"item_id": "i5"}']) + "\n"
+    path = tmp_path / f"events.{fmt}"
+    path.write_text(text)
+    spark_report, local = _reports(spark, path, LoadOptions())
+    assert spark_report.to_dict() == local.to_dict()
+    assert sorted(n for numbers in local.examples.values() for n in numbers) == (
+        [2, 3, 5, 6] if fmt == "csv" else [2, 3, 5])
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_other_formats_and_mappings_counted_like_local(
     spark: Any, tmp_path: Path, fmt: str
