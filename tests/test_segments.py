@@ -67,6 +67,8 @@ def test_quantile_scores_rank_into_fifths_with_ties_sharing_a_score() -> None:
     assert ten.tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     tied = quantile_scores(np.array([1.0, 1, 1, 1, 9]))
     assert len(set(tied[:4].tolist())) == 1 and tied[4] == 5 and tied[0] < 5
+    for n in (1, 2, 4, 7):  # all equal: the middle score, whatever the number of buyers
+        assert quantile_scores(np.full(n, 2.0)).tolist() == [3] * n
 
 
 def test_segment_map_corners_and_prospects() -> None:

@@ -576,6 +576,21 @@ def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
     assert not list((tmp_path / "b").glob(".partial-*"))  # nothing half-written is left
 
 
+def test_spark_quantile_scores_match_local_on_ties(spark: Any) -> None:
+    from training.engines.spark import Cache, quantile_scores_spark
+    from training.segments import quantile_scores
+
+    cache = Cache()
+    try:
+        for values in ([2.0], [2.0, 2.0], [2.0] * 6, [1.0, 1.0, 1.0, 1.0, 9.0]):
+            frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "user long, x double")
+            scores = quantile_scores_spark(frame, "user", "x", higher_is_better=True, cache=cache)
+            got = [r["score"] for r in scores.orderBy("user").collect()]
+            assert got == quantile_scores(np.array(values)).tolist(), values
+    finally:
+        cache.release()
+
+
 def test_spark_als_fit_seconds(spark: Any) -> None:
     from training.engines.spark import spark_als_fit_seconds
 

@@ -133,9 +133,15 @@ class Segments:
 
 
 def quantile_scores(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """1-5 by average-rank quantile (ties share a score); int8."""
+    """1-5 by average-rank quantile (ties share a score); int8.
+
+    Values that are all equal carry no ranking: everyone gets the middle score 3 (the
+    average-rank formula would give 5 to a lone buyer, 4 to two, 3 to five or more).
+    """
     if len(values) == 0:
         return np.zeros(0, dtype=np.int8)
+    if np.all(values == values[0]):
+        return np.full(len(values), 3, dtype=np.int8)
     signed = values if higher_is_better else -values
     percent = pd.Series(signed, dtype=np.float64).rank(method="average", pct=True).to_numpy()
     return np.clip(np.ceil(5 * percent - 1e-9), 1, 5).astype(np.int8)
@@ -242,6 +248,9 @@ def fit_segments(
     (None: every cluster is -1).
     """
     n_users = len(log.users)
+    if not log.has_column.get("timestamp", False):
+        logger.warning("segments: the log has no timestamps, so recency is unknown: every buyer "
+                       "gets the middle recency score R=3")
     recency, frequency, monetary = rfm(log, now)
     buyers = frequency > 0
     r = np.zeros(n_users, dtype=np.int8)

@@ -1503,6 +1503,8 @@ def quantile_scores_spark(
         before = before + _lookup(offsets, F.col("_pid")).cast("long")
     percent = (before.cast("double") + (F.col("n") + 1) / 2.0) / float(total)
     score = F.least(F.greatest(F.ceil(5 * percent - 1e-9), F.lit(1)), F.lit(5)).cast("byte")
+    if ordered.count() == 1:  # all values equal: no ranking, the middle score (as locally)
+        score = F.lit(3).cast("byte")
     scores = ordered.select(value, score.alias("score"))
     return frame.select(key, value).join(scores, value).select(key, "score")
 
