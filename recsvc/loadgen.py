@@ -834,7 +834,7 @@ def _progress_line(name: str, elapsed: float, recorder: _Recorder, warmup: float
         p99 = recorder.latency.percentile(99) * 1e3 if recorder.latency.count else math.nan
         text = (
             f"  {name:<12} {elapsed - warmup:4.0f}/{total - warmup:.0f} s  "
-            f"{recorder.latency.count / measured:9,.0f} req/s  p99 {p99:7.2f} ms  errors {errors}"
+            f"{recorder.arrived / measured:9,.0f} req/s  p99 {p99:7.2f} ms  errors {errors}"
         )
     sys.stderr.write("\r" + text.ljust(78))
     sys.stderr.flush()
