@@ -51,6 +51,7 @@ FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_EVENT_TYPE = "interaction"  # used when a log has no event column and none is given
 MAX_ID_LENGTH = 256
 EXAMPLES_PER_REASON = 5
+CATALOG = "catalog: "  # the prefix of the items catalogue's bad-row reasons
 REPLACEMENT = "\ufffd"  # what undecodable bytes become when text is read as UTF-8
 _NESTED = "\x00<nested JSON>"  # stands for a JSON object or array where a value was expected
 # What a broken compressed stream or file raises while being read.
@@ -124,7 +125,13 @@ class LoadReport:
 
     @property
     def rows_bad(self) -> int:
-        return int(sum(self.bad_rows.values()))
+        """Bad rows of the log itself: rows_read = rows_kept + rows_bad."""
+        return int(sum(n for reason, n in self.bad_rows.items() if not reason.startswith(CATALOG)))
+
+    @property
+    def catalog_rows_bad(self) -> int:
+        """Bad rows of the items catalogue (reasons 'catalog: ...'), counted apart."""
+        return int(sum(n for reason, n in self.bad_rows.items() if reason.startswith(CATALOG)))
 
     def add_bad(self, reason: str, row_numbers: np.ndarray) -> None:
         if len(row_numbers) == 0:
@@ -140,13 +147,15 @@ class LoadReport:
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "rows_bad": self.rows_bad,
+            "catalog_rows_bad": self.catalog_rows_bad,
             "bad_rows": dict(sorted(self.bad_rows.items())),
             "bad_row_examples": {k: v for k, v in sorted(self.examples.items())},
             "notes": list(self.notes),
         }
 
     def summary_lines(self) -> list[str]:
-        lines = [f"rows read {self.rows_read}, kept {self.rows_kept}, bad {self.rows_bad}"]
+        lines = [f"rows read {self.rows_read}, kept {self.rows_kept}, bad {self.rows_bad}"
+                 + (f"; catalogue rows bad {self.catalog_rows_bad}" if self.catalog_rows_bad else "")]
         for reason, count in sorted(self.bad_rows.items(), key=lambda kv: -kv[1]):
             rows = ", ".join(str(r) for r in self.examples.get(reason, []))
             lines.append(f"  {count:>9}  {reason} (e.g. rows {rows})")

@@ -249,6 +249,10 @@ def test_catalog_alignment_and_bad_values(tmp_path: Path) -> None:
     assert catalog.in_stock.tolist() == [True, False, True]
     assert report.bad_rows["catalog: unparsable or negative price"] == 1
     assert report.bad_rows["catalog: unparsable in_stock"] == 1
+    # counted apart: the log's own rows still add up
+    assert report.catalog_rows_bad == 2 and report.rows_bad == 0
+    assert report.rows_kept + report.rows_bad == report.rows_read == 2
+    assert "catalogue rows bad 2" in report.summary_lines()[0]
     assert not any("repeated" in note for note in report.notes)
     again = write(tmp_path, "again.csv", "item_id,price\ni1,3\ni2,4\ni1,5\ni1,6\n")
     catalog = load_catalog(again, log.items, report)
