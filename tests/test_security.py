@@ -362,6 +362,29 @@ def test_hashed_ids_keep_customer_ids_out_of_the_store(hashed_url: str, bundle_d
     if hashed_url.startswith("redis"):
         with pytest.raises(InvalidInput, match="hash_ids"):
             plain.item_catalog(version)
+        # ... nor "forget" a customer it cannot find (it would report nothing held)
+        with pytest.raises(InvalidInput, match="hash_ids"):
+            plain.forget_user(user_id(5))
+        assert store.user_features(version, user_id(5)) is not None
+        assert store.is_forgotten([user_id(5)]) == [False]
+
+
+def test_a_forget_list_written_plain_is_honoured_by_a_hashing_publisher(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from tests.fixtures_grpc import make_bundle
+
+    monkeypatch.setenv("RECSVC_ID_SECRET", SECRET)
+    name = f"switch-{uuid.uuid4().hex[:6]}"
+    plain = open_store(f"memory://{name}")
+    plain.publish(Bundle(bundle_dir), progress=False)
+    assert plain.forget_user(user_id(3)) == 1  # a plain entry on the forget list
+    # the operator turns hashing on; the next nightly bundle still has the customer
+    hashed = open_store(f"memory://{name}?hash_ids=1")
+    report = hashed.publish(Bundle(make_bundle(tmp_path, variant=1)), progress=False)
+    assert report.n_users == 19
+    assert hashed.user_features(report.version, user_id(3)) is None
+    assert hashed.user_features(report.version, user_id(4)) is not None
 
 
 def test_hashed_store_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

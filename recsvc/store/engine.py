@@ -529,11 +529,14 @@ class StoreEngine(ABC):
     def forget_user(self, user_id: str) -> int:
         if not user_id:
             raise InvalidInput("--user", "must not be empty")
+        table = self.version_table()
+        for version, meta in table.items():  # a handle that files ids otherwise would miss them
+            self._check_user_ids(version, meta)
         key = self.user_key(user_id)
         # record first: a publish running now drops the user before it verifies
         self.add_forgotten(self.entry_of_key(key), time.time())
         held = 0
-        for version in self.version_table():
+        for version in self.version_table():  # re-read: a publish may have finished meanwhile
             held += self.delete_users(version, [key]) > 0
         self.delete_events(key)
         log.info("forgot a user", extra={"versions": held})

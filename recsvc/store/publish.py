@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, RankedLists
 from recsvc.errors import BundleFormatError, StoreUnavailable
+from recsvc.privacy import resolve_forgotten
 from recsvc.store import codec
 from recsvc.store.base import PARTIAL, POPULARITY_LISTS, READY, PublishReport, UserSegment
 
@@ -373,8 +374,12 @@ def publish_bundle(
                                  time.monotonic() - started, tuple(existing.get("components", ())),
                                  removed, cleaned)
 
-        forgotten = set(engine.forgotten_users())
+        # Matched by id whatever the entries' form (plain, or hashed under the secret): a list
+        # written by a handle with another ?hash_ids= setting still removes its customers,
+        # and entries hashed under another secret stop the publish with a clear error.
+        entries = set(engine.forgotten_users())
         user_ids = content.user_ids
+        forgotten = set(resolve_forgotten(entries, user_ids, engine.id_hasher)) if entries else set()
         n_items = content.n_items
         meta: dict[str, Any] = {
             "id": version,
@@ -421,8 +426,7 @@ def publish_bundle(
 
             user_keys = engine.user_keys(user_ids)  # the ids themselves unless hashing
             order = engine.user_write_order(user_keys)
-            entry = engine.entry_of_key
-            keep_rows = np.fromiter((entry(user_keys[i]) not in forgotten for i in order.tolist()),
+            keep_rows = np.fromiter((user_ids[i] not in forgotten for i in order.tolist()),
                                     dtype=bool, count=len(order)) if forgotten else None
             if keep_rows is not None:
                 order = order[keep_rows]
@@ -449,8 +453,9 @@ def publish_bundle(
             raise
 
         # users forgotten while we wrote: remove them before anyone can read this version
-        late = set(engine.forgotten_users()) - forgotten
-        late_here = [k for k in user_keys if engine.entry_of_key(k) in late] if late else []
+        late = set(engine.forgotten_users()) - entries
+        late_ids = set(resolve_forgotten(late, user_ids, engine.id_hasher)) - forgotten if late else set()
+        late_here = engine.user_keys(sorted(late_ids))
         if late_here:
             engine.delete_users(version, late_here)
         expected_users = len(order) - len(late_here)
