@@ -273,6 +273,32 @@ def test_switch_over_and_rollback(store: Any, bundles: Path) -> None:
     assert store.current_version() == "v1"
 
 
+def test_a_rollback_racing_a_deletion_never_points_current_at_a_deleted_version(
+    store: Any, bundles: Path
+) -> None:
+    store.publish(make_bundle(bundles, "v1", marker=1), progress=False)
+    store.publish(make_bundle(bundles, "v2", marker=2), progress=False)
+    other = open_store(store.url)
+    raced: list[BaseException | str] = []
+    if store.url.startswith("redis"):  # between retiring v1 and removing its last trace
+        real_hdel = store.client.hdel
+
+        def hdel(*args: Any) -> Any:
+            try:
+                raced.append(other.rollback(to="v1"))
+            except (NotFound, InvalidInput) as refused:
+                raced.append(refused)
+            return real_hdel(*args)
+
+        store.client.hdel = hdel
+    store.delete_version("v1")
+    if raced:
+        assert isinstance(raced[0], NotFound), raced  # v1 was no longer a complete version
+    assert store.current_version() == "v2" and [v.id for v in store.versions()] == ["v2"]
+    assert store.user_features("v2", "u00005") is not None
+    other.close()
+
+
 def test_keep_deletes_older_versions(store: Any, bundles: Path) -> None:
     for number in range(1, 5):
         report = store.publish(make_bundle(bundles, f"v{number}", marker=number), keep=2,

@@ -58,7 +58,7 @@ from redis.exceptions import ClusterError, RedisError, ResponseError
 from redis.retry import Retry
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
-from recsvc.store.base import StoreState
+from recsvc.store.base import PARTIAL, StoreState
 from recsvc.store.engine import StoreEngine
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,18 @@ local meta = redis.call('HGET', KEYS[1], ARGV[1])
 if not meta then return 0 end
 if cjson.decode(meta)['status'] ~= 'ready' then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+# Retire a version before its keys go: refuse if it is current, else mark it partial in the
+# same step, so that a concurrent switch (rollback) refuses it and a drop killed midway is
+# finished by the next publish's clean-up of partial versions.
+_RETIRE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+local meta = redis.call('HGET', KEYS[1], ARGV[1])
+if not meta then return 1 end
+local decoded = cjson.decode(meta)
+decoded['status'] = ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(decoded))
 return 1
 """
 _LOCK_REFRESH = """
@@ -198,6 +210,7 @@ class RedisStore(StoreEngine):
         self.cluster = cluster
         self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._switch = client.register_script(_SWITCH)
+        self._retire = client.register_script(_RETIRE)
         self._lock_refresh = client.register_script(_LOCK_REFRESH)
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._lock_value: str | None = None
@@ -478,7 +491,7 @@ class RedisStore(StoreEngine):
 
     @_guard
     def drop_version(self, version: str, meta: dict[str, Any]) -> None:
-        if version == self.current_version():
+        if not self._retire(keys=[self._g("versions"), self._g("current")], args=[version, PARTIAL]):
             raise InvalidInput("version", f"'{version}' is current")
         layout = meta.get("layout", {})
         user_buckets = int(layout.get("user_buckets", USER_BUCKETS))
