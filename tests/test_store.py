@@ -299,6 +299,25 @@ def test_a_rollback_racing_a_deletion_never_points_current_at_a_deleted_version(
     other.close()
 
 
+def test_a_publish_that_lost_its_lock_stops_before_switching(redis_url: str, bundles: Path) -> None:
+    store = open_store(f"{redis_url}?prefix=lk{uuid.uuid4().hex[:6]}")
+    store.publish(make_bundle(bundles, "v1"), progress=False)
+    lock = store._g("lock")
+
+    def stall(stage: str, done: int, total: int) -> None:
+        if stage == "similar":  # the lock expired while this publish stalled; another took it
+            store.client.set(lock, "another publisher")
+
+    with pytest.raises(InvalidInput, match="lock expired"):
+        store.publish(make_bundle(bundles, "v2"), progress=False, on_batch=stall)
+    assert store.current_version() == "v1"
+    assert store.client.get(lock) == b"another publisher"  # not released: not ours
+    store.client.delete(lock)
+    report = store.publish(make_bundle(bundles, "v3"), progress=False)
+    assert report.cleaned_partial == ("v2",) and store.current_version() == "v3"
+    store.close()
+
+
 def test_keep_deletes_older_versions(store: Any, bundles: Path) -> None:
     for number in range(1, 5):
         report = store.publish(make_bundle(bundles, f"v{number}", marker=number), keep=2,

@@ -422,6 +422,7 @@ def publish_bundle(
                     bar.update(stop - start)
                     if on_batch:
                         on_batch("similar", stop, n_items)
+                    engine.refresh_publish_lock(version)
                 bar.close()
 
             user_keys = engine.user_keys(user_ids)  # the ids themselves unless hashing
@@ -441,9 +442,9 @@ def publish_bundle(
                 total_bytes += sum(len(r) for r in records)
                 writer.submit(partial(engine.put_users, version, ids, records))
                 bar.update(len(rows))
-                engine.refresh_publish_lock(version)
                 if on_batch:
                     on_batch("users", start + len(rows), len(order))
+                engine.refresh_publish_lock(version)
             bar.close()
             writer.close()
         except BaseException:
@@ -460,6 +461,7 @@ def publish_bundle(
             engine.delete_users(version, late_here)
         expected_users = len(order) - len(late_here)
         verify_version(engine, version, expected_users, n_similar, set(blobs))
+        engine.refresh_publish_lock(version)  # still ours: no other publish started meanwhile
         keys = engine.count_keys(version)
         meta.update(status=READY, published_at=utc_now(), n_users=expected_users,
                     bytes=total_bytes, keys=keys)

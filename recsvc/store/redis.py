@@ -327,8 +327,18 @@ class RedisStore(StoreEngine):
 
     @_guard
     def refresh_publish_lock(self, version: str) -> None:
-        if self._lock_value is not None:
-            self._lock_refresh(keys=[self._g("lock")], args=[self._lock_value, LOCK_TTL_MS])
+        """Extend the lock; InvalidInput when it is no longer ours (it expired while this
+        publish stalled, and another may have taken it): stop before switching anything."""
+        if self._lock_value is None:
+            return
+        if not self._lock_refresh(keys=[self._g("lock")], args=[self._lock_value, LOCK_TTL_MS]):
+            self._lock_value = None
+            raise InvalidInput(
+                "publish",
+                f"the store's publish lock expired while {version} was written (another publish "
+                "may have started); stopped before switching, the partial version is removed "
+                "by the next publish",
+            )
 
     @_guard
     def _publish_lock_release(self, version: str) -> None:
