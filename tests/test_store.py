@@ -422,6 +422,22 @@ def test_item_updates_without_retrain(store: Any, bundles: Path) -> None:
         store.update_items(pd.DataFrame({"sku": ["a"]}))
 
 
+def test_an_old_override_does_not_come_back_over_a_newer_bundle(store: Any, bundles: Path) -> None:
+    from datetime import UTC, datetime
+
+    store.publish(make_bundle(bundles, "v1", created_at="2020-01-01T00:00:00+00:00"), progress=False)
+    store.update_items(pd.DataFrame({"item_id": ["i0002"], "price": ["99"]}))
+    assert store.item_catalog("v1").price[2] == 99.0
+    time.sleep(0.05)
+    trained = datetime.now(UTC).isoformat()  # the next bundle knows the price changed back
+    time.sleep(0.05)
+    store.update_items(pd.DataFrame({"item_id": ["i0002"], "in_stock": ["0"]}))  # stock only
+    store.publish(make_bundle(bundles, "v2", created_at=trained), progress=False)
+    catalog = store.item_catalog("v2")
+    assert catalog.price[2] == 2.5 and not catalog.in_stock[2]  # the bundle's price, the new stock
+    assert store.item_catalog("v1").price[2] == 99.0  # older than both: both apply
+
+
 def test_realtime_events_in_the_same_read(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     for index, (item, kind) in enumerate([("i3", "view"), ("i4", "cart"), ("i5", "purchase")]):
@@ -779,6 +795,8 @@ def test_item_update_and_event_round_trip(ts: float, category: str | None, price
                                           in_stock: bool | None, item: str, kind: str) -> None:
     update = codec.ItemUpdate(ts, category, price, in_stock, None)
     assert codec.decode_item_update(codec.encode_item_update(update)) == update
+    timed = codec.ItemUpdate(ts, category, price, in_stock, "t", field_ts=(ts, ts - 1, 0.0, ts))
+    assert codec.decode_item_update(codec.encode_item_update(timed)) == timed
     event = codec.decode_event(codec.encode_event(item, kind, ts))
     assert event is not None and (event.item_id, event.event_type, event.ts) == (item, kind, ts)
 

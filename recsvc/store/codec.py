@@ -631,27 +631,40 @@ def decode_event(data: bytes) -> RecentEvent | None:
     )
 
 
+UPDATE_FIELDS = ("category", "price", "in_stock", "title")
+
+
 @dataclass(frozen=True)
 class ItemUpdate:
-    """New metadata for one item (None: unchanged), applied to versions older than `ts`."""
+    """New metadata for one item (None: unchanged). Each field applies to versions older than
+    when it was set: `field_ts` (per UPDATE_FIELDS), or `ts` for every field when None."""
 
-    ts: float  # epoch seconds of the update
+    ts: float  # epoch seconds of the update (the newest field's, after a merge)
     category: str | None = None
     price: float | None = None  # NaN: price now unknown
     in_stock: bool | None = None
     title: str | None = None
+    field_ts: tuple[float, float, float, float] | None = None
+
+    def set_at(self, name: str) -> float:
+        """When field `name` was set (epoch seconds)."""
+        return self.ts if self.field_ts is None else self.field_ts[UPDATE_FIELDS.index(name)]
 
     def merge(self, newer: ItemUpdate) -> ItemUpdate:
-        return ItemUpdate(
-            ts=max(self.ts, newer.ts),
-            category=newer.category if newer.category is not None else self.category,
-            price=newer.price if newer.price is not None else self.price,
-            in_stock=newer.in_stock if newer.in_stock is not None else self.in_stock,
-            title=newer.title if newer.title is not None else self.title,
-        )
+        """Fields `newer` sets replace ours and carry its time; the others keep their own, so
+        an old override does not come back over a bundle trained after it."""
+        values: dict[str, Any] = {}
+        times: list[float] = []
+        for name in UPDATE_FIELDS:
+            value = getattr(newer, name)
+            source = newer if value is not None else self
+            values[name] = getattr(source, name)
+            times.append(source.set_at(name))
+        return ItemUpdate(ts=max(self.ts, newer.ts), field_ts=tuple(times), **values)  # type: ignore[arg-type]
 
 
 _UPDATE_HEAD = struct.Struct("<dBfB")  # ts, flags, price, in_stock
+_UPDATE_TIMES = struct.Struct("<4d")  # per-field times (flag 16), after the title
 
 
 def encode_item_update(update: ItemUpdate) -> bytes:
@@ -661,11 +674,14 @@ def encode_item_update(update: ItemUpdate) -> bytes:
         | (update.in_stock is not None) << 2
         | (update.title is not None) << 3
     )
+    flags |= (update.field_ts is not None) << 4
     price = update.price if update.price is not None else math.nan
     head = _UPDATE_HEAD.pack(update.ts, flags, price, int(bool(update.in_stock)))
     category = (update.category or "").encode("utf-8")
     title = (update.title or "").encode("utf-8")
-    return head + struct.pack("<I", len(category)) + category + struct.pack("<I", len(title)) + title
+    times = _UPDATE_TIMES.pack(*update.field_ts) if update.field_ts is not None else b""
+    return (head + struct.pack("<I", len(category)) + category + struct.pack("<I", len(title))
+            + title + times)
 
 
 def decode_item_update(data: bytes) -> ItemUpdate:
@@ -676,10 +692,13 @@ def decode_item_update(data: bytes) -> ItemUpdate:
     pos += 4 + size
     (size,) = struct.unpack_from("<I", data, pos)
     title = data[pos + 4 : pos + 4 + size].decode("utf-8", "replace")
+    pos += 4 + size
+    times = _UPDATE_TIMES.unpack_from(data, pos) if flags & 16 else None
     return ItemUpdate(
         ts=ts,
         category=category if flags & 1 else None,
         price=float(price) if flags & 2 else None,
         in_stock=bool(in_stock) if flags & 4 else None,
         title=title if flags & 8 else None,
+        field_ts=times,
     )

@@ -393,14 +393,18 @@ class StoreEngine(ABC):
                 continue
             update = codec.decode_item_update(raw)
             if update.ts <= created:
-                continue  # the bundle is newer than the update
-            if update.category is not None:
+                continue  # the bundle is newer than every field of the update
+
+            def fresh(name: str, update: codec.ItemUpdate = update) -> bool:
+                return getattr(update, name) is not None and update.set_at(name) > created
+
+            if fresh("category"):
                 category[index] = update.category
-            if update.price is not None:
+            if fresh("price"):
                 price[index] = update.price
-            if update.in_stock is not None:
+            if fresh("in_stock"):
                 in_stock[index] = update.in_stock
-            if update.title is not None:
+            if fresh("title"):
                 title[index] = update.title
         return ItemCatalog(version, ids, category, price, in_stock, title, revision)
 
