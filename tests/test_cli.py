@@ -57,3 +57,38 @@ def test_recommend_rejects_bad_k(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code = main(["recommend", "--bundle", str(tmp_path), "--k", "0", "--out", str(tmp_path / "r.csv")])
     assert code == 2
     assert "--k: must be a positive number" in capsys.readouterr().err
+
+
+def test_recommend_export_honours_the_forget_list_and_never_leaves_half_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    from recsvc.bundle import Bundle
+    from recsvc.store import open_store
+    from tests.fixtures_grpc import make_bundle, user_id
+
+    bundle = make_bundle(tmp_path / "b")
+    url = f"memory://export-{uuid.uuid4().hex[:6]}"
+    store = open_store(url)
+    store.publish(Bundle(bundle), progress=False)
+    store.forget_user(user_id(3))  # after the bundle was trained
+    out = tmp_path / "recs.csv"
+    args = ["recommend", "--bundle", str(bundle), "--k", "3", "--out", str(out)]
+    assert main(args) == 0
+    assert user_id(3) in set(pd.read_csv(out)["user_id"])
+    assert "customers forgotten after training are not checked" in capsys.readouterr().out
+    assert main([*args, "--store", url]) == 0
+    exported = set(pd.read_csv(out)["user_id"])
+    assert user_id(3) not in exported and user_id(4) in exported and len(exported) == 19
+    assert "1 forgotten customers left out" in capsys.readouterr().out
+    # a failed export keeps the previous file whole and leaves nothing half-written
+    before = out.read_bytes()
+    assert main([*args, "--model", "no-such-model"]) != 0
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["b", "recs.csv"]
+    # a header line is skipped; a customer called "user_id" further down is not
+    users = tmp_path / "users.txt"
+    users.write_text("user_id\nuser_id\n" + user_id(1) + "\n")
+    assert main(["recommend", "--bundle", str(bundle), "--users", str(users), "--k", "2",
+                 "--out", str(tmp_path / "two.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "two.csv")["user_id"]) == {"user_id", user_id(1)}

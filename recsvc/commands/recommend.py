@@ -22,6 +22,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--in-stock-only", action="store_true")
     parser.add_argument("--category", action="append", default=[], help="restrict to a category")
     parser.add_argument("--out", required=True, help="output file: .csv or .parquet")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="feature store URL whose forget list to honour: customers forgotten after the "
+        "bundle was trained are left out of the export (same ?hash_ids= and secret as the store)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -32,7 +38,9 @@ def read_user_file(path: str) -> list[str]:
     if not file.exists():
         raise InvalidInput("--users", f"'{path}' is neither 'all' nor an existing file")
     users = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
-    users = [u for u in users if u and u != "user_id"]
+    if users and users[0] == "user_id":  # a header line (a customer may be called user_id)
+        users = users[1:]
+    users = [u for u in users if u]
     if not users:
         raise InvalidInput("--users", f"{path} holds no user ids")
     return list(dict.fromkeys(users))
@@ -56,6 +64,19 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--out", "must end in .csv or .parquet")
     bundle = Bundle(args.bundle)
     users = None if args.users == "all" else read_user_file(args.users)
+    forgotten: list[str] = []
+    if args.store:
+        from recsvc.store import open_store
+
+        store = open_store(args.store)
+        try:
+            wanted = list(bundle.users.ids) if users is None else users
+            forgotten = [u for u, gone in zip(wanted, store.is_forgotten(wanted), strict=True) if gone]
+        finally:
+            store.close()
+        if forgotten:
+            gone = set(forgotten)
+            users = [u for u in wanted if u not in gone]
     flt = ItemFilter(
         categories=frozenset(args.category),
         in_stock_only=args.in_stock_only,
@@ -65,27 +86,40 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     total = len(bundle.users) if users is None else len(users)
     bar = progress(total=total, desc="recommend", unit="users")
+    # Written beside the target and renamed at the end: a failed export leaves the previous
+    # file (or none), never a truncated one a campaign tool would pick up.
+    partial = out.with_name(f".{out.name}.partial")
     writer: Any = None
-    with open(out, "w", newline="", encoding="utf-8") if suffix == ".csv" else _null() as handle:
-        first = True
-        for frame in export_frames(bundle, users, args.k, args.model, flt, summary=summary):
-            bar.update(summary.users - bar.n)
-            if suffix == ".csv":
-                frame.to_csv(handle, header=first, index=False)
-            else:
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(out, table.schema)
-                writer.write_table(table)
-            first = False
-    if writer is not None:
-        writer.close()
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") if suffix == ".csv" else _null() as handle:
+            first = True
+            for frame in export_frames(bundle, users, args.k, args.model, flt, summary=summary):
+                bar.update(summary.users - bar.n)
+                if suffix == ".csv":
+                    frame.to_csv(handle, header=first, index=False)
+                else:
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(partial, table.schema)
+                    writer.write_table(table)
+                first = False
+        if writer is not None:
+            writer.close()
+            writer = None
+        partial.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)
     bar.close()
     print(
         f"wrote {summary.rows} rows for {summary.users} users to {out} "
         f"(model {args.model or bundle.default_recommender}, bundle {bundle.version}; "
         f"{summary.unknown_users} unknown users got popular items; "
-        f"{summary.short_lists} lists shorter than k)",
+        f"{summary.short_lists} lists shorter than k"
+        + (f"; {len(forgotten)} forgotten customers left out" if args.store else
+           "; no --store: customers forgotten after training are not checked")
+        + ")",
         file=sys.stdout,
     )
     return 0

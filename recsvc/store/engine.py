@@ -121,9 +121,13 @@ class StoreEngine(ABC):
         return self.entry_of_key(self.user_key(user_id))
 
     def is_forgotten(self, user_ids: Sequence[str]) -> list[bool]:
-        """Whether each customer is on the forget list (works with hashed ids too)."""
-        listed = set(self.forgotten_users())
-        return [self.forget_entry(u) in listed for u in user_ids]
+        """Whether each customer is on the forget list, whatever form its entries take (plain,
+        or hashed under this store's secret; `recsvc.privacy.resolve_forgotten`)."""
+        from recsvc.privacy import resolve_forgotten
+
+        entries = self.forgotten_users()
+        found = set(resolve_forgotten(entries, user_ids, self.id_hasher)) if entries else set()
+        return [u in found for u in user_ids]
 
     def _check_user_ids(self, version: str, meta: dict[str, Any]) -> None:
         stored = str(meta.get("user_ids", PLAIN))
