@@ -231,6 +231,9 @@ class RecommendationService:
         with self._forget_lock:
             self.forget_generation += 1
             self.user_cache.pop(user_id)
+        watch = self.events_watch
+        if watch is not None:
+            watch.forget(user_id)
 
     def forgets_changed(self) -> None:
         """Customers were forgotten elsewhere: bulk reads in progress must not be cached."""

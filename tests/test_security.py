@@ -431,13 +431,24 @@ def test_trainer_drops_customers_forgotten_in_a_hashed_store(monkeypatch: pytest
 def test_forget_reaches_other_server_processes(redis_url: str, bundle_dir: Path, tokens: dict[str, Any]) -> None:  # noqa: F811
     url = f"{redis_url}?prefix=fw{uuid.uuid4().hex[:6]}"
     first = serve(url, bundle_dir, tokens_file=str(tokens["path"]))
-    second = serve(url, None, tokens_file=str(tokens["path"]), forget_poll_seconds=0.2)
+    second = serve(url, None, tokens_file=str(tokens["path"]), forget_poll_seconds=0.2,
+                   realtime_watch=True)
     user = user_id(6)
     try:
         channel, client = stub(second.target, tokens["client"])
         with channel:
             assert client.Recommend(pb.RecommendRequest(user_id=user, k=3), timeout=5).source == pb.PERSONALIZED
         assert second.service.user_cache.get(user) is not None
+        watch = second.service.events_watch
+        deadline = time.monotonic() + 10
+        while not (watch is not None and watch.ready):
+            assert time.monotonic() < deadline, "the event watch did not become ready"
+            time.sleep(0.02)
+            watch = second.service.events_watch
+        first.store.record_event(user, item_id(2), "view")
+        while watch.quiet(user):  # the watch has the customer's key among the live ones
+            assert time.monotonic() < deadline, "the event did not reach the watch"
+            time.sleep(0.02)
         channel, admin = stub(first.target, tokens["admin"])
         with channel:
             admin.ForgetUser(pb.ForgetUserRequest(user_id=user), timeout=5)
@@ -445,6 +456,7 @@ def test_forget_reaches_other_server_processes(redis_url: str, bundle_dir: Path,
         while second.service.user_cache.get(user) is not None:
             assert time.monotonic() < deadline, "the other server still caches the forgotten user"
             time.sleep(0.05)
+        assert watch.quiet(user)  # and no longer holds their key
     finally:
         first.stop(0)
         second.stop(0)

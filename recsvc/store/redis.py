@@ -629,6 +629,11 @@ class EventWatch:
         self._thread: threading.Thread | None = None
         self.rebuilds = 0
 
+    def forget(self, user_id: str) -> None:
+        """Drop a forgotten customer's key from the live set (their events are gone)."""
+        with self._lock:
+            self._live.pop(self.store.user_key(user_id), None)
+
     # -- the request path ---------------------------------------------------------------------
     def quiet(self, user_id: str) -> bool:
         """True when the user certainly has no real-time events (no store read needed)."""
