@@ -114,10 +114,11 @@ def parse_tokens(text: str, source: str) -> list[Client]:
         if len(fields) not in (3, 4):
             raise InvalidInput(where, "expected 'name role sha256:<hex> [rate=RPS]'")
         name, role, hashed = fields[:3]
+        # The values are not repeated: a token pasted into the wrong column would reach the logs.
         if not _NAME.match(name):
-            raise InvalidInput(where, f"name '{name[:64]}' must be 1-64 of A-Z a-z 0-9 _ . @ -")
+            raise InvalidInput(where, "the name must be 1-64 of A-Z a-z 0-9 _ . @ - (value not shown)")
         if role not in ROLES:
-            raise InvalidInput(where, f"role must be one of {', '.join(ROLES)}, got '{role[:20]}'")
+            raise InvalidInput(where, f"the role must be one of {', '.join(ROLES)} (value not shown)")
         scheme, _, digest = hashed.partition(":")
         if scheme != HASH_SCHEME or not _HEX.match(digest):
             raise InvalidInput(where, "the hash must be sha256:<64 hex digits> (never the token)")

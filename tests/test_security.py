@@ -124,6 +124,11 @@ def test_tokens_are_stored_only_as_hashes(tokens: dict[str, Any]) -> None:
     assert from_env.authenticate("rsv_def").rate == 9.0  # type: ignore[union-attr]
     with pytest.raises(InvalidInput, match="line 1"):
         parse_tokens("shop client rsv_plaintext_token", "tokens.txt")
+    for misplaced in (f"rsv_secret_in_the_name_column_0123456789abcdefghijklmnopqrstuvwxyz!# client {hash_token('x')}",
+                      f"shop rsv_secret_in_the_role_column {hash_token('x')}"):
+        with pytest.raises(InvalidInput) as refused:  # never repeated into logs
+            parse_tokens(misplaced.replace("#", ""), "tokens.txt")
+        assert "rsv_secret" not in str(refused.value) and "line 1" in str(refused.value)
     with pytest.raises(InvalidInput, match="already has a token"):
         add_token(tokens["path"], "storefront")
 
