@@ -88,9 +88,11 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             time.sleep(drain_delay)
-            if self.drain is not None:
-                self.drain.refusing.set()
-                time.sleep(REFUSE_SECONDS)  # calls already received are answered, not cancelled
+        # Any graceful stop refuses before stopping (also with no drain delay): calls gRPC has
+        # received but not started get UNAVAILABLE, which clients retry, not CANCELLED.
+        if self.drain is not None and (drain_delay > 0 or grace is None or grace > 0):
+            self.drain.refusing.set()
+            time.sleep(REFUSE_SECONDS)  # calls already received are answered, not cancelled
         self.server.stop(grace).wait()
         if self.forget_watcher is not None:
             self.forget_watcher.stop()

@@ -573,6 +573,9 @@ def test_drain_lets_in_flight_calls_finish(tmp_path: Path, bundle_dir: Path) -> 
         for future in futures:  # the calls in flight all finish, answered from the fallback
             assert future.result().source == pb.FALLBACK
         stopped.join()
+        # no drain delay, yet the refusal step ran (calls received but not started get
+        # UNAVAILABLE, which clients retry, rather than CANCELLED)
+        assert running.drain is not None and running.drain.refusing.is_set()
     finally:
         os.kill(process.pid, signal.SIGCONT)
         channel.close()
