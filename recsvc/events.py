@@ -843,7 +843,7 @@ def read_catalog_frame(path: str | Path, fmt: str | None = None) -> pd.DataFrame
 def repeated_items_note(rows: int) -> str:
     """The report note of a catalogue that lists items more than once (every engine's)."""
     plural = "s" if rows != 1 else ""
-    return f"catalog: item_id repeated by a later row in {rows} row{plural}; each item's last row is used"
+    return f"{CATALOG}item_id repeated by a later row in {rows} row{plural}; each item's last row is used"
 
 
 def load_catalog(
@@ -857,17 +857,17 @@ def load_catalog(
     report = report if report is not None else LoadReport()
     bad_lines = frame.attrs.get("bad_lines", [])
     for reason, number in bad_lines:
-        report.add_bad(f"catalog: {reason}", np.array([number]))
+        report.add_bad(CATALOG + reason, np.array([number]))
     ids = frame["item_id"].astype(object).where(frame["item_id"].notna(), None)
     ids = ids.map(lambda v: v.strip() if isinstance(v, str) else v)
     records = _Records()
     records.skip(bad_lines)
     rows = records.take(len(frame))
     missing = (ids.isna() | (ids == "")).to_numpy()
-    report.add_bad("catalog: missing item_id", rows[missing])
+    report.add_bad(CATALOG + "missing item_id", rows[missing])
     problems = ids.map(_id_problem).to_numpy(dtype=np.int8)
     for code, reason in _ID_PROBLEMS.items():
-        report.add_bad("catalog: " + reason.format("item_id"), rows[(problems == code) & ~missing])
+        report.add_bad(CATALOG + reason.format("item_id"), rows[(problems == code) & ~missing])
     missing = missing | (problems != 0)
     frame = frame[~missing]
     ids = ids[~missing]
@@ -886,7 +886,7 @@ def load_catalog(
     if "price" in frame.columns:
         price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64", copy=True)
         bad = frame["price"].notna().to_numpy() & (~np.isfinite(price) | (price < 0))
-        report.add_bad("catalog: unparsable or negative price", rows[bad])
+        report.add_bad(CATALOG + "unparsable or negative price", rows[bad])
         price[bad] = np.nan
         catalog.price[index[known]] = price[known].astype(np.float32)
     if "in_stock" in frame.columns:
@@ -894,6 +894,6 @@ def load_catalog(
         is_true = flags.isin(_TRUE).to_numpy()
         is_false = flags.isin(_FALSE).to_numpy()
         bad = ~(is_true | is_false)
-        report.add_bad("catalog: unparsable in_stock", rows[bad])
+        report.add_bad(CATALOG + "unparsable in_stock", rows[bad])
         catalog.in_stock[index[known]] = (is_true | bad)[known]  # unknown flag: keep selling
     return catalog

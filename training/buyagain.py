@@ -8,8 +8,7 @@ does not fake a cycle. Rows without a user or with a quantity <= 0 are not purch
 
 Per (user, item) with two or more occasions:
 - count = occasions; interval = median gap between consecutive occasions' first purchases,
-  in whole days (at least 1; robust to
-  a skipped cycle or a stock-up);
+  in whole days (at least 1; robust to a skipped cycle or a stock-up);
 - spread = robust coefficient of variation of the gaps, 1.4826 * MAD / median, shrunk towards
   PRIOR_SPREAD with weight PRIOR_WEIGHT pseudo-gaps (one or two gaps say little about spread);
   sd_days = max(spread * interval, 1);

@@ -650,6 +650,10 @@ class ItemUpdate:
         """When field `name` was set (epoch seconds)."""
         return self.ts if self.field_ts is None else self.field_ts[UPDATE_FIELDS.index(name)]
 
+    def applies(self, name: str, created: float) -> bool:
+        """Whether field `name` is set, and later than a version created at `created`."""
+        return getattr(self, name) is not None and self.set_at(name) > created
+
     def merge(self, newer: ItemUpdate) -> ItemUpdate:
         """Fields `newer` sets replace ours and carry its time; the others keep their own, so
         an old override does not come back over a bundle trained after it."""

@@ -398,17 +398,13 @@ class StoreEngine(ABC):
             update = codec.decode_item_update(raw)
             if update.ts <= created:
                 continue  # the bundle is newer than every field of the update
-
-            def fresh(name: str, update: codec.ItemUpdate = update) -> bool:
-                return getattr(update, name) is not None and update.set_at(name) > created
-
-            if fresh("category"):
+            if update.applies("category", created):
                 category[index] = update.category
-            if fresh("price"):
+            if update.applies("price", created):
                 price[index] = update.price
-            if fresh("in_stock"):
+            if update.applies("in_stock", created):
                 in_stock[index] = update.in_stock
-            if fresh("title"):
+            if update.applies("title", created):
                 title[index] = update.title
         return ItemCatalog(version, ids, category, price, in_stock, title, revision)
 

@@ -60,6 +60,7 @@ from recsvc.errors import InvalidInput
 from recsvc.events import (
     _ID_PROBLEMS,  # the id reasons' wording, shared so both engines report alike
     CANONICAL_COLUMNS,
+    CATALOG,
     DEFAULT_EVENT_TYPE,
     EXAMPLES_PER_REASON,
     MAX_ID_LENGTH,
@@ -815,10 +816,10 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
     item_id = _strip(F.col("_raw_item_id"))
     left_out = _first_reason(
         [
-            (F.col("_malformed").isNotNull(), F.concat(F.lit("catalog: "), F.col("_malformed"))),
-            (item_id.isNull() | (item_id == ""), F.lit("catalog: missing item_id")),
+            (F.col("_malformed").isNotNull(), F.concat(F.lit(CATALOG), F.col("_malformed"))),
+            (item_id.isNull() | (item_id == ""), F.lit(CATALOG + "missing item_id")),
             *[
-                (condition, F.lit(f"catalog: {reason}"))
+                (condition, F.lit(CATALOG + reason))
                 for condition, reason in id_checks(item_id, "item_id", fmt == "jsonl")
             ],
         ]
@@ -838,12 +839,12 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
             item_id.alias("item_id"),
             F.coalesce(_strip(F.col("_raw_category")), F.lit("")).alias("category"),
             F.when(bad_price, F.lit(None)).otherwise(price).cast("float").alias("price"),
-            F.when(usable & bad_price, F.lit("catalog: unparsable or negative price")).alias(
+            F.when(usable & bad_price, F.lit(CATALOG + "unparsable or negative price")).alias(
                 "_bad_price"
             ),
             (is_true | ~is_false).alias("in_stock") if has_stock else F.lit(True).alias("in_stock"),
             (
-                F.when(usable & ~(is_true | is_false), F.lit("catalog: unparsable in_stock"))
+                F.when(usable & ~(is_true | is_false), F.lit(CATALOG + "unparsable in_stock"))
                 if has_stock
                 else no_reason
             ).alias("_bad_stock"),
