@@ -438,6 +438,41 @@ def test_an_old_override_does_not_come_back_over_a_newer_bundle(store: Any, bund
     assert store.item_catalog("v1").price[2] == 99.0  # older than both: both apply
 
 
+def test_concurrent_item_updates_keep_each_others_fields(store: Any, bundles: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update that lands between another's read and its write is merged, not overwritten;
+    one that keeps losing the race says so and writes nothing."""
+    from recsvc.store import engine
+
+    store.publish(make_bundle(bundles, "v1"), progress=False)
+    other = open_store(store.url)
+    read = store.item_updates
+    interpose: list[str] = ["sale"]  # categories the other process writes, one per read
+    always = [False]
+
+    def read_then_race() -> dict[str, bytes]:
+        stale = read()
+        if interpose:  # another process writes after this one has read
+            category = interpose[0] if always[0] else interpose.pop()
+            other.update_items(pd.DataFrame({"item_id": ["i0001"], "category": [category]}))
+        return stale
+
+    monkeypatch.setattr(store, "item_updates", read_then_race)
+    report = store.update_items(pd.DataFrame({"item_id": ["i0001"], "in_stock": ["0"]}))
+    catalog = store.item_catalog("v1")
+    assert catalog.category[1] == "sale" and not catalog.in_stock[1]
+    assert report.revision == store.state().items_revision == 2
+
+    monkeypatch.setattr(engine, "ITEM_UPDATE_ATTEMPTS", 3)
+    interpose[:], always[0] = ["toys"], True
+    with pytest.raises(StoreUnavailable, match="3 attempts"):
+        store.update_items(pd.DataFrame({"item_id": ["i0001"], "price": ["7"]}))
+    interpose.clear()
+    catalog = store.item_catalog("v1")
+    assert catalog.category[1] == "toys" and catalog.price[1] == 1.5  # the refused price not written
+    assert store.state().items_revision == 5
+
+
 def test_realtime_events_in_the_same_read(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     for index, (item, kind) in enumerate([("i3", "view"), ("i4", "cart"), ("i5", "purchase")]):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recsvc.errors import InvalidInput, NotFound
+from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
 from recsvc.ids import IdMap
 from recsvc.privacy import PLAIN, IdHasher
 from recsvc.store import codec
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 RECENT_MAX = 50  # real-time events kept per user
 RECENT_TTL = 7 * 86_400  # seconds a user's real-time list lives after its last event
+ITEM_UPDATE_ATTEMPTS = 20  # update_items re-merges when another update wrote first
 _CACHED_VERSIONS = 4  # per-version immutable data (factors, rules, popularity) kept in process
 
 
@@ -249,8 +250,10 @@ class StoreEngine(ABC):
         """Forget-list entries, oldest first (`recsvc.privacy.resolve_forgotten` matches them)."""
 
     @abstractmethod
-    def put_item_updates(self, updates: dict[str, bytes]) -> int:
-        """Store overrides by item id and bump the items revision; returns the new revision."""
+    def put_item_updates(self, updates: dict[str, bytes], revision: int) -> int | None:
+        """Store overrides by item id and bump the items revision, in one atomic step and only
+        if the revision is still `revision` (the one the overrides were merged against);
+        returns the new revision, or None (nothing written) when another update came first."""
 
     @abstractmethod
     def item_updates(self) -> dict[str, bytes]: ...
@@ -554,7 +557,6 @@ class StoreEngine(ABC):
         frame = catalog_frame
         if "item_id" not in frame.columns:
             raise InvalidInput("item_id", "column not found in the items file")
-        now = time.time()
         bad: dict[str, int] = {}
 
         def count(reason: str, n: int) -> None:
@@ -600,23 +602,25 @@ class StoreEngine(ABC):
         if not columns:
             raise InvalidInput("--items", "no metadata columns (category, price, in_stock, title)")
 
-        existing = self.item_updates()
-        merged: dict[str, codec.ItemUpdate] = {}
-        for row in range(n):
-            if missing[row]:
-                continue
-            item_id = str(ids.iloc[row])
-            update = codec.ItemUpdate(ts=now, **{k: v[row] for k, v in columns.items()})
-            previous = merged.get(item_id)
-            if previous is None and item_id in existing:
-                previous = codec.decode_item_update(existing[item_id])
-            merged[item_id] = previous.merge(update) if previous is not None else update
+        for _attempt in range(ITEM_UPDATE_ATTEMPTS):
+            # the revision first: an update landing after it makes the write below refuse
+            base_revision = self.state().items_revision
+            now = time.time()  # after whatever came first: this update is the newer one
+            merged = _merge_updates(self.item_updates(), ids, missing, columns, now)
+            encoded = {k: codec.encode_item_update(v) for k, v in merged.items()}
+            revision = self.put_item_updates(encoded, base_revision)
+            if revision is not None:
+                break
+        else:
+            raise StoreUnavailable(
+                f"item updates: other updates kept changing the items revision "
+                f"({ITEM_UPDATE_ATTEMPTS} attempts); try again"
+            )
         known: set[str] = set()
         for version, meta in self.version_table().items():
             if meta.get("status") != READY:
                 continue
             known.update(item for item in merged if self._catalog_ids(version).get(item) >= 0)
-        revision = self.put_item_updates({k: codec.encode_item_update(v) for k, v in merged.items()})
         rows = int(n - missing.sum())
         unknown = sum(1 for row in range(n) if not missing[row] and str(ids.iloc[row]) not in known)
         return ItemUpdateReport(rows=n, updated=rows - unknown, unknown=unknown, bad=bad, revision=revision)
@@ -624,6 +628,27 @@ class StoreEngine(ABC):
     def _catalog_ids(self, version: str) -> IdMap:
         ids: IdMap = self._cached(version, "catalog", lambda: self._load_catalog(version))["ids"]
         return ids
+
+
+def _merge_updates(
+    existing: dict[str, bytes],
+    ids: pd.Series,
+    missing: np.ndarray,
+    columns: dict[str, list[Any]],
+    now: float,
+) -> dict[str, codec.ItemUpdate]:
+    """The overrides of an items file merged over the stored ones (later rows win per field)."""
+    merged: dict[str, codec.ItemUpdate] = {}
+    for row in range(len(ids)):
+        if missing[row]:
+            continue
+        item_id = str(ids.iloc[row])
+        update = codec.ItemUpdate(ts=now, **{k: v[row] for k, v in columns.items()})
+        previous = merged.get(item_id)
+        if previous is None and item_id in existing:
+            previous = codec.decode_item_update(existing[item_id])
+        merged[item_id] = previous.merge(update) if previous is not None else update
+    return merged
 
 
 def _epoch(iso: str) -> float:

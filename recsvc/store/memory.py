@@ -233,8 +233,10 @@ class MemoryStore(StoreEngine):
         with self._data.lock:
             return sorted(self._data.forgotten, key=lambda u: (self._data.forgotten[u], u))
 
-    def put_item_updates(self, updates: dict[str, bytes]) -> int:
+    def put_item_updates(self, updates: dict[str, bytes], revision: int) -> int | None:
         with self._data.lock:
+            if self._data.items_revision != revision:
+                return None
             self._data.item_updates.update(updates)
             self._data.items_revision += 1
             return self._data.items_revision

@@ -98,6 +98,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Item-metadata overrides: written only if the revision is still the one the caller merged
+# against (compare-and-set), so two concurrent `update_items` never lose each other's fields.
+_ITEMS_PUT = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return -1 end
+for start = 2, #ARGV, 2000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, start, math.min(start + 1999, #ARGV)))
+end
+return redis.call('INCR', KEYS[2])
+"""
 _LOCK_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -213,6 +222,7 @@ class RedisStore(StoreEngine):
         self._retire = client.register_script(_RETIRE)
         self._lock_refresh = client.register_script(_LOCK_REFRESH)
         self._lock_release = client.register_script(_LOCK_RELEASE)
+        self._items_put = client.register_script(_ITEMS_PUT)
         self._lock_value: str | None = None
         self._scan_meta: dict[str, tuple[int, int]] = {}  # version -> (buckets, users/bucket)
 
@@ -549,14 +559,12 @@ class RedisStore(StoreEngine):
         return [user for _, user in pairs]
 
     @_guard
-    def put_item_updates(self, updates: dict[str, bytes]) -> int:
-        key = self._g("items")
-        items = list(updates.items())
-        pipe = self._pipe()
-        for start in range(0, len(items), 1000):
-            pipe.hset(key, mapping=dict(items[start : start + 1000]))
-        pipe.incr(self._g("items_rev"))
-        return int(pipe.execute()[-1])
+    def put_item_updates(self, updates: dict[str, bytes], revision: int) -> int | None:
+        args: list[Any] = [revision]
+        for item_id, raw in updates.items():
+            args += [item_id, raw]
+        written = int(self._items_put(keys=[self._g("items"), self._g("items_rev")], args=args))
+        return None if written < 0 else written
 
     @_guard
     def item_updates(self) -> dict[str, bytes]:
