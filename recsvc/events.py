@@ -24,7 +24,7 @@ import re
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,19 +277,35 @@ def check_input_file(path: Path, flag: str) -> None:
 
 
 def _iter_chunks(
-    path: Path, fmt: str, chunk_rows: int, flag: str = "--events"
+    path: Path,
+    fmt: str,
+    chunk_rows: int,
+    flag: str = "--events",
+    keys: Collection[str] | None = None,
 ) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     """Yield the file as DataFrames of strings (None for missing), chunk by chunk.
 
     Lines that cannot be split into a row at all (wrong field count, broken JSON) come back
     beside the chunk so the caller counts them. A file that cannot be read at all raises
-    InvalidInput naming `flag`.
+    InvalidInput naming `flag`. In JSON Lines, where records need not share keys, every chunk
+    has a column for each of `keys` that some record of the file sets (not null) and none for
+    the others, as Spark's JSON reader sees the file.
     """
     try:
         if fmt == "csv":
             yield from _csv_chunks(path, chunk_rows, flag)
         elif fmt == "jsonl":
-            yield from _jsonl_chunks(path, chunk_rows)
+            if keys is None:
+                yield from _jsonl_chunks(path, chunk_rows)
+            else:
+                found = _jsonl_keys(path, keys)
+                for chunk, bad in _jsonl_chunks(path, chunk_rows):
+                    absent = [k for k in keys if k not in found and k in chunk.columns]
+                    chunk = chunk.drop(columns=absent)
+                    for key in found:
+                        if key not in chunk.columns:
+                            chunk[key] = pd.Series([None] * len(chunk), dtype=object)
+                    yield chunk, bad
         else:
             yield from _parquet_chunks(path, chunk_rows, flag)
     except _READ_ERRORS as exc:
@@ -394,6 +410,45 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, B
                 records, bad = [], []
     if records or bad:
         yield pd.DataFrame.from_records(records), bad
+
+
+def _jsonl_keys(path: Path, keys: Collection[str], block: int = 1 << 23) -> set[str]:
+    """Which of `keys` some record of a JSON Lines file sets to a value other than null.
+
+    Reads blocks and parses only lines that contain a key still unseen, written as a JSON
+    string; stops once every key has been seen (at the first line for a regular log).
+    """
+    pending = {key: json.dumps(key, ensure_ascii=False) for key in keys}
+    found: set[str] = set()
+    with _open_text(path) as handle:
+        rest = ""
+        while pending:
+            text = handle.read(block)
+            if not text:
+                lines = [rest]
+            else:
+                text, rest = rest + text, ""
+                cut = text.rfind("\n") + 1
+                text, rest = text[:cut], text[cut:]
+                if not any(quoted in text for quoted in pending.values()):
+                    continue
+                lines = text.split("\n")
+            for line in lines:
+                hits = [key for key, quoted in pending.items() if quoted in line]
+                if not hits:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    for key in hits:
+                        if record.get(key) is not None:
+                            found.add(key)
+                            del pending[key]
+            if not text:
+                break
+    return found
 
 
 def _json_value(value: Any) -> str | None:
@@ -644,7 +699,8 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
 
     bar = progress(desc=f"loading {path.name}", unit="rows")
     records = _Records()
-    for chunk, bad_lines in _iter_chunks(path, fmt, options.chunk_rows):
+    keys = set(source_of.values())
+    for chunk, bad_lines in _iter_chunks(path, fmt, options.chunk_rows, keys=keys):
         for reason, number in bad_lines:
             report.add_bad(reason, np.array([number]))
         report.rows_read += len(bad_lines)

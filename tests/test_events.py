@@ -306,3 +306,27 @@ def test_a_log_read_in_chunks_loads_like_one_chunk(tmp_path: Path) -> None:
     assert log.users.decode(log.user) == ["u1", "u2", "u1", "u3", "u2", "u1"]
     assert log.items.decode(log.item) == ["i1", "i2", "i2", "i1", "i1", "i4"]
     assert log.users.decode(log.user) == whole_log.users.decode(whole_log.user)
+
+
+LATE_KEYS = [  # the first records lack keys that later ones set; "rating" is only ever null
+    {"user_id": "u1", "item_id": "i1", "event_type": "view"},
+    {"user_id": "u2", "item_id": "i2", "event_type": "view", "rating": None},
+    {"user_id": "u1", "item_id": "i2", "event_type": "purchase", "price": "2.5",
+     "timestamp": "2026-01-01T00:00:00Z"},
+    {"user_id": "u3", "item_id": "i1", "event_type": "purchase", "price": 3, "timestamp": 1767225600},
+]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_a_json_lines_key_first_set_late_is_a_column_of_the_whole_log(
+    tmp_path: Path, chunk_rows: int
+) -> None:
+    path = write(tmp_path, "events.jsonl", "".join(json.dumps(r) + "\n" for r in LATE_KEYS))
+    log, report = load_events(path, LoadOptions(chunk_rows=chunk_rows))
+    assert dict(report.bad_rows) == {"missing timestamp": 2}  # the log has times: these lack theirs
+    assert report.examples["missing timestamp"] == [1, 2]
+    assert log.users.decode(log.user) == ["u1", "u3"]
+    assert log.price.tolist() == [2.5, 3.0]
+    assert log.timestamp.tolist() == [1767225600.0, 1767225600.0]
+    assert np.isnan(log.rating).all()  # null wherever given: no rating column, nothing rejected
+

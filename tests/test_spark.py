@@ -448,6 +448,16 @@ def test_other_formats_and_mappings_counted_like_local(
     assert dict(spark_report.bad_rows) == dict(local.bad_rows)
 
 
+def test_json_lines_keys_set_late_counted_like_local(spark: Any, tmp_path: Path) -> None:
+    from tests.test_events import LATE_KEYS
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in LATE_KEYS))
+    spark_report, local = _reports(spark, path, LoadOptions(chunk_rows=2))
+    assert spark_report.to_dict() == local.to_dict()
+    assert local.rows_kept == 2
+
+
 ODD_IDS = [
     {"user_id": "u1", "item_id": "i1", "event_type": "view"},
     {"user_id": "u5\x01", "item_id": "i1", "event_type": "view"},  # a control character
