@@ -113,6 +113,24 @@ def test_tuner_writes_a_config_that_train_accepts(tmp_path: Path) -> None:
     assert config.ease.column_norm == result.best["ease"].params["ease.column_norm"]
 
 
+def test_a_grid_larger_than_the_trials_varies_every_parameter() -> None:
+    import numpy as np
+
+    from training.tune import SEARCH_SPACES, _candidates
+
+    space = SEARCH_SPACES["als"]
+    start = {key: param.grid()[0] for key, param in space.items()}
+    picked = _candidates(space, start, 20, np.random.default_rng(3), "grid")
+    again = _candidates(space, start, 20, np.random.default_rng(3), "grid")
+    assert picked == again and len(picked) == 20
+    assert len({tuple(sorted(c.items())) for c in picked}) == 20  # no point twice
+    for key in space:  # in product order the first parameter never left its first value
+        assert len({c[key] for c in picked}) > 1, key
+    small = {"als.factors": space["als.factors"]}
+    everything = _candidates(small, {"als.factors": -1}, 99, np.random.default_rng(3), "grid")
+    assert [c["als.factors"] for c in everything[1:]] == list(space["als.factors"].grid())
+
+
 def test_tune_cli_with_a_blend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = taste_store(tmp_path / "events.csv")
     out = tmp_path / "tuned.toml"

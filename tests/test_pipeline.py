@@ -122,3 +122,21 @@ def test_large_catalogue_bundle_names_the_model_that_ranks(store_data: Path, tmp
     assert "ease" not in bundle.recommenders
     assert "ease left out" in bundle.manifest["default_recommender_note"]
     assert any("ease left out" in note for note in bundle.manifest["rows"]["notes"])
+
+
+@pytest.mark.parametrize("name", ["als", "bpr"])
+def test_a_seed_repeats_the_factors(name: str) -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    from training.models.als import ALSModel, BPRModel
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(4000, 2000, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+    matrix.data[:] = 1.0
+    model_type = ALSModel if name == "als" else BPRModel
+    first, second = model_type(factors=16, iterations=30, seed=7), model_type(factors=16, iterations=30, seed=7)
+    first.fit(matrix)
+    second.fit(matrix)
+    assert np.array_equal(first.item_factors, second.item_factors)
+    assert np.array_equal(first.user_factors, second.user_factors)

@@ -96,6 +96,16 @@ def test_leave_last_holds_out_each_users_latest_item() -> None:
     assert test.tolist() == [True, False, True, True, False, False]
 
 
+def test_leave_last_ties_go_to_the_later_row_whatever_the_times() -> None:
+    # times large enough that time x rows no longer fits a float's 53 bits
+    n = 20
+    user = np.r_[0, 0, np.arange(1, n - 1)]
+    item = np.r_[5, 6, np.arange(7, n + 5)]
+    timestamp = np.full(n, 2**50, dtype=np.int64)
+    test = leave_last_split(user, item, timestamp)
+    assert test[:2].tolist() == [False, True]
+
+
 def test_ratio_out_of_range_is_rejected() -> None:
     with pytest.raises(InvalidInput, match="--test-ratio"):
         random_split(np.array([0]), np.array([0]), 1.0, seed=1)

@@ -217,20 +217,25 @@ def _candidates(
     space: dict[str, Param], start: dict[str, Any], trials: int, rng: np.random.Generator,
     search: str,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """The starting point, then `trials - 1` seeded random draws (or a grid, in order)."""
+    """The starting point, then `trials - 1` seeded random draws, or grid points: all of them
+    in order when they fit in `trials`, else a seeded sample of them (in grid order), so that
+    a short search still varies every parameter rather than the last ones only."""
     out = [dict(start)]
     if not space:
         return out
     if search == "grid":
         keys = list(space)
-        combos = itertools.product(*(space[key].grid() for key in keys))
-        for combo in combos:
-            candidate = dict(zip(keys, combo, strict=True))
-            if candidate != start:
-                out.append(candidate)
-            if len(out) >= trials:
-                break
-        return out
+        grid = [
+            candidate
+            for combo in itertools.product(*(space[key].grid() for key in keys))
+            if (candidate := dict(zip(keys, combo, strict=True))) != start
+        ]
+        if len(grid) > trials - 1:
+            log.info("grid larger than the trials: a seeded sample of it",
+                     extra={"grid_points": len(grid), "trials": trials})
+            chosen = np.sort(rng.choice(len(grid), size=max(trials - 1, 0), replace=False))
+            grid = [grid[i] for i in chosen]
+        return out + grid
     while len(out) < trials:
         out.append({key: param.sample(rng) for key, param in space.items()})
     return out

@@ -49,9 +49,10 @@ def _pairs(user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return codes // width, codes % width, inverse.reshape(-1)
 
 
-def _rank_within(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """0-based rank of each element among those of its group, by ascending key."""
-    order = np.lexsort((keys, groups))
+def _rank_within(groups: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """0-based rank of each element among those of its group, by ascending keys (the first
+    key first, ties broken by the next)."""
+    order = np.lexsort((*reversed(keys), groups))
     sorted_groups = groups[order]
     starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
     sizes = np.diff(np.r_[starts, len(order)])
@@ -105,14 +106,14 @@ def leave_last_split(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray) 
     if len(user) == 0:
         return np.zeros(0, dtype=bool)
     pair_user, _, inverse = _pairs(user, item)
-    rows = np.arange(len(user), dtype=np.float64)
+    rows = np.arange(len(user), dtype=np.int64)
     # latest (timestamp, row) per pair, then the latest pair per user
     latest_time = np.full(len(pair_user), np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(latest_time, inverse, np.asarray(timestamp, dtype=np.int64))
-    latest_row = np.full(len(pair_user), -1.0)
+    latest_row = np.full(len(pair_user), -1, dtype=np.int64)
     at_latest = np.asarray(timestamp, dtype=np.int64) == latest_time[inverse]
     np.maximum.at(latest_row, inverse[at_latest], rows[at_latest])
-    rank = _rank_within(pair_user, -(latest_time.astype(np.float64) * (len(user) + 1) + latest_row))
+    rank = _rank_within(pair_user, -latest_time, -latest_row)  # two keys: exact at any size
     per_user = np.bincount(pair_user)
     pair_test = (rank == 0) & (per_user[pair_user] > 1)
     return pair_test[inverse]

@@ -124,7 +124,7 @@ class BPRModel(Recommender):
             learning_rate=self.learning_rate,
             regularization=self.regularization,
             random_state=self.seed,
-            num_threads=THREADS,
+            num_threads=1,  # implicit's parallel SGD races between threads: the seed would not repeat
         )
         model.fit(interactions, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
