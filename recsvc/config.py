@@ -8,6 +8,7 @@ Unknown keys and wrong types raise InvalidInput naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -227,7 +228,70 @@ def load_train_config(
         if value is not None:
             _set_path(data, dotted, value)
     config: TrainConfig = _build(TrainConfig, data)
+    check_train_config(config)
     return config
+
+
+# Ranges of the numeric settings: (lowest, whether the lowest itself is allowed, highest or
+# None). Every number must also be finite. `*` stands for any key of a table.
+_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "candidates": (1, True, None),
+    "events.weights.*": (0, True, None),  # negative strengths break fold-in and the splits
+    "events.half_life_days": (0, True, None),
+    "als.factors": (1, True, None),
+    "als.iterations": (1, True, None),
+    "als.regularization": (0, True, None),
+    "als.alpha": (0, False, None),
+    "bpr.factors": (1, True, None),
+    "bpr.iterations": (1, True, None),
+    "bpr.learning_rate": (0, False, None),
+    "bpr.regularization": (0, True, None),
+    "ease.l2": (0, False, None),
+    "ease.max_items": (0, True, None),
+    "ease.top_n": (0, True, None),
+    "ease.local_neighbours": (1, True, None),
+    "itemknn.neighbours": (1, True, None),
+    "itemknn.shrink": (0, True, None),
+    "similar.n": (1, True, None),
+    "rules.min_support": (0, False, 1),
+    "rules.min_confidence": (0, True, 1),
+    "rules.max_len": (1, True, None),
+    "rules.window_days": (0, False, None),
+    "rules.max_basket_items": (1, True, None),
+    "rules.max_rules": (0, True, None),
+    "buyagain.min_population_rate": (0, True, 1),
+    "buyagain.max_items_per_user": (1, True, None),
+    "popularity.trending_half_life_days": (0, False, None),
+    "popularity.top_n": (1, True, None),
+    "segments.clusters": (1, True, None),
+    "blend.*": (0, True, None),
+}
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """InvalidInput naming the first setting that is not a finite number in its range."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[prefix] = value
+
+    walk("", dataclasses.asdict(config))
+    for key, value in flat.items():
+        if not math.isfinite(value):
+            raise InvalidInput(key, f"must be a finite number, got {value!r}")
+        limits = _RANGES.get(key) or _RANGES.get(key.rsplit(".", 1)[0] + ".*")
+        if limits is None:
+            continue
+        low, inclusive, high = limits
+        if value < low or (value == low and not inclusive) or (high is not None and value > high):
+            bound = f"{'at least' if inclusive else 'above'} {low:g}"
+            if high is not None:
+                bound += f" and at most {high:g}"
+            raise InvalidInput(key, f"must be {bound}, got {value!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -204,6 +204,22 @@ def test_config_layers_and_errors(tmp_path: Path) -> None:
         load_train_config(path)
 
 
+@pytest.mark.parametrize(("setting", "value", "reason"), [
+    ("events.weights.purchase", "-2", "at least 0"),  # a negative strength breaks fold-in
+    ("als.alpha", "nan", "finite"),
+    ("als.regularization", "inf", "finite"),
+    ("als.factors", "0", "at least 1"),
+    ("rules.min_support", "1.5", "at most 1"),
+    ("popularity.trending_half_life_days", "0", "above 0"),
+    ("blend.ease", "-1", "at least 0"),
+])
+def test_config_numbers_out_of_range_name_the_setting(setting: str, value: str, reason: str) -> None:
+    env = {"RECSVC_TRAIN__" + setting.upper().replace(".", "__"): value}
+    with pytest.raises(InvalidInput, match=reason) as info:
+        load_train_config(environ=env)
+    assert info.value.field == setting
+
+
 def test_config_toml_round_trip(tmp_path: Path) -> None:
     config = load_train_config()
     path = tmp_path / "round.toml"
