@@ -7,8 +7,12 @@ Authentication is on by default: give `--tokens-file` (made with `recsvc token c
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from typing import Any
+
+from serving.commands_token import FILE_ENV as TOKENS_FILE_ENV
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +50,8 @@ def register(subparsers: Any) -> None:
     security = parser.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--tokens-file", default=None,
-        help="client tokens (hashes) from `recsvc token create`; also $RECSVC_TOKENS",
+        help="client tokens (hashes) from `recsvc token create` (default: [serve] tokens_file, "
+        f"else ${TOKENS_FILE_ENV} as for `recsvc token`); also $RECSVC_TOKENS",
     )
     security.add_argument(
         "--insecure-no-auth", action="store_true", default=None,
@@ -97,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             "tls_client_ca": args.tls_client_ca,
         },
     )
+    if not config.tokens_file and os.environ.get(TOKENS_FILE_ENV):
+        config = dataclasses.replace(config, tokens_file=os.environ[TOKENS_FILE_ENV])
     if not 0 <= config.port <= 65535:
         raise InvalidInput("--port", f"must be between 0 and 65535, got {config.port}")
     if config.workers < 1:

@@ -228,9 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-ca", default=None, help="PEM CA of the server certificate: use TLS")
     parser.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
+    parser.add_argument("--tls-server-name", default=None,
+                        help="name to check the server certificate against (default: the host)")
     args = parser.parse_args(argv)
     security = ClientSecurity.from_env(
-        args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+        args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        server_name=args.tls_server_name,
     )
     try:
         sys.stdout.write(run_storefront_demo(args.target, args.ground_truth or args.bundle, security))

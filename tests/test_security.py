@@ -224,6 +224,12 @@ def test_cli_tokens_and_the_auth_default(tmp_path: Path, bundle_dir: Path) -> No
     refused = _cli("serve", "--bundle", str(bundle_dir), "--port", "0", env={"RECSVC_TOKENS": ""})
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("recsvc serve: error: --tokens-file:")
+    # serve reads $RECSVC_TOKENS_FILE as `recsvc token` does (here a file without tokens)
+    empty = tmp_path / "empty-tokens.txt"
+    empty.write_text("")
+    from_env = _cli("serve", "--bundle", str(bundle_dir), "--port", "0",
+                    env={"RECSVC_TOKENS": "", "RECSVC_TOKENS_FILE": str(empty)})
+    assert from_env.returncode == 2 and "empty-tokens.txt holds no tokens" in from_env.stderr
     bad_tls = _cli("serve", "--bundle", str(bundle_dir), "--port", "0", "--insecure-no-auth",
                    "--tls-cert", str(path))
     assert bad_tls.returncode == 2 and "--tls-key" in bad_tls.stderr.strip().splitlines()[-1]
@@ -252,6 +258,11 @@ def test_tls_and_mutual_tls(bundle_dir: Path, tls_files: TlsFiles, tokens: dict[
             assert _health(plain) == grpc.StatusCode.UNAVAILABLE
         with ClientSecurity(tls_ca=str(tls_files.rogue_ca)).channel(tls.target) as wrong_ca:
             assert _health(wrong_ca) == grpc.StatusCode.UNAVAILABLE  # server not trusted
+        from serving.demo_client import main as demo_client
+
+        flags = ["--target", tls.target, "--token", tokens["client"], "--tls-ca", str(tls_files.ca)]
+        assert demo_client([*flags, "--tls-server-name", "localhost"]) == 0  # on the certificate
+        assert demo_client([*flags, "--tls-server-name", "shop.example"]) == 1  # not on it
     finally:
         tls.stop(0)
 
