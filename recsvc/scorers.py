@@ -8,7 +8,9 @@ importing the trainer:
   catalogues, sparse top-n neighbours for item-kNN / large catalogues). A new event changes the
   history row, so real-time updates come for free.
 - `factors`: scores = u . V (ALS/BPR). Known users use their trained vector; a user with new
-  events is folded in by the weighted least-squares step of implicit ALS.
+  events is folded in: for ALS by the weighted least-squares step of implicit ALS; for BPR
+  (whose last column is 1 for users and the item bias for items, `bias_column`) as the sum of
+  the history's item vectors, scaled by a factor fitted to the trained users, bias 1.
 - `popularity`: the same score vector for everyone.
 - `blend`: a weighted sum of other scorers, each scaled per user to a maximum of 1.
 
@@ -67,6 +69,8 @@ class FactorScorer:
     regularization: float = 0.05
     alpha: float = 1.0  # confidence = alpha * strength, as in training
     fold_in_always: bool = False
+    bias_column: bool = False  # BPR's layout: fold in by `fold_in_scale` x the history's sum
+    fold_in_scale: float = 1.0
     kind: str = "factors"
     _gram: np.ndarray | None = field(default=None, repr=False)
 
@@ -91,7 +95,14 @@ class FactorScorer:
         return vectors
 
     def fold_in(self, items: np.ndarray, strengths: np.ndarray) -> np.ndarray:
-        """Least-squares user vector for one history, as one ALS user step."""
+        """User vector for one history: one ALS least-squares user step, or for BPR factors
+        (`bias_column`) the scaled sum of the item vectors of the items it holds, bias 1."""
+        if self.bias_column:
+            held = np.asarray(items)[np.asarray(strengths) > 0]
+            vector = np.zeros(self.item_factors.shape[1], dtype=np.float64)
+            vector[:-1] = self.fold_in_scale * self.item_factors[held, :-1].sum(axis=0, dtype=np.float64)
+            vector[-1] = 1.0
+            return vector.astype(np.float32)
         factors = np.asarray(self.item_factors, dtype=np.float64)
         if self._gram is None:
             self._gram = factors.T @ factors
@@ -140,6 +151,17 @@ class BlendScorer:
         return total
 
 
+def bias_fold_in_scale(history: sp.csr_matrix, user_factors: np.ndarray, item_factors: np.ndarray) -> float:
+    """The factor s that makes s x (sum of the history's item vectors) closest, in least squares
+    over all trained users, to their trained vectors (bias column excluded)."""
+    held = sp.csr_matrix(history, dtype=np.float64, copy=True)
+    held.data = (held.data > 0).astype(np.float64)
+    sums = held @ np.asarray(item_factors[:, :-1], dtype=np.float64)
+    trained = np.asarray(user_factors[:, :-1], dtype=np.float64)
+    norm = float((sums * sums).sum())
+    return float((sums * trained).sum() / norm) if norm > 0 else 1.0
+
+
 def save_scorer(
     writer: BundleWriter, name: str, scorer: Any, saved: dict[int, str] | None = None
 ) -> None:
@@ -165,6 +187,8 @@ def save_scorer(
             "regularization": scorer.regularization,
             "alpha": scorer.alpha,
             "fold_in_always": scorer.fold_in_always,
+            "bias_column": scorer.bias_column,
+            "fold_in_scale": scorer.fold_in_scale,
         }
     elif isinstance(scorer, PopularityScorer):
         writer.array(f"{base}/scores", np.asarray(scorer.scores, dtype=np.float32))
@@ -203,6 +227,8 @@ def load_scorer(bundle: Bundle, name: str) -> Any:
             regularization=float(meta.get("regularization", 0.05)),
             alpha=float(meta.get("alpha", 1.0)),
             fold_in_always=bool(meta.get("fold_in_always", False)),
+            bias_column=bool(meta.get("bias_column", False)),
+            fold_in_scale=float(meta.get("fold_in_scale", 1.0)),
         )
     if kind == "popularity":
         return PopularityScorer(bundle.array(f"{base}/scores", mmap=False))

@@ -82,13 +82,18 @@ def load_model(store: FeatureStore, version: str) -> LoadedModel:
     factors = store.item_factors(version)
     fold_in = None
     if factors is not None and len(factors):
-        als = params.get("als", {}) if isinstance(params.get("als"), dict) else {}
+        # how to fold in (the publisher records it; versions published before: ALS's params)
+        served = manifest.get("served_factors")
+        if not isinstance(served, dict):
+            served = params.get("als", {}) if isinstance(params.get("als"), dict) else {}
         fold_in = FactorScorer(
             user_factors=np.zeros((0, factors.shape[1]), dtype=np.float32),
             item_factors=np.ascontiguousarray(factors, dtype=np.float32),
-            regularization=float(als.get("regularization", 0.05)),
-            alpha=float(als.get("alpha", 1.0)),
+            regularization=float(served.get("regularization", 0.05)),
+            alpha=float(served.get("alpha", 1.0)),
             fold_in_always=True,
+            bias_column=bool(served.get("bias_column", False)),
+            fold_in_scale=float(served.get("fold_in_scale", 1.0)),
         )
         fold_in.fold_in(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))  # warm the Gram
     rule_set = store.rules(version)

@@ -5,8 +5,9 @@ newer than the model (`LoadedModel.trained_until`) trigger a re-score of a candi
 
 - pool: the trained candidates, the neighbours (similar items) of the newest event items, and
   the head of the popularity list that would top the answer up;
-- with a factor model: the user vector is folded in (one ALS least-squares step,
-  `FactorScorer.fold_in`) from the trained history (strength 1 per seen item) plus the new
+- with a factor model: the user vector is folded in (`FactorScorer.fold_in`: one ALS
+  least-squares step, or for BPR factors the scaled sum of item vectors, as the publisher
+  records in the manifest's `served_factors`) from the trained history (strength 1 per seen item) plus the new
   events weighted by type as in training; pool items are scored u . v_i;
 - without one: item-item re-scoring, each pool item scoring the weighted sum of its
   similarities to the new event items, plus its trained candidate score scaled to at most 1.

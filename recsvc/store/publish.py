@@ -260,7 +260,12 @@ def version_blobs(content: BundleContent) -> Iterator[tuple[str, bytes]]:
     from recsvc.bundle import _json_default
 
     bundle = content.bundle
-    yield "manifest", json.dumps(content.manifest, default=_json_default).encode()
+    manifest = dict(content.manifest)
+    if content.factors is not None and content.factor_model is not None:
+        # how the server folds new events into these factors (ALS or BPR; see recsvc.scorers)
+        kind = bundle.json(f"recommenders/{content.factor_model}/kind.json")
+        manifest["served_factors"] = {"model": content.factor_model, **kind}
+    yield "manifest", json.dumps(manifest, default=_json_default).encode()
     catalog = bundle.catalog
     yield "items:ids", codec.encode_strings(list(bundle.items.ids))
     yield "items:category", codec.encode_strings([str(c) for c in catalog.category])

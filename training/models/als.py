@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.config import TrainConfig
-from recsvc.scorers import FactorScorer
+from recsvc.scorers import FactorScorer, bias_fold_in_scale
 from training.models.base import Recommender
 
 THREADS = min(2, os.cpu_count() or 1)
@@ -102,6 +102,7 @@ class BPRModel(Recommender):
         self.seed = seed
         self.user_factors = np.zeros((0, factors + 1), dtype=np.float32)
         self.item_factors = np.zeros((0, factors + 1), dtype=np.float32)
+        self.fold_in_scale = 1.0
 
     @classmethod
     def from_config(cls, config: TrainConfig, **overrides: Any) -> Self:
@@ -129,10 +130,14 @@ class BPRModel(Recommender):
         model.fit(interactions, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self.fold_in_scale = bias_fold_in_scale(interactions, self.user_factors, self.item_factors)
 
     def scorer(self) -> FactorScorer:
-        # BPR vectors are not least-squares solutions; fold-in is an approximation for new users.
-        return FactorScorer(self.user_factors, self.item_factors, regularization=0.1, alpha=1.0)
+        # implicit's BPR vectors end in a bias column (1 for users, the bias for items), and
+        # are no least-squares solutions: new users are folded in by the scaled history sum.
+        return FactorScorer(
+            self.user_factors, self.item_factors, bias_column=True, fold_in_scale=self.fold_in_scale
+        )
 
     def params(self) -> dict[str, Any]:
         return {
