@@ -237,6 +237,7 @@ class LoadOptions:
     cancel_prefix: str | None = "C"  # order ids starting with this are cancellations
     chunk_rows: int = 500_000
     max_bad_rows: float | int | None = None
+    time_format: str | None = None  # strftime format of text times; None: ISO-8601 or epoch
 
 
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
@@ -490,14 +491,33 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
         raise InvalidInput(flag, f"cannot read {path.name} as Parquet: {reason}") from exc
 
 
-def parse_timestamps(values: pd.Series) -> np.ndarray:
-    """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms / µs / ns."""
+def check_time_format(time_format: str | None) -> str | None:
+    """The --time-format, checked: a strftime format with at least one directive."""
+    if time_format is None:
+        return None
+    if "%" not in time_format:
+        raise InvalidInput(
+            "--time-format", f"not a strftime format (no % directive): {time_format!r}; e.g. '%m/%d/%Y %H:%M'"
+        )
+    try:
+        pd.to_datetime(pd.Series(["x"]), format=time_format, errors="coerce")
+    except ValueError as exc:
+        raise InvalidInput("--time-format", f"{time_format!r}: {exc}") from None
+    return time_format
+
+
+def parse_timestamps(values: pd.Series, time_format: str | None = None) -> np.ndarray:
+    """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms / µs / ns;
+    with `time_format` (strftime; UTC unless it has %z) text in that format, else epoch numbers
+    (a Parquet timestamp column arrives as epoch seconds)."""
     given = values.notna().to_numpy()
     out = np.full(len(values), np.nan)
     first = values[given].iloc[0] if given.any() else None
     # Parse the column in the form its first value has; only the rows that fail are tried
     # the other way (a column of ISO text pays no failed numeric parse per row, and back).
-    if isinstance(first, str) and _looks_numeric(first):
+    if time_format is not None:
+        order = ("format", "epoch")
+    elif isinstance(first, str) and _looks_numeric(first):
         order = ("epoch", "iso")
     else:
         order = ("iso", "epoch")
@@ -517,7 +537,8 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
                 size[unit] = 0.0
             parsed = numeric
         else:
-            stamps = pd.to_datetime(part, errors="coerce", utc=True, format="ISO8601")
+            text_format = "ISO8601" if form == "iso" else time_format
+            stamps = pd.to_datetime(part, errors="coerce", utc=True, format=text_format)
             seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
             parsed = seconds.to_numpy(dtype="float64", na_value=np.nan)
         out[pending] = parsed
@@ -723,7 +744,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
 
         ts_col = col("timestamp")
         if ts_col is not None:
-            ts = parse_timestamps(ts_col)
+            ts = parse_timestamps(ts_col, options.time_format)
             missing = ts_col.isna().to_numpy()
             # A log with times needs every row's: a row kept at epoch 0 would be a purchase
             # from 1970 to recency, decay and buy-again.

@@ -281,6 +281,14 @@ def test_corrupt_files_through_the_real_command_line(case: str, tmp_path: Path) 
     assert "Traceback" not in done.stderr
 
 
+def test_a_bad_time_format_is_one_line_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,12/1/2010 8:26\n")
+    code = main(["train", "--events", str(events), "--out", str(tmp_path / "b"), "--time-format", "MM/dd/yyyy"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("recsvc train: error: --time-format: not a strftime format")
+
+
 def test_bad_rows_are_counted_with_their_reasons(tmp_path: Path) -> None:
     jsonl = tmp_path / "mixed.jsonl"
     rows: list[Any] = [

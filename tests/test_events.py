@@ -330,3 +330,32 @@ def test_a_json_lines_key_first_set_late_is_a_column_of_the_whole_log(
     assert log.timestamp.tolist() == [1767225600.0, 1767225600.0]
     assert np.isnan(log.rating).all()  # null wherever given: no rating column, nothing rejected
 
+
+US_DATES = (  # the UCI Online Retail CSV export's InvoiceDate, a Parquet-like epoch row, two bad
+    "user_id,item_id,timestamp\n"
+    "u1,i1,12/1/2010 8:26\n"
+    "u2,i2,1/12/2011 14:05\n"
+    "u3,i1,1291191960\n"
+    "u4,i2,2010-12-01T08:26:00Z\n"
+    "u5,i1,13/1/2011 9:00\n"
+)
+
+
+def test_a_time_format_reads_us_style_dates(tmp_path: Path) -> None:
+    path = write(tmp_path, "retail.csv", US_DATES)
+    _, plain = load_events(path, LoadOptions(event_type="purchase"))
+    assert plain.bad_rows["unparsable timestamp"] == 3  # without the format: the US dates
+    log, report = load_events(path, LoadOptions(event_type="purchase", time_format="%m/%d/%Y %H:%M"))
+    assert dict(report.bad_rows) == {"unparsable timestamp": 2}  # ISO text and month 13
+    assert report.examples["unparsable timestamp"] == [4, 5]
+    assert log.users.decode(log.user) == ["u1", "u2", "u3"]
+    assert log.timestamp.tolist() == [1291191960, 1294841100, 1291191960]  # UTC; epoch still read
+
+
+@pytest.mark.parametrize("spec", ["MM/dd/yyyy", "%Q %m"])
+def test_a_time_format_that_is_none_is_refused(spec: str) -> None:
+    from recsvc.events import check_time_format
+
+    with pytest.raises(InvalidInput, match="--time-format"):
+        check_time_format(spec)
+

@@ -458,6 +458,25 @@ def test_json_lines_keys_set_late_counted_like_local(spark: Any, tmp_path: Path)
     assert local.rows_kept == 2
 
 
+def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
+    from tests.test_events import US_DATES
+    from training.engines.spark import Cache, _effective_options, load_spark_log
+
+    path = tmp_path / "retail.csv"
+    path.write_text(US_DATES)
+    options = LoadOptions(event_type="purchase", time_format="%m/%d/%Y %H:%M")
+    spark_report, local = _reports(spark, path, options)
+    assert spark_report.to_dict() == local.to_dict()
+    assert local.rows_kept == 3
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), _effective_options(options, TrainConfig()), cache)
+        times = sorted(row["ts"] for row in spark_log.events.select("ts").collect())
+    finally:
+        cache.release()
+    assert times == [1291191960, 1291191960, 1294841100]
+
+
 ODD_IDS = [
     {"user_id": "u1", "item_id": "i1", "event_type": "view"},
     {"user_id": "u5\x01", "item_id": "i1", "event_type": "view"},  # a control character

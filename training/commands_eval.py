@@ -45,6 +45,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--event-type", default=None, help="event type for every row of a log without one"
     )
     parser.add_argument(
+        "--time-format", default=None,
+        help="strftime format of the timestamp text, e.g. '%%m/%%d/%%Y %%H:%%M' (default ISO / epoch)",
+    )
+    parser.add_argument(
         "--split", default="random", help="random | temporal | leave-last | baskets (default random)"
     )
     parser.add_argument("--test-ratio", type=float, default=0.25, help="held-out share (0.25)")
@@ -98,10 +102,11 @@ def register(subparsers: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from recsvc.events import LoadOptions, load_events, parse_columns
+    from recsvc.events import LoadOptions, check_time_format, load_events, parse_columns
 
     options = LoadOptions(
-        fmt=args.fmt, columns=parse_columns(args.columns), event_type=args.event_type
+        fmt=args.fmt, columns=parse_columns(args.columns), event_type=args.event_type,
+        time_format=check_time_format(args.time_format),
     )
     log, report = load_events(args.events, options)
     for line in report.summary_lines():

@@ -285,6 +285,7 @@ def train(
         cancel_prefix=config.events.cancel_prefix or None,
         chunk_rows=options.chunk_rows,
         max_bad_rows=options.max_bad_rows,
+        time_format=options.time_format,
     )
     done = step("load")
     event_log, report = load_events(events, options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from recsvc.events import LoadOptions, parse_columns, parse_max_bad_rows
+from recsvc.events import LoadOptions, check_time_format, parse_columns, parse_max_bad_rows
 
 
 def add_event_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -18,6 +18,11 @@ def add_event_flags(parser: argparse.ArgumentParser, required: bool = True) -> N
         "--event-type", help="one event type for every row (for logs with no event column)"
     )
     parser.add_argument(
+        "--time-format",
+        help="strftime format of the timestamp column's text, e.g. '%%m/%%d/%%Y %%H:%%M' (UTC "
+        "unless it has %%z); default: ISO-8601 or epoch numbers",
+    )
+    parser.add_argument(
         "--max-bad-rows",
         help="fail when more rows than this are unusable: a fraction (0.01) or a count (500)",
     )
@@ -29,5 +34,6 @@ def load_options(args: argparse.Namespace, **extra: object) -> LoadOptions:
         columns=parse_columns(args.columns),
         event_type=args.event_type,
         max_bad_rows=parse_max_bad_rows(args.max_bad_rows),
+        time_format=check_time_format(args.time_format),
         **extra,  # type: ignore[arg-type]
     )

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -382,13 +383,16 @@ def _finite(column: Column) -> Column:
     return column.isNotNull() & ~F.isnan(column) & (F.abs(column) != float("inf"))
 
 
-def _seconds(raw: str, dtype: T.DataType) -> Column:
+def _seconds(raw: str, dtype: T.DataType, time_format: str | None = None) -> Column:
     """Epoch seconds from ISO-8601 text, epoch s / ms / µs / ns (told apart by magnitude as in
-    `recsvc.events.parse_timestamps`), or a timestamp type."""
+    `recsvc.events.parse_timestamps`), or a timestamp type. Text in a strftime `time_format`
+    is parsed by `parse_timestamps` itself (a pandas UDF), so both engines read it alike."""
     if isinstance(dtype, T.TimestampType | T.TimestampNTZType):
         return F.unix_micros(F.col(f"`{raw}_typed`").cast("timestamp")) / 1e6
     if isinstance(dtype, T.DateType):
         return F.unix_date(F.col(f"`{raw}_typed`")).cast("double") * float(SECONDS_PER_DAY)
+    if time_format is not None and not isinstance(dtype, T.NumericType):
+        return _formatted_seconds(time_format)(F.col(raw))
     number = _number(raw, dtype)
     number = F.when(_finite(number), number)
     size = F.abs(number)
@@ -400,6 +404,20 @@ def _seconds(raw: str, dtype: T.DataType) -> Column:
     )
     from_text = F.unix_micros(F.try_to_timestamp(F.col(raw))) / 1e6
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
+
+
+def _formatted_seconds(time_format: str) -> Any:
+    """A pandas UDF: epoch seconds (NULL where unparsable) of text in `time_format`."""
+    from pyspark.sql.functions import pandas_udf
+
+    from recsvc.events import parse_timestamps
+
+    @pandas_udf("double")  # type: ignore[call-overload]
+    def seconds(text: pd.Series) -> pd.Series:
+        parsed = parse_timestamps(text.astype(object).where(text.notna(), None), time_format)
+        return pd.Series(parsed).where(~np.isnan(parsed), None)
+
+    return seconds
 
 
 @dataclass
@@ -565,6 +583,7 @@ def _effective_options(options: LoadOptions | None, config: TrainConfig) -> Load
         cancel_prefix=config.events.cancel_prefix or None,
         chunk_rows=options.chunk_rows,
         max_bad_rows=options.max_bad_rows,
+        time_format=options.time_format,
     )
 
 
@@ -610,7 +629,7 @@ def _checked_events(
     parsed = raw.select(
         "*",
         (
-            _seconds("_raw_timestamp", _dtype(source, source_of["timestamp"]))
+            _seconds("_raw_timestamp", _dtype(source, source_of["timestamp"]), options.time_format)
             if has["timestamp"]
             else F.lit(0.0)
         ).alias("_ts"),
@@ -1676,7 +1695,6 @@ def fit_popularity_spark(
     segments: DataFrame | None,
 ) -> dict[str, RankedLists]:
     """The popularity lists of training.popularity: aggregations in Spark, the top-N on the driver."""
-    import pandas as pd
 
     from training.popularity import ALL, grouped_top, top_items, trending_scores
 
@@ -1813,7 +1831,6 @@ def _fingerprint(spark: SparkSession, paths: Sequence[str | Path | None]) -> dic
 
 
 def _items_frame(item_ids: IdMap, catalog: Catalog) -> Any:
-    import pandas as pd
 
     return pd.DataFrame(
         {
