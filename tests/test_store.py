@@ -629,6 +629,36 @@ def test_killed_publish_process_leaves_current_serving(redis_url: str, bundles: 
     assert store.current_version() == "v3"
 
 
+def test_a_lock_is_taken_over_only_from_a_process_known_dead(redis_url: str) -> None:
+    """Same hostname is not enough: a publisher in another container (its own pid namespace)
+    is never judged dead from here; a reused pid (another start time) is."""
+    import socket
+
+    from recsvc.store.redis import _process_identity
+
+    store = open_store(f"{redis_url}?prefix=lock{uuid.uuid4().hex[:6]}")
+    here = _process_identity()
+    assert set(here) == {"pidns", "started"}  # Linux
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    owners = {
+        "another container": {"pid": int(dead.stdout), "pidns": "pid:[1]", "started": "1"},
+        "alive": {"pid": os.getpid(), **here},
+        "dead": {"pid": int(dead.stdout), **here},
+        "pid reused": {"pid": os.getpid(), "pidns": here["pidns"], "started": "1"},
+    }
+    for case, owner in owners.items():
+        store.client.set(store._g("lock"), json.dumps(
+            {"host": socket.gethostname(), "version": "x", "token": "t", **owner}), px=60_000)
+        if case in ("another container", "alive"):
+            with pytest.raises(InvalidInput, match="another publish"):
+                store._publish_lock_acquire("v1")
+        else:
+            with store.publish_lock("v1"):
+                assert json.loads(store.client.get(store._g("lock")))["token"] != "t", case
+        store.client.delete(store._g("lock"))
+
+
 def test_cluster_keys_of_one_read_share_a_slot(redis_cluster_url: str, bundles: Path) -> None:
     store = open_store(f"{redis_cluster_url}?prefix=slot{uuid.uuid4().hex[:6]}")
     assert store.cluster

@@ -310,7 +310,7 @@ class RedisStore(StoreEngine):
     @_guard
     def _publish_lock_acquire(self, version: str) -> None:
         key = self._g("lock")
-        value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+        value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), **_process_identity(),
                             "version": version, "token": self._token})
         for _ in range(2):
             if self.client.set(key, value, nx=True, px=LOCK_TTL_MS):
@@ -323,7 +323,7 @@ class RedisStore(StoreEngine):
                 owner = json.loads(held)
             except json.JSONDecodeError:
                 owner = {}
-            if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
+            if _owner_is_dead(owner):
                 log.info("taking over the publish lock of a dead process on this host")
                 self._lock_release(keys=[key], args=[held])
                 continue
@@ -837,6 +837,41 @@ def _socket_probe(sock: socket.socket) -> Callable[[], bool]:
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLPRI)
         return lambda: bool(poller.poll(0))
+
+
+def _process_identity(pid: int | None = None) -> dict[str, str]:
+    """What tells a process apart beyond its pid (Linux): its pid namespace (containers that
+    share a hostname have their own) and its start time (a pid is reused after a death).
+    Empty where /proc does not say."""
+    where = "self" if pid is None else str(pid)
+    identity: dict[str, str] = {}
+    try:
+        identity["pidns"] = os.readlink(f"/proc/{where}/ns/pid")
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{where}/stat", encoding="ascii") as stat:
+            identity["started"] = stat.read().rsplit(")", 1)[1].split()[19]  # field 22: starttime
+    except (OSError, IndexError):
+        pass
+    return identity
+
+
+def _owner_is_dead(owner: dict[str, Any]) -> bool:
+    """Whether a lock's owner is a process of this host, seen from here, that is gone: same
+    hostname and (when both recorded one) the same pid namespace, and its pid is not running
+    or now belongs to a process started at another time. A process in another container with
+    the same hostname is never judged dead from here."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    here = _process_identity()
+    if "pidns" in here and owner.get("pidns", here["pidns"]) != here["pidns"]:
+        return False
+    pid = int(owner.get("pid", 0) or 0)
+    if not _alive(pid):
+        return True
+    started = owner.get("started")
+    return started is not None and _process_identity(pid).get("started", started) != started
 
 
 def _alive(pid: int) -> bool:
