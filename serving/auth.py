@@ -229,7 +229,11 @@ class TokenRegistry:
             self._next_check = now + RELOAD_CHECK_SECONDS
             try:
                 stat = self.path.stat()
-            except OSError:
+            except OSError as exc:
+                if self._stamp != (-1, -1):  # once per disappearance
+                    self._stamp = (-1, -1)
+                    log.error("tokens file gone; keeping the previous tokens (empty it to revoke "
+                              "every token)", extra={"error": str(exc)})
                 return
             if (stat.st_mtime_ns, stat.st_size) != self._stamp:
                 self._load_file(strict=False)

@@ -133,6 +133,24 @@ def test_tokens_are_stored_only_as_hashes(tokens: dict[str, Any]) -> None:
         add_token(tokens["path"], "storefront")
 
 
+def test_a_deleted_tokens_file_keeps_the_tokens_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.txt"
+    token = add_token(path, "shop")
+    registry = TokenRegistry(str(path), environ={})
+    path.unlink()
+    with caplog.at_level("ERROR", logger="serving.auth"):
+        for _ in range(2):
+            registry._next_check = 0.0  # as a second later
+            assert registry.authenticate(token) is not None
+    assert [r.getMessage() for r in caplog.records].count(
+        "tokens file gone; keeping the previous tokens (empty it to revoke every token)") == 1
+    path.write_text("")  # emptied: every token revoked
+    registry._next_check = 0.0
+    assert registry.authenticate(token) is None
+
+
 def test_forget_user_needs_an_admin_token(auth_server: RunningServer, tokens: dict[str, Any]) -> None:
     target, user = auth_server.target, user_id(4)
     request = pb.ForgetUserRequest(user_id=user)
