@@ -131,6 +131,28 @@ def test_frequency_counts_days_without_orders_and_monetary_counts_units_without_
     assert segments.monetary[ann] == 6 and segments.monetary[bob] == 1
 
 
+UNTIMED_LOG = (  # no timestamp column: recency unknown
+    "user_id,item_id,event_type,order_id,quantity,price\n"
+    "ann,x,purchase,o1,1,50\nann,y,purchase,o2,1,50\nann,x,purchase,o3,1,50\n"
+    "bob,x,purchase,o4,1,5\ncat,y,purchase,o5,1,20\ncat,x,purchase,o6,1,1\n"
+    "dan,y,view,,,\n"
+)
+
+
+def test_a_log_without_times_names_segments_from_fm_alone(tmp_path: Path) -> None:
+    from recsvc.events import LoadOptions, load_events
+    from training.segments import UNTIMED_MAP
+
+    path = tmp_path / "untimed.csv"
+    path.write_text(UNTIMED_LOG)
+    log, _ = load_events(path, LoadOptions())
+    segments = fit_segments(log, at(10), None, SegmentsConfig())
+    named = {u: segments.segment[log.users.get(u)] for u in ("ann", "bob", "cat", "dan")}
+    assert named == {"ann": "loyal", "bob": "occasional", "cat": "loyal", "dan": "prospect"}
+    assert set(named.values()) - {"prospect"} <= set(UNTIMED_MAP)
+    assert (segments.r[segments.frequency > 0] == 3).all()
+
+
 def planted_factors(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Three taste directions; users differ in how much they buy (vector length), not taste."""
     rng = np.random.default_rng(seed)

@@ -605,6 +605,29 @@ def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
     assert not list((tmp_path / "b").glob(".partial-*"))  # nothing half-written is left
 
 
+def test_segments_of_a_log_without_times_match_local(spark: Any, tmp_path: Path) -> None:
+    from recsvc.config import SegmentsConfig
+    from tests.test_segments import UNTIMED_LOG
+    from training.engines.spark import Cache, _effective_options, fit_segments_spark, load_spark_log
+    from training.segments import fit_segments
+
+    path = tmp_path / "untimed.csv"
+    path.write_text(UNTIMED_LOG)
+    options = _effective_options(LoadOptions(), TrainConfig())
+    log, _ = load_events(path, options)
+    local = fit_segments(log, 1_800_000_000, None, SegmentsConfig())
+    expected = {u: local.segment[log.users.get(u)] for u in log.users.ids}
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), options, cache)
+        frame = fit_segments_spark(spark_log, None, SegmentsConfig(), 1_800_000_000, cache)
+        names = frame.join(spark_log.users, frame["user_index"] == spark_log.users["user"])
+        got = {row["user_id"]: row["segment"] for row in names.select("user_id", "segment").collect()}
+    finally:
+        cache.release()
+    assert got == expected and expected["ann"] == "loyal"
+
+
 def test_spark_quantile_scores_match_local_on_ties(spark: Any) -> None:
     from training.engines.spark import Cache, quantile_scores_spark
     from training.segments import quantile_scores

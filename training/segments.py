@@ -20,6 +20,10 @@ Segment map, the usual RFM grid on R and FM = round((F + M) / 2) (halves rounded
     2      hibernating      hibernating      at_risk          at_risk          cant_lose
     1      lost             hibernating      at_risk          at_risk          cant_lose
 
+A log without timestamps has no recency: every buyer gets R=3 (the middle score) and the
+segment is named from FM alone with UNTIMED_MAP (occasional, occasional, regular, loyal,
+loyal), since names like about_to_sleep or at_risk would claim a recency nobody measured.
+
 Taste clusters: k-means (scipy kmeans2, k-means++ start, `config.seed`, best of a few starts,
 fitted on at most KMEANS_SAMPLE users, then every user assigned to the nearest centroid) on
 L2-normalised ALS user factors, so users group by what they like rather than how much they
@@ -64,9 +68,11 @@ SEGMENT_MAP: tuple[tuple[str, ...], ...] = (
     ("promising", "potential_loyalist", "potential_loyalist", "loyal", "loyal"),
     ("new", "potential_loyalist", "potential_loyalist", "champions", "champions"),
 )
-SEGMENT_NAMES = tuple(dict.fromkeys(name for row in reversed(SEGMENT_MAP) for name in row)) + (
-    PROSPECT,
-)
+# UNTIMED_MAP[fm - 1]: segments of a log without timestamps (recency unknown).
+UNTIMED_MAP: tuple[str, ...] = ("occasional", "occasional", "regular", "loyal", "loyal")
+SEGMENT_NAMES = tuple(
+    dict.fromkeys([*(name for row in reversed(SEGMENT_MAP) for name in row), *UNTIMED_MAP])
+) + (PROSPECT,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,13 +153,17 @@ def quantile_scores(values: np.ndarray, higher_is_better: bool = True) -> np.nda
     return np.clip(np.ceil(5 * percent - 1e-9), 1, 5).astype(np.int8)
 
 
-def segment_names(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Segment name per (r, f, m) scores 1-5; 0 in r means never bought (prospect)."""
-    table = np.asarray(SEGMENT_MAP, dtype=object)
+def segment_names(r: np.ndarray, f: np.ndarray, m: np.ndarray, timed: bool = True) -> np.ndarray:
+    """Segment name per (r, f, m) scores 1-5; 0 in r means never bought (prospect). Without
+    times (`timed` False) the name comes from FM alone (UNTIMED_MAP)."""
     fm = (f.astype(np.int64) + m.astype(np.int64) + 1) // 2
     out = np.full(len(r), PROSPECT, dtype=object)
     scored = r > 0
-    out[scored] = table[r[scored].astype(np.int64) - 1, np.clip(fm[scored], 1, 5) - 1]
+    column = np.clip(fm[scored], 1, 5) - 1
+    if timed:
+        out[scored] = np.asarray(SEGMENT_MAP, dtype=object)[r[scored].astype(np.int64) - 1, column]
+    else:
+        out[scored] = np.asarray(UNTIMED_MAP, dtype=object)[column]
     return out
 
 
@@ -248,9 +258,10 @@ def fit_segments(
     (None: every cluster is -1).
     """
     n_users = len(log.users)
-    if not log.has_column.get("timestamp", False):
+    timed = log.has_column.get("timestamp", False)
+    if not timed:
         logger.warning("segments: the log has no timestamps, so recency is unknown: every buyer "
-                       "gets the middle recency score R=3")
+                       "gets the middle recency score R=3 and a segment named from FM alone")
     recency, frequency, monetary = rfm(log, now)
     buyers = frequency > 0
     r = np.zeros(n_users, dtype=np.int8)
@@ -260,7 +271,7 @@ def fit_segments(
     f[buyers] = quantile_scores(frequency[buyers])
     m[buyers] = quantile_scores(monetary[buyers])
     segments = Segments(
-        segment=segment_names(r, f, m),
+        segment=segment_names(r, f, m, timed),
         cluster=taste_clusters(user_factors, n_users, config.clusters, config.seed),
         recency_days=recency,
         frequency=frequency,

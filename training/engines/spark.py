@@ -1569,7 +1569,7 @@ def fit_segments_spark(
     spark_log: SparkLog, vectors: DataFrame | None, config: Any, now: int, cache: Cache
 ) -> DataFrame:
     """Per user: segment, cluster, recency_days, frequency, monetary, r, f, m (training.segments)."""
-    from training.segments import PROSPECT, SEGMENT_MAP
+    from training.segments import PROSPECT, SEGMENT_MAP, UNTIMED_MAP
 
     events = spark_log.events.where(F.col("user").isNotNull())
     bought = _repurchase_rows(spark_log)
@@ -1630,10 +1630,12 @@ def fit_segments_spark(
         "user", "recency_days", "frequency", "monetary", r.alias("r"), f.alias("f"), m.alias("m")
     )
     fm = F.least(F.greatest(F.floor((F.col("f") + F.col("m") + 1) / 2), F.lit(1)), F.lit(5))
-    grid = F.array(*[F.array(*[F.lit(name) for name in row]) for row in SEGMENT_MAP])
-    segment = F.when(
-        F.col("r") > 0, F.element_at(F.element_at(grid, F.col("r").cast("int")), fm.cast("int"))
-    )
+    if has_time:
+        grid = F.array(*[F.array(*[F.lit(name) for name in row]) for row in SEGMENT_MAP])
+        named = F.element_at(F.element_at(grid, F.col("r").cast("int")), fm.cast("int"))
+    else:  # recency unknown: named from FM alone, as training.segments
+        named = F.element_at(F.array(*[F.lit(name) for name in UNTIMED_MAP]), fm.cast("int"))
+    segment = F.when(F.col("r") > 0, named)
     clusters = taste_clusters_spark(vectors, config.clusters, config.seed, cache)
     if clusters is not None:
         result = result.join(clusters, "user", "left")
