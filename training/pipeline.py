@@ -248,6 +248,19 @@ def user_candidates(
     return items, scores
 
 
+def effective_load_options(options: LoadOptions | None, config: TrainConfig) -> LoadOptions:
+    """The loader options training uses (both engines): the config's event types and
+    cancellation prefix over the given options."""
+    import dataclasses
+
+    options = options or LoadOptions()
+    return dataclasses.replace(
+        options,
+        known_event_types=options.known_event_types or list(config.events.weights),
+        cancel_prefix=config.events.cancel_prefix or None,
+    )
+
+
 def train(
     events: str | Path,
     out: str | Path,
@@ -275,18 +288,7 @@ def train(
 
         return done
 
-    options = load_options or LoadOptions()
-    options = LoadOptions(
-        fmt=options.fmt,
-        columns=options.columns,
-        event_type=options.event_type,
-        known_event_types=options.known_event_types or list(config.events.weights),
-        required=options.required,
-        cancel_prefix=config.events.cancel_prefix or None,
-        chunk_rows=options.chunk_rows,
-        max_bad_rows=options.max_bad_rows,
-        time_format=options.time_format,
-    )
+    options = effective_load_options(load_options, config)
     done = step("load")
     event_log, report = load_events(events, options)
     forgotten = read_forget_list(forget_list, hashed_ok=True)  # drop_users resolves hashes

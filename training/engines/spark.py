@@ -77,7 +77,7 @@ from recsvc.events import (
 )
 from recsvc.ids import IdMap
 from recsvc.rules import RuleSet
-from training.pipeline import TrainResult, read_forget_list
+from training.pipeline import TrainResult, effective_load_options, read_forget_list
 from training.rules import save_rules
 
 log = logging.getLogger(__name__)
@@ -572,19 +572,8 @@ class SparkLog:
 
 
 def _effective_options(options: LoadOptions | None, config: TrainConfig) -> LoadOptions:
-    """The loader options the local pipeline uses: known event types from the config weights."""
-    options = options or LoadOptions()
-    return LoadOptions(
-        fmt=options.fmt,
-        columns=options.columns,
-        event_type=options.event_type,
-        known_event_types=options.known_event_types or list(config.events.weights),
-        required=options.required,
-        cancel_prefix=config.events.cancel_prefix or None,
-        chunk_rows=options.chunk_rows,
-        max_bad_rows=options.max_bad_rows,
-        time_format=options.time_format,
-    )
+    """The loader options the local pipeline uses (training.pipeline.effective_load_options)."""
+    return effective_load_options(options, config)
 
 
 def _checked_events(
