@@ -5,7 +5,10 @@ sets `func` (taking the parsed args, returning an exit code). Modules are listed
 imported when the parser is built, so `recsvc` does not import `training` or `serving` at import
 time; command modules keep heavy imports inside their functions.
 
-Errors: a RecsvcError becomes one line on stderr and its exit code; nothing else is caught.
+Errors: a RecsvcError becomes one line on stderr and its exit code; so do a usage error
+(argparse's, exit 2, without the usage block) and a file the operating system refuses (a
+directory where a file belongs, a missing parent directory, no permission, bytes that are not
+UTF-8: exit 2, naming the flag whose path it is). Nothing else is caught: a traceback is a bug.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from recsvc.errors import RecsvcError
 
@@ -33,8 +37,35 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (sub-commands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("recsvc").strip()
+        where = f"recsvc {command}" if command else "recsvc"
+        self.exit(2, f"{where}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    """One printable line, whatever a library put in the message."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _path_flag(args: argparse.Namespace, path: str | None) -> str | None:
+    """The flag whose value is `path` or a directory above it (None when no flag gave it)."""
+    if not path:
+        return None
+    target = os.path.abspath(path)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value and "://" not in value:
+            given = os.path.abspath(value)
+            if target == given or target.startswith(given.rstrip(os.sep) + os.sep):
+                return "--" + name.replace("_", "-")
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="recsvc", description="Recommendation and personalisation service for online stores."
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default) ...")
@@ -63,10 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RecsvcError as exc:
-        # one printable line, whatever a library put in the message
-        message = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
-        print(f"recsvc {args.command}: error: {message}", file=sys.stderr)
+        print(f"recsvc {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError,
+            FileExistsError) as exc:
+        # a rename names its target second: that is the path the caller gave
+        named = exc.filename2 if isinstance(exc.filename2, str) else exc.filename
+        path = named if isinstance(named, str) else None
+        flag = _path_flag(args, path)
+        where = f"{flag}: {path}" if flag else str(path or "a file")
+        reason = exc.strerror or type(exc).__name__
+        print(f"recsvc {args.command}: error: {_one_line(f'{where}: {reason}')}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"recsvc {args.command}: error: input is not UTF-8 text ({_one_line(str(exc))})",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"recsvc {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -281,6 +281,47 @@ def test_corrupt_files_through_the_real_command_line(case: str, tmp_path: Path) 
     assert "Traceback" not in done.stderr
 
 
+def _one_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"recsvc {command}: error: "), err
+    return err[0]
+
+
+def test_paths_the_system_refuses_are_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\nu1,i1\nu2,i1\nu1,i2\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    (tmp_path / "dir.toml").mkdir()
+    cases = [  # (argv, flag named, reason)
+        (["train", "--events", str(events), "--out", str(a_file / "bundles")], "--out", "Not a directory"),
+        (["train", "--events", str(events), "--out", str(tmp_path / "b"), "--config",
+          str(tmp_path / "dir.toml")], "--config", "Is a directory"),
+    ]
+    for argv, flag, reason in cases:
+        assert main(argv) == 2
+        line = _one_error_line(capsys, argv[0])
+        assert f"error: {flag}: " in line and reason in line, line
+    (tmp_path / "b").mkdir()
+    assert main(["train", "--events", str(events), "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    (tmp_path / "out.csv").mkdir()
+    assert main(["recommend", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "out.csv")]) == 2
+    line = _one_error_line(capsys, "recommend")
+    assert f"--out: {tmp_path / 'out.csv'}: Is a directory" in line
+    assert not list(tmp_path.glob(".out.csv.partial"))  # nothing half-written left
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--events", "x.csv", "--out", "b", "--candidates", "many"])
+    assert exited.value.code == 2
+    line = _one_error_line(capsys, "train")
+    assert "--candidates" in line and "'many'" in line and "recsvc train --help" in line
+
+
 def test_a_bad_time_format_is_one_line_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = tmp_path / "events.csv"
     events.write_text("user_id,item_id,timestamp\nu1,i1,12/1/2010 8:26\n")
