@@ -8,6 +8,7 @@ import pytest
 
 from recsvc.bundle import Bundle
 from recsvc.config import load_train_config
+from recsvc.errors import InvalidInput
 from recsvc.store import open_store
 from recsvc.synth import SynthConfig, generate, write
 from training.pipeline import train
@@ -36,6 +37,9 @@ def test_forgotten_customers_are_not_trained_on(store_data: Path, tmp_path: Path
     assert "u000002" not in from_store.users and "u000001" in from_store.users
     assert from_store.manifest["forgotten_users"] == 1
     assert any("forgotten" in note for note in from_store.manifest["rows"]["notes"])
+    # a list that is not there is an error, not "nobody asked to be forgotten"
+    with pytest.raises(InvalidInput, match="--forget-list: file not found"):
+        train(store_data / "events.csv", tmp_path / "c", config, forget_list=tmp_path / "nope.txt")
 
 
 def test_bad_rows_reach_the_manifest(store_data: Path, tmp_path: Path) -> None:

@@ -76,8 +76,8 @@ def _read_forget_entries(path: str | Path | None) -> set[str]:
         finally:
             store.close()
     path = Path(path)
-    if not path.exists():
-        return set()
+    if not path.is_file():  # a privacy list that is not there must not mean "nobody"
+        raise InvalidInput("--forget-list", f"file not found: {path}")
     return {
         line.strip()
         for line in path.read_text(encoding="utf-8").splitlines()
@@ -289,9 +289,11 @@ def train(
         return done
 
     options = effective_load_options(load_options, config)
+    # read before the log: a missing list stops the job before an hour of loading (the
+    # publisher drops customers forgotten later)
+    forgotten = read_forget_list(forget_list, hashed_ok=True)  # drop_users resolves hashes
     done = step("load")
     event_log, report = load_events(events, options)
-    forgotten = read_forget_list(forget_list, hashed_ok=True)  # drop_users resolves hashes
     event_log = drop_users(event_log, forgotten, report)
     catalog = (
         load_catalog(items, event_log.items, report) if items else Catalog.empty(len(event_log.items))
