@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -765,6 +766,19 @@ def test_urls() -> None:
         open_store("localhost:6379")
     with pytest.raises(InvalidInput, match="prefix"):
         open_store("redis://127.0.0.1:1/0?prefix=a{b}")
+    for url, reason in [  # refused before any connection attempt, each naming what is wrong
+        ("redis://127.0.0.1:1/0?hash_id=1", "unknown URL setting 'hash_id'"),  # typo of hash_ids
+        ("memory://x?prefix=a", "unknown URL setting 'prefix'"),
+        ("redis://127.0.0.1:99999/0", "port 99999"),
+        ("redis://[::1:6379/0", "malformed URL"),
+        ("redis://127.0.0.1:1/0?timeout=abc", "timeout: 'abc' is not a number"),
+        ("redis://127.0.0.1:1/0?timeout=nan", "timeout: must be"),
+        ("redis://127.0.0.1:1/0?timeout=-1", "timeout: must be"),
+        ("redis://127.0.0.1:1/0?cluster=maybe", "cluster: 'maybe' is not 1 or 0"),
+        ("redis://127.0.0.1:1/?db=abc", "database 'abc'"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(reason)):
+            open_store(url)
     first = open_store("memory://shared-name")
     first.put_version_meta("x", {"status": PARTIAL})
     assert "x" in open_store("memory://shared-name").version_table()

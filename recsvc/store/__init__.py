@@ -91,6 +91,7 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     if not url or "://" not in url:
         raise InvalidInput("--store", f"'{mask_url(url)}' is not a store URL (memory:// or redis://...)")
     scheme = url.split("://", 1)[0].lower()
+    _check_query(url, scheme)
     hasher = _id_hasher(url, options)
     store: FeatureStore
     if scheme == "memory":
@@ -108,6 +109,26 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     if hasher is not None:
         store.enable_id_hashing(hasher)
     return store
+
+
+_COMMON_QUERY = ("hash_ids", "id_secret_file")
+_REDIS_QUERY = ("prefix", "cluster", "timeout", "db", "ssl_ca_certs", "ssl_cert_reqs",
+                "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+
+
+def _check_query(url: str, scheme: str) -> None:
+    """InvalidInput for a URL setting this store does not know: a typo (`?hash_id=1`) must not
+    quietly leave customer ids unhashed."""
+    try:
+        query = urlsplit(url).query
+    except ValueError as exc:
+        raise InvalidInput("--store", f"malformed URL '{mask_url(url)}': {exc}") from None
+    known = _COMMON_QUERY + (_REDIS_QUERY if scheme.startswith("redis") else ())
+    for name in parse_qs(query, keep_blank_values=True):
+        if name not in known:
+            raise InvalidInput(
+                "--store", f"unknown URL setting '{name}' (known for {scheme}://: {', '.join(known)})"
+            )
 
 
 def _id_hasher(url: str, options: dict[str, Any]) -> Any:

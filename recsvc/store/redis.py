@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import select
 import socket
@@ -160,7 +161,10 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
     scheme = scheme.lower()
     tls = scheme.startswith("rediss")
     cluster = scheme.endswith("+cluster")
-    parts = urlsplit(f"redis://{rest}")
+    try:
+        parts = urlsplit(f"redis://{rest}")
+    except ValueError as exc:
+        raise InvalidInput("--store", f"malformed URL: {exc}") from None
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     netloc = parts.netloc
     userinfo, _, hosts = netloc.rpartition("@")
@@ -173,15 +177,23 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
     for host in (hosts or "localhost:6379").split(","):
         name, _, port = host.rpartition(":") if ":" in host else (host, "", "6379")
         try:
-            nodes.append((name.strip("[]") or "localhost", int(port)))
+            number = int(port)
         except ValueError:
             raise InvalidInput("--store", f"bad port in '{host}'") from None
+        if not 0 < number <= 65535:
+            raise InvalidInput("--store", f"port {number} in '{host}' is not between 1 and 65535")
+        nodes.append((name.strip("[]") or "localhost", number))
     path = parts.path.strip("/")
+    given_db = path or query.get("db", "0")
     try:
-        db = int(path or query.get("db", "0"))
+        db = int(given_db)
     except ValueError:
-        raise InvalidInput("--store", f"database '{path}' is not a number") from None
+        raise InvalidInput("--store", f"database '{given_db}' is not a number") from None
+    if db < 0:
+        raise InvalidInput("--store", f"database {db} is negative")
     flag = str(options.pop("cluster", query.get("cluster", ""))).lower()
+    if flag not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise InvalidInput("cluster", f"'{flag}' is not 1 or 0")
     cluster = cluster or flag in ("1", "true", "yes", "on")
     prefix = str(options.pop("prefix", query.get("prefix", "rs")))
     if not prefix or any(c in prefix for c in "{}: "):
@@ -202,9 +214,20 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
         "username": username,
         "password": options.pop("password", None) or password or os.environ.get(PASSWORD_ENV) or None,
         "prefix": prefix,
-        "socket_timeout": float(options.pop("socket_timeout", query.get("timeout", 5.0))),
+        "socket_timeout": _timeout(options.pop("socket_timeout", query.get("timeout", 5.0))),
         "options": options,
     }
+
+
+def _timeout(value: Any) -> float:
+    """The socket timeout in seconds: a finite number above 0."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("timeout", f"'{value}' is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput("timeout", f"must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 class RedisStore(StoreEngine):
