@@ -107,7 +107,7 @@ class BuyAgainLists:
     due_score: np.ndarray  # float32, at trained_at
     next_due: np.ndarray  # int64 epoch s
     interval_days: np.ndarray  # float32
-    count: np.ndarray  # int32 distinct purchase days
+    count: np.ndarray  # int32 purchase occasions (buys under 12 h apart are one; training.buyagain)
     last: np.ndarray  # int64 epoch s
     sd_days: np.ndarray  # float32
     confidence: np.ndarray  # float32

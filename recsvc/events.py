@@ -239,6 +239,11 @@ class LoadOptions:
     max_bad_rows: float | int | None = None
     time_format: str | None = None  # strftime format of text times; None: ISO-8601 or epoch
 
+    def __post_init__(self) -> None:
+        # event types are matched in lower case, as those read from a column
+        if self.event_type is not None:
+            object.__setattr__(self, "event_type", self.event_type.strip().lower() or None)
+
 
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
 # order, malformed ones included: the CSV header and blank JSON lines are not records. Rows

@@ -350,7 +350,11 @@ def _plant_cycles(
     per_cycle = float(np.mean(config.days / periods + 0.5))
     per_user = per_cycle * (1 + TWO_CYCLES_SHARE)
     affordable = int(MAX_CYCLE_PURCHASE_SHARE * purchase_budget / per_user)
-    n_users = max(1, min(round(CYCLE_USER_SHARE * config.users), affordable))
+    # A cycle needs two purchases in the log (a log under two shortest periods has none to
+    # show), and the purchase budget may afford none.
+    n_users = min(round(CYCLE_USER_SHARE * config.users), affordable)
+    if config.days < 2 * MIN_PERIOD_DAYS:
+        n_users = 0
     users = np.sort(rng.choice(config.users, size=n_users, replace=False)).astype(np.int32)
     cluster = user_cluster[users]
     counts = consumable_counts[cluster]

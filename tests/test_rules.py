@@ -336,6 +336,11 @@ def test_baskets_without_orders_use_windows_from_each_first_purchase(tmp_path: P
     assert sizes == [1, 1, 2, 2]
     with pytest.raises(InvalidInput):
         baskets_from_events(log, window_days=0)
+    # a window longer than the log: one basket per user (int64 sums overflowed: endless loop)
+    for huge in (1e9, 1e14, 1e300):
+        baskets = baskets_from_events(log, window_days=huge)
+        assert sorted(np.diff(baskets.matrix.indptr).tolist()) == [1, 5]
+    assert LoadOptions(event_type=" Purchase ").event_type == "purchase"  # as column values
 
 
 def test_order_log_without_event_column_counts_every_row(tmp_path: Path) -> None:

@@ -210,6 +210,21 @@ def test_cycle_users_rebuy_at_the_planted_period(written: Written) -> None:
     assert checked > 0.8 * len(cycles)
 
 
+@pytest.mark.parametrize("days", [5, 13, 14, 20])
+def test_every_planted_cycle_shows_in_the_log(days: int) -> None:
+    """A cycle in the ground truth has at least two purchases of its item by its user (a log
+    shorter than two periods plants none); a tiny budget plants none either."""
+    store = generate(SynthConfig(seed=1, users=600, items=100, days=days, clusters=4))
+    cycles = store.ground_truth["cycles"]
+    assert (len(cycles) > 0) == (days >= 14)
+    bought = store.events[store.events["event_type"] == "purchase"]
+    times = bought.groupby(["user_id", "item_id"])["timestamp"].nunique()
+    for cycle in cycles:
+        assert times.get((cycle["user_id"], cycle["item_id"]), 0) >= 2, cycle
+    tiny = generate(SynthConfig(seed=1, users=600, items=100, days=120, clusters=4, events=10))
+    assert tiny.ground_truth["cycles"] == []
+
+
 def test_events_target_is_roughly_met() -> None:
     store = generate(SynthConfig(seed=1, users=500, items=100, days=30, clusters=4, events=20_000))
     assert 15_000 < len(store.events) < 24_000

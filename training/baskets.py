@@ -60,7 +60,9 @@ def window_ids(user: np.ndarray, timestamp: np.ndarray, window_seconds: float) -
     user_end = np.r_[user_start[1:], n]
     rank = np.repeat(np.arange(len(user_start), dtype=np.int64), user_end - user_start)
     # Timestamps are whole seconds, so "t >= start + window" is "t >= start + ceil(window)".
-    width = max(int(math.ceil(window_seconds)), 1)
+    # A window longer than the log is the same as one exactly as long (and keeps the sums
+    # below int64's range, which a huge window would overflow into an endless loop).
+    width = min(max(int(min(math.ceil(window_seconds), 2**62)), 1), int(times.max() - times.min()) + 1)
     # Lay users end to end on one time line so one searchsorted finds, for every row, the
     # first row of the same user that falls outside a window opened at that row.
     span = int(times.max() - times.min()) + width + 1
