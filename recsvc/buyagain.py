@@ -19,8 +19,8 @@ rate / 3 instead (see training.buyagain).
 
 Bundle layout (`buyagain/`): a CSR over users, each row sorted best first at training time:
 `indptr` (int64, users + 1), `items` (int32), `due_score` (float32, at training time), and
-parallel arrays `next_due` (int64 epoch s), `interval_days` (float32), `count` (int32, distinct
-purchase days), `last` (int64 epoch s), `sd_days` (float32), `confidence` (float32); plus
+parallel arrays `next_due` (int64 epoch s), `interval_days` (float32), `count` (int32, purchase
+occasions: buys under 12 h apart count once), `last` (int64 epoch s), `sd_days` (float32), `confidence` (float32); plus
 `meta.json` (`trained_at`, `horizon_days`).
 
 Must not import `training` or `serving`.
