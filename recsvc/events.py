@@ -245,6 +245,10 @@ class LoadOptions:
             object.__setattr__(self, "event_type", self.event_type.strip().lower() or None)
 
 
+# Event times the loaders accept, epoch seconds: 1970-01-01 to the end of 2099 (both engines).
+TIME_RANGE = (0.0, 4_102_444_800.0)
+TIME_OUT_OF_RANGE = "timestamp out of range (before 1970 or after 2099)"
+
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
 # order, malformed ones included: the CSV header and blank JSON lines are not records. Rows
 # of every reason are reported by record number (as the Spark engine does), so a log without
@@ -544,7 +548,9 @@ def parse_timestamps(values: pd.Series, time_format: str | None = None) -> np.nd
         else:
             text_format = "ISO8601" if form == "iso" else time_format
             stamps = pd.to_datetime(part, errors="coerce", utc=True, format=text_format)
-            seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+            # in the parsed unit: years 1-9999 parse, and nanoseconds would overflow past 2262
+            epoch = pd.Timestamp(0, tz="UTC").as_unit(stamps.dt.unit)
+            seconds = (stamps - epoch).dt.total_seconds()
             parsed = seconds.to_numpy(dtype="float64", na_value=np.nan)
         out[pending] = parsed
         pending = pending & np.isnan(out)
@@ -755,6 +761,9 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
             # from 1970 to recency, decay and buy-again.
             reject(missing, "missing timestamp")
             reject(~missing & np.isnan(ts), "unparsable timestamp")
+            # a typo'd year (0001, 9999) or an epoch in the wrong unit would move "now",
+            # recency and decay for everyone
+            reject(~missing & ((ts < TIME_RANGE[0]) | (ts >= TIME_RANGE[1])), TIME_OUT_OF_RANGE)
             ts = np.nan_to_num(ts, nan=0.0)
         else:
             ts = np.zeros(n)

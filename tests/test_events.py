@@ -359,3 +359,25 @@ def test_a_time_format_that_is_none_is_refused(spec: str) -> None:
     with pytest.raises(InvalidInput, match="--time-format"):
         check_time_format(spec)
 
+
+ODD_TIMES = (  # typo'd years and epochs in the wrong unit: counted, never a crash or a new "now"
+    "user_id,item_id,event_type,timestamp\n"
+    "u1,i1,view,2026-01-01T00:00:00Z\n"
+    "u2,i1,purchase,2026-01-02T00:00:00+02:00\n"
+    "u1,i2,view,9999-12-31T23:59:59Z\n"
+    "u2,i2,view,0001-01-01T00:00:00Z\n"
+    "u3,i1,view,99999999999999999999\n"
+    "u3,i2,view,-5\n"
+    "u4,i2,view,2100-01-01T00:00:00Z\n"
+    "u4,i1,view,2099-12-31T23:59:59Z\n"
+)
+
+
+def test_times_out_of_range_are_bad_rows(tmp_path: Path) -> None:
+    from recsvc.events import TIME_OUT_OF_RANGE
+
+    log, report = load_events(write(tmp_path, "odd.csv", ODD_TIMES))
+    assert dict(report.bad_rows) == {TIME_OUT_OF_RANGE: 5}
+    assert report.examples[TIME_OUT_OF_RANGE] == [3, 4, 5, 6, 7]
+    assert log.timestamp.tolist() == [1767225600, 1767304800, 4102444799]
+

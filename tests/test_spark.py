@@ -458,6 +458,16 @@ def test_json_lines_keys_set_late_counted_like_local(spark: Any, tmp_path: Path)
     assert local.rows_kept == 2
 
 
+def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> None:
+    from tests.test_events import ODD_TIMES
+
+    path = tmp_path / "odd.csv"
+    path.write_text(ODD_TIMES)
+    spark_report, local = _reports(spark, path, LoadOptions())
+    assert spark_report.to_dict() == local.to_dict()
+    assert local.rows_kept == 3
+
+
 def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
     from tests.test_events import US_DATES
     from training.engines.spark import Cache, _effective_options, load_spark_log

@@ -66,6 +66,8 @@ from recsvc.events import (
     EXAMPLES_PER_REASON,
     MAX_ID_LENGTH,
     REPLACEMENT,
+    TIME_OUT_OF_RANGE,
+    TIME_RANGE,
     Catalog,
     LoadOptions,
     LoadReport,
@@ -524,6 +526,10 @@ def _event_reason(
     if has["timestamp"]:
         check(F.col("_raw_timestamp").isNull(), "missing timestamp")  # as the local loader
         check(F.col("_raw_timestamp").isNotNull() & F.col("_ts").isNull(), "unparsable timestamp")
+        check(
+            (F.col("_ts") < F.lit(TIME_RANGE[0])) | (F.col("_ts") >= F.lit(TIME_RANGE[1])),
+            TIME_OUT_OF_RANGE,
+        )
     for name in ("quantity", "price", "rating"):
         if not has[name]:
             continue
