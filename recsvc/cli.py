@@ -87,11 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
+        setup_logging(args.log_level)
         return int(args.func(args) or 0)
     except RecsvcError as exc:
         print(f"recsvc {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)

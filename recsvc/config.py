@@ -187,8 +187,11 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            setting = ".".join(parts[: depth + 1])
+            raise InvalidInput(dotted, f"'{setting}' is a setting, not a table")
     node[parts[-1]] = value
 
 

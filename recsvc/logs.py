@@ -45,9 +45,19 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once (level from RECSVC_LOG_LEVEL, default WARNING)."""
-    level = (level or os.environ.get("RECSVC_LOG_LEVEL") or "WARNING").upper()
+    given = level or os.environ.get("RECSVC_LOG_LEVEL") or "WARNING"
+    level = given.strip().upper()
+    if level not in LEVELS:
+        from recsvc.errors import InvalidInput
+
+        raise InvalidInput(
+            "--log-level", f"'{given}' is not one of {', '.join(LEVELS)} (or $RECSVC_LOG_LEVEL)"
+        )
     root = logging.getLogger()
     if any(isinstance(h.formatter, KeyValueFormatter) for h in root.handlers):
         root.setLevel(level)

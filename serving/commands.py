@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, tokens_file=os.environ[TOKENS_FILE_ENV])
     if not 0 <= config.port <= 65535:
         raise InvalidInput("--port", f"must be between 0 and 65535, got {config.port}")
+    if config.metrics_port is not None and not 0 <= config.metrics_port <= 65535:
+        raise InvalidInput("--metrics-port", f"must be between 0 and 65535, got {config.metrics_port}")
     if config.workers < 1:
         raise InvalidInput("--workers", f"must be at least 1, got {config.workers}")
     if config.threads < 1:

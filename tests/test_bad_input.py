@@ -314,6 +314,38 @@ def test_paths_the_system_refuses_are_one_line_naming_the_flag(
     assert not list(tmp_path.glob(".out.csv.partial"))  # nothing half-written left
 
 
+def test_a_zstd_log_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "events.csv.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd")
+    assert main(["train", "--events", str(path), "--out", str(tmp_path / "b")]) == 2
+    assert "--events: events.csv.zst: zstd compression is not supported" in _one_error_line(capsys, "train")
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["--log-level", "bogus", "synth", "--out", "{tmp}/s"], {}, "--log-level: 'bogus'"),
+    (["synth", "--out", "{tmp}/s"], {"RECSVC_LOG_LEVEL": "loud"}, "--log-level: 'loud'"),
+    (["train", "--events", "{events}", "--out", "{tmp}/b"], {"RECSVC_TRAIN__ALS__FACTORS__X": "1"},
+     "als.factors.x: 'als.factors' is a setting"),
+    (["train", "--events", "{events}", "--out", "{tmp}/b", "--max-bad-rows", "nan"], {}, "--max-bad-rows"),
+    (["eval", "--events", "{events}", "--seed", "-1"], {}, "--seed"),
+    (["eval", "--events", "{events}", "--k", "99999999"], {}, "--k: must be between 1 and 1000"),
+    (["synth", "--out", "{tmp}/s", "--start", "9999-12-31"], {}, "--start: the log must lie between"),
+    (["serve", "--bundle", "{tmp}", "--insecure-no-auth", "--metrics-port", "70000"], {}, "--metrics-port"),
+])
+def test_out_of_range_flags_are_one_line(
+    argv: list[str], env: dict[str, str], named: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\nu1,i1\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = [a.format(tmp=tmp_path, events=events) for a in argv]
+    command = next(a for a in argv if not a.startswith("-") and a != "bogus")
+    assert main(argv) == 2
+    assert named in _one_error_line(capsys, command)
+
+
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["train", "--events", "x.csv", "--out", "b", "--candidates", "many"])

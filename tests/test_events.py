@@ -133,6 +133,9 @@ def test_parse_max_bad_rows() -> None:
     assert parse_max_bad_rows(None) is None
     with pytest.raises(InvalidInput):
         parse_max_bad_rows("lots")
+    for spec in ("nan", "inf", "-1"):
+        with pytest.raises(InvalidInput, match="--max-bad-rows"):
+            parse_max_bad_rows(spec)
 
 
 def test_jsonl_with_broken_lines(tmp_path: Path) -> None:

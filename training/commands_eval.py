@@ -14,6 +14,7 @@ from typing import Any
 from recsvc.errors import InvalidInput
 
 DEFAULT_EVAL_MODELS = "popular,als-defaults,als,ease,itemknn"
+MAX_K = 1000  # list lengths beyond a storefront's; scores are kept per user x k
 
 
 def _parse_seeds(text: str | None, fallback: int) -> list[int]:
@@ -25,6 +26,8 @@ def _parse_seeds(text: str | None, fallback: int) -> list[int]:
         raise InvalidInput("--seeds", f"'{text}' is not a comma-separated list of integers") from None
     if not seeds:
         raise InvalidInput("--seeds", "give at least one seed")
+    if any(not 0 <= seed < 2**32 for seed in seeds):
+        raise InvalidInput("--seeds", f"seeds must be between 0 and 2^32 - 1, got {text}")
     return seeds
 
 
@@ -121,8 +124,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise InvalidInput("--split", f"'{args.split}' is not one of {', '.join(SPLITS)}")
     if not 0.0 < args.test_ratio < 1.0:
         raise InvalidInput("--test-ratio", f"must be between 0 and 1, got {args.test_ratio}")
-    if args.k < 1:
-        raise InvalidInput("--k", f"must be at least 1, got {args.k}")
+    if not 1 <= args.k <= MAX_K:
+        raise InvalidInput("--k", f"must be between 1 and {MAX_K}, got {args.k}")
+    if not 0 <= args.seed < 2**32:
+        raise InvalidInput("--seed", f"must be between 0 and 2^32 - 1, got {args.seed}")
 
 
 def run_eval(args: argparse.Namespace) -> int:
