@@ -273,20 +273,34 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
 
 def check_train_config(config: TrainConfig) -> None:
     """InvalidInput naming the first setting that is not a finite number in its range."""
+    check_ranges(config, _RANGES)
+
+
+def check_ranges(
+    config: Any,
+    ranges: dict[str, tuple[float, bool, float | None]],
+    prefix: str = "",
+    names: dict[str, str] | None = None,
+) -> None:
+    """InvalidInput naming the first numeric setting of the dataclass `config` that is not
+    finite or lies outside `ranges` ((lowest, lowest allowed, highest or None) per dotted key;
+    `*` for any key of a table). Errors name the key as `prefix.key`, or as `names[key]` (the
+    flag that set it)."""
     flat: dict[str, Any] = {}
 
-    def walk(prefix: str, value: Any) -> None:
+    def walk(path: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
+                walk(f"{path}.{key}" if path else str(key), item)
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[prefix] = value
+            flat[path] = value
 
     walk("", dataclasses.asdict(config))
     for key, value in flat.items():
+        name = (names or {}).get(key) or (f"{prefix}.{key}" if prefix else key)
         if not math.isfinite(value):
-            raise InvalidInput(key, f"must be a finite number, got {value!r}")
-        limits = _RANGES.get(key) or _RANGES.get(key.rsplit(".", 1)[0] + ".*")
+            raise InvalidInput(name, f"must be a finite number, got {value!r}")
+        limits = ranges.get(key) or ranges.get(key.rsplit(".", 1)[0] + ".*")
         if limits is None:
             continue
         low, inclusive, high = limits
@@ -294,7 +308,7 @@ def check_train_config(config: TrainConfig) -> None:
             bound = f"{'at least' if inclusive else 'above'} {low:g}"
             if high is not None:
                 bound += f" and at most {high:g}"
-            raise InvalidInput(key, f"must be {bound}, got {value!r}")
+            raise InvalidInput(name, f"must be {bound}, got {value!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -75,7 +75,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsvc.errors import InvalidInput
     from serving.config import load_serve_config
     from serving.server import INSECURE_WARNING, check_security
     from serving.server import run as run_server
@@ -101,25 +100,15 @@ def run(args: argparse.Namespace) -> int:
             "tls_key": args.tls_key,
             "tls_client_ca": args.tls_client_ca,
         },
+        flags={
+            "port": "--port", "metrics_port": "--metrics-port", "workers": "--workers",
+            "threads": "--threads", "max_k": "--max-k", "grace_seconds": "--grace",
+            "drain_delay_seconds": "--drain-delay", "rate_limit": "--rate-limit",
+            "rate_burst": "--rate-burst",
+        },
     )
     if not config.tokens_file and os.environ.get(TOKENS_FILE_ENV):
         config = dataclasses.replace(config, tokens_file=os.environ[TOKENS_FILE_ENV])
-    if not 0 <= config.port <= 65535:
-        raise InvalidInput("--port", f"must be between 0 and 65535, got {config.port}")
-    if config.metrics_port is not None and not 0 <= config.metrics_port <= 65535:
-        raise InvalidInput("--metrics-port", f"must be between 0 and 65535, got {config.metrics_port}")
-    if config.workers < 1:
-        raise InvalidInput("--workers", f"must be at least 1, got {config.workers}")
-    if config.threads < 1:
-        raise InvalidInput("--threads", f"must be at least 1, got {config.threads}")
-    if config.max_k < 1:
-        raise InvalidInput("--max-k", f"must be at least 1, got {config.max_k}")
-    if config.grace_seconds < 0 or config.drain_delay_seconds < 0:
-        raise InvalidInput("--grace", "--grace and --drain-delay must be 0 or more")
-    if config.rate_limit < 0:
-        raise InvalidInput("--rate-limit", f"must be 0 or more, got {config.rate_limit}")
-    if config.rate_burst < 0:
-        raise InvalidInput("--rate-burst", f"must be 0 or more, got {config.rate_burst}")
     check_security(config)  # before opening the store: bad tokens or TLS files fail at once
     settings = " ".join(f"{k}={v}" for k, v in config.masked().items())
     print(f"recsvc serve: {settings}", file=sys.stderr, flush=True)

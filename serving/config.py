@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from recsvc.config import _build, read_toml  # one set of coercion rules for every config
+from recsvc.config import _build, check_ranges, read_toml  # one set of rules for every config
+from recsvc.errors import InvalidInput
 from recsvc.store import mask_url
 
 
@@ -90,16 +91,22 @@ def load_serve_config(
     path: str | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> ServeConfig:
     """Defaults, then `[serve]` of a TOML file, then RECSVC_SERVE__* variables, then overrides.
 
-    overrides: field name -> value; None values are ignored (flags not given).
+    overrides: field name -> value; None values are ignored (flags not given). flags: field
+    name -> the CLI flag that sets it, named in errors about a value a flag gave. Every number
+    must be finite and in SERVE_RANGES.
     """
     data: dict[str, Any] = {}
     if path:
-        table = read_toml(path).get("serve", {})
-        if isinstance(table, dict):
-            data.update(table)
+        document = read_toml(path)
+        table = document.get("serve")
+        if not isinstance(table, dict):  # a typo'd [serv] must not start on the defaults
+            found = ", ".join(f"[{k}]" for k, v in document.items() if isinstance(v, dict)) or "none"
+            raise InvalidInput("--config", f"{path} has no [serve] table (tables: {found})")
+        data.update(table)
     env = os.environ if environ is None else environ
     prefix = "RECSVC_SERVE__"
     for name, value in env.items():
@@ -107,4 +114,35 @@ def load_serve_config(
             data[name[len(prefix) :].lower()] = value
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config: ServeConfig = _build(ServeConfig, data, "serve")
+    given = {k for k, v in (overrides or {}).items() if v is not None}
+    check_ranges(config, SERVE_RANGES, "serve", {k: f for k, f in (flags or {}).items() if k in given})
     return config
+
+
+# (lowest, whether the lowest is allowed, highest or None) per setting; every number finite.
+SERVE_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "port": (0, True, 65535),
+    "metrics_port": (0, True, 65535),
+    "workers": (1, True, None),
+    "threads": (1, True, None),
+    "grace_seconds": (0, True, None),
+    "drain_delay_seconds": (0, True, None),
+    "max_k": (1, True, None),
+    "max_id_length": (1, True, None),
+    "max_cart_items": (1, True, None),
+    "max_filter_values": (1, True, None),
+    "recent_events": (0, True, None),
+    "realtime_similar_items": (0, True, None),
+    "poll_seconds": (0, False, None),
+    "store_wait_seconds": (0, True, None),
+    "store_timeout_ms": (0, False, None),
+    "retry_after_ms": (0, True, None),
+    "hot_users": (0, True, None),
+    "hot_user_ttl_seconds": (0, False, None),
+    "warm_batch": (1, True, None),
+    "warm_cpu_share": (0, False, 1),
+    "hot_items": (0, True, None),
+    "rate_limit": (0, True, None),
+    "rate_burst": (0, True, None),
+    "forget_poll_seconds": (0, False, None),
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -344,6 +345,29 @@ def test_out_of_range_flags_are_one_line(
     command = next(a for a in argv if not a.startswith("-") and a != "bogus")
     assert main(argv) == 2
     assert named in _one_error_line(capsys, command)
+
+
+def test_serve_settings_are_checked(tmp_path: Path) -> None:
+    from recsvc.errors import InvalidInput
+    from serving.config import load_serve_config
+
+    typo = tmp_path / "serve.toml"
+    typo.write_text("[serv]\nport = 1\n")
+    with pytest.raises(InvalidInput, match=r"--config: .* has no \[serve\] table \(tables: \[serv\]\)"):
+        load_serve_config(str(typo))
+    for env, named in [
+        ({"RECSVC_SERVE__POLL_SECONDS": "-1"}, "serve.poll_seconds: must be above 0"),
+        ({"RECSVC_SERVE__STORE_TIMEOUT_MS": "nan"}, "serve.store_timeout_ms: must be a finite number"),
+        ({"RECSVC_SERVE__HOT_USERS": "-5"}, "serve.hot_users: must be at least 0"),
+        ({"RECSVC_SERVE__WARM_BATCH": "0"}, "serve.warm_batch: must be at least 1"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(named)):
+            load_serve_config(environ=env)
+    flags = {"grace_seconds": "--grace", "rate_limit": "--rate-limit"}
+    for overrides, named in [({"grace_seconds": float("nan")}, "--grace: must be a finite number"),
+                             ({"rate_limit": -1.0}, "--rate-limit: must be at least 0")]:
+        with pytest.raises(InvalidInput, match=re.escape(named)):
+            load_serve_config(overrides=overrides, environ={}, flags=flags)
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
