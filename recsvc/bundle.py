@@ -34,7 +34,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -243,9 +244,11 @@ class Bundle:
         if not manifest_path.exists():
             raise BundleFormatError(f"{path}: not a model bundle (no {MANIFEST})")
         try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:  # JSON or UTF-8 errors are ValueErrors
             raise BundleFormatError(f"{manifest_path}: corrupt manifest: {exc}") from exc
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("version"), str):
+            raise BundleFormatError(f"{manifest_path}: corrupt manifest: not an object with a version")
         found = self.manifest.get("format_version")
         if found != BUNDLE_FORMAT_VERSION:
             raise BundleFormatError(
@@ -260,28 +263,48 @@ class Bundle:
     def has(self, name: str) -> bool:
         return (self.path / name).exists() or (self.path / f"{name}.npy").exists()
 
+    @contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """Turn what a damaged file raises (truncated arrays or Parquet, broken JSON, wrong
+        shapes) into a BundleFormatError naming the bundle and the part."""
+        import pyarrow as pa
+
+        try:
+            yield
+        except BundleFormatError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, pa.ArrowException) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise BundleFormatError(f"{self.path.name}: corrupt {name}: {reason}") from exc
+
     def array(self, name: str, mmap: bool = True) -> np.ndarray:
         file = self.path / f"{name}.npy"
         if not file.exists():
             raise BundleFormatError(f"{self.path.name}: missing array {name}")
-        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with self._reading(name):
+            return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
 
     def csr(self, name: str) -> sp.csr_matrix:
-        shape = json.loads((self.path / name / "shape.json").read_text())["shape"]
-        return sp.csr_matrix(
-            (
-                self.array(f"{name}/data", mmap=False),
-                self.array(f"{name}/indices", mmap=False),
-                self.array(f"{name}/indptr", mmap=False),
-            ),
-            shape=tuple(shape),
-        )
+        with self._reading(name):
+            shape = json.loads((self.path / name / "shape.json").read_text(encoding="utf-8"))["shape"]
+            if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) for n in shape)):
+                raise ValueError(f"shape {shape!r} is not two whole numbers")
+            return sp.csr_matrix(
+                (
+                    self.array(f"{name}/data", mmap=False),
+                    self.array(f"{name}/indices", mmap=False),
+                    self.array(f"{name}/indptr", mmap=False),
+                ),
+                shape=tuple(shape),
+            )
 
     def json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
+        with self._reading(name):
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
 
     def frame(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path / f"{name}.parquet")
+        with self._reading(name):
+            return pd.read_parquet(self.path / f"{name}.parquet")
 
     @cached_property
     def users(self) -> IdMap:

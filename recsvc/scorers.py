@@ -221,9 +221,15 @@ def load_scorer(bundle: Bundle, name: str) -> Any:
         )
         return ItemItemScorer(weights)
     if kind == "factors":
+        users, items = bundle.array(f"{base}/user_factors"), bundle.array(f"{base}/item_factors")
+        if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+            raise BundleFormatError(
+                f"{bundle.version}: corrupt {base}: user factors {users.shape} and item factors "
+                f"{items.shape} do not match"
+            )
         return FactorScorer(
-            user_factors=bundle.array(f"{base}/user_factors"),
-            item_factors=bundle.array(f"{base}/item_factors"),
+            user_factors=users,
+            item_factors=items,
             regularization=float(meta.get("regularization", 0.05)),
             alpha=float(meta.get("alpha", 1.0)),
             fold_in_always=bool(meta.get("fold_in_always", False)),

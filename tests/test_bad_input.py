@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -368,6 +369,54 @@ def test_serve_settings_are_checked(tmp_path: Path) -> None:
                              ({"rate_limit": -1.0}, "--rate-limit: must be at least 0")]:
         with pytest.raises(InvalidInput, match=re.escape(named)):
             load_serve_config(overrides=overrides, environ={}, flags=flags)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recsvc.synth import SynthConfig, generate, write
+
+    root = tmp_path_factory.mktemp("small-bundle")
+    write(generate(SynthConfig(users=100, items=60, days=30, seed=3, clusters=3)), root / "data")
+    assert main(["train", "--events", str(root / "data" / "events.csv"), "--out", str(root / "b")]) == 0
+    return (root / "b" / "latest").resolve()
+
+
+def _damage(bundle: Path, case: str) -> None:
+    def truncate(relative: str) -> None:
+        path = bundle / relative
+        path.write_bytes(path.read_bytes()[: max(len(path.read_bytes()) // 3, 10)])
+
+    if case == "truncated array":
+        truncate("recommenders/als/user_factors.npy")
+    elif case == "truncated parquet":
+        truncate("ids/users.parquet")
+    elif case == "manifest a list":
+        (bundle / "manifest.json").write_text("[1, 2]")
+    elif case == "manifest not UTF-8":
+        (bundle / "manifest.json").write_bytes(b"{\xff\xfe}")
+    elif case == "broken kind.json":
+        (bundle / "recommenders/itemknn/kind.json").write_text("{kind")
+    elif case == "wrong csr shape":
+        (bundle / "recommenders/itemknn/weights/shape.json").write_text('{"shape": [5, 5]}')
+    elif case == "factors of another width":
+        np.save(bundle / "recommenders/als/item_factors.npy", np.zeros((60, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("case", ["truncated array", "truncated parquet", "manifest a list",
+                                  "manifest not UTF-8", "broken kind.json", "wrong csr shape",
+                                  "factors of another width"])
+def test_a_damaged_bundle_is_one_line(case: str, small_bundle: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    _damage(bundle, case)
+    capsys.readouterr()
+    model = "itemknn" if "kind" in case or "csr" in case else "als"
+    code = main(["recommend", "--bundle", str(bundle), "--model", model, "--out", str(tmp_path / "r.csv")])
+    line = _one_error_line(capsys, "recommend")
+    assert code == 4 and ("corrupt" in line or "not a model bundle" in line), line
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
