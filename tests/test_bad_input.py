@@ -419,6 +419,26 @@ def test_a_damaged_bundle_is_one_line(case: str, small_bundle: Path, tmp_path: P
     assert code == 4 and ("corrupt" in line or "not a model bundle" in line), line
 
 
+def test_a_forget_that_cannot_write_its_file_forgets_nothing(
+    small_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsvc.bundle import Bundle
+    from recsvc.store import open_store
+
+    url = f"memory://forget-cli-{tmp_path.name}"
+    assert main(["publish", "--bundle", str(small_bundle), "--store", url]) == 0
+    bundle = Bundle(small_bundle)
+    user = bundle.users.ids[0]
+    (tmp_path / "list.txt").mkdir()
+    capsys.readouterr()
+    code = main(["forget", "--user", user, "--store", url, "--forget-file", str(tmp_path / "list.txt")])
+    assert code == 2 and "--forget-file: " in _one_error_line(capsys, "forget")
+    store = open_store(url)
+    assert store.user_features(bundle.version, user) is not None and store.forgotten_users() == []
+    assert main(["forget", "--user", "a\x01b", "--store", url]) == 2
+    assert "--user: must be one printable user id" in _one_error_line(capsys, "forget")
+
+
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["train", "--events", "x.csv", "--out", "b", "--candidates", "many"])

@@ -18,9 +18,11 @@ make sense inside `recsvc serve` (they warn). Store URLs are printed with passwo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 STORE_ENV = "RECSVC_STORE"
@@ -185,19 +187,28 @@ def run_forgotten(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _no_file() -> Iterator[None]:
+    yield None
+
+
 def run_forget(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
+    from recsvc.events import MAX_ID_LENGTH
 
     user = args.user.strip()
-    if not user or "\n" in user:
-        raise InvalidInput("--user", "must be one non-empty user id")
-    store = _open(args)
-    try:
-        held = store.forget_user(user)
-    finally:
-        store.close()
-    if args.forget_file:
-        with open(args.forget_file, "a", encoding="utf-8") as handle:
+    if not user or not user.isprintable() or len(user) > MAX_ID_LENGTH:
+        raise InvalidInput(
+            "--user", f"must be one printable user id of at most {MAX_ID_LENGTH} characters"
+        )
+    # the file opens first: a path it cannot write to fails before anything is forgotten
+    with open(args.forget_file, "a", encoding="utf-8") if args.forget_file else _no_file() as handle:
+        store = _open(args)
+        try:
+            held = store.forget_user(user)
+        finally:
+            store.close()
+        if handle is not None:
             handle.write(user + "\n")
     where = f" and {args.forget_file}" if args.forget_file else ""
     print(
