@@ -760,6 +760,10 @@ async def run_phase(
 
 
 # -- a whole run ------------------------------------------------------------------------------
+MAX_CONCURRENCY = 10_000  # calls in flight; each is a coroutine and a slot in the histogram
+MAX_RATE = 1_000_000.0  # requests/s offered in open loop
+
+
 @dataclass(frozen=True)
 class LoadConfig:
     """One `recsvc bench serve` run."""
@@ -786,10 +790,16 @@ class LoadConfig:
     rounds: int = 1
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise InvalidInput("--concurrency", f"must be at least 1, got {self.concurrency}")
-        if self.rate is not None and self.rate <= 0:
-            raise InvalidInput("--rate", f"must be above 0, got {self.rate}")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise InvalidInput(
+                "--concurrency", f"must be between 1 and {MAX_CONCURRENCY}, got {self.concurrency}"
+            )
+        if self.rate is not None and not (math.isfinite(self.rate) and 0 < self.rate <= MAX_RATE):
+            raise InvalidInput("--rate", f"must be above 0 and at most {MAX_RATE:g}, got {self.rate}")
+        if not self.rpcs:
+            raise InvalidInput("--rpc", f"name at least one RPC (one of {', '.join(CHOICES)})")
+        if self.timeout <= 0:
+            raise InvalidInput("--timeout", f"must be above 0, got {self.timeout}")
         if self.duration <= 0:
             raise InvalidInput("--duration", f"must be above 0, got {self.duration}")
         if self.warmup < 0:

@@ -156,6 +156,14 @@ def test_bench_serve_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "--rpc" in err[0] and "Everything" in err[0]
+    for flags, named in [  # values that hung the generator or ran nothing
+        (["--rate", "nan"], "--rate"), (["--rate", "inf"], "--rate"),
+        (["--concurrency", "100000000"], "--concurrency"), (["--rpc", ""], "--rpc"),
+        (["--timeout", "0s"], "--timeout"),
+    ]:
+        assert main(["bench", "serve", "--target", "127.0.0.1:1", *flags]) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"error: {named}: " in err[0], err
 
 
 # -- where ids come from ----------------------------------------------------------------------
