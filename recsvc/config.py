@@ -146,6 +146,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         raise InvalidInput(key, f"expected true or false, got {value!r}")
     if annotation in (int, float):
+        if isinstance(value, bool):  # TOML true is no number (int(True) would be 1)
+            raise InvalidInput(key, f"expected a number, got {value!r}")
         try:
             number = annotation(value)
         except (TypeError, ValueError):

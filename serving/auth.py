@@ -195,7 +195,8 @@ class TokenRegistry:
         self._lock = threading.Lock()
         if self.path is not None:
             if not self.path.is_file():
-                raise InvalidInput("--tokens-file", f"{self.path} does not exist")
+                what = "is not a file" if self.path.exists() else "does not exist"
+                raise InvalidInput("--tokens-file", f"{self.path} {what}")
             self._load_file(strict=True)
         self.clients: tuple[Client, ...] = self._merge()
 

@@ -165,6 +165,21 @@ def _loopback(host: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
+def _listen_flag(host: str) -> str:
+    """Which flag to blame when the server cannot listen: --host when no interface of this
+    machine has that address (a typo'd name), else --port (taken, or not allowed)."""
+    import socket
+
+    try:
+        for *_, sockaddr in socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(socket.AF_INET6 if ":" in sockaddr[0] else socket.AF_INET) as probe:
+                probe.bind((sockaddr[0], 0))
+            return "--port"
+    except OSError:
+        return "--host"
+    return "--host"
+
+
 def build_server(
     service: RecommendationService,
     config: ServeConfig,
@@ -206,9 +221,11 @@ def build_server(
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise InvalidInput("--port", f"cannot listen on {config.host}:{config.port}: {exc}") from None
+        raise InvalidInput(_listen_flag(config.host), f"cannot listen on {address}: {exc}") from None
     if port == 0:
-        raise InvalidInput("--port", f"cannot listen on {config.host}:{config.port} (in use?)")
+        flag = _listen_flag(config.host)
+        hint = "in use?" if flag == "--port" else "no such address here"
+        raise InvalidInput(flag, f"cannot listen on {address} ({hint})")
     return server, health_servicer, port
 
 

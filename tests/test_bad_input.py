@@ -439,6 +439,48 @@ def test_a_forget_that_cannot_write_its_file_forgets_nothing(
     assert "--user: must be one printable user id" in _one_error_line(capsys, "forget")
 
 
+def test_values_that_would_give_an_empty_or_silent_answer_are_refused(
+    small_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsvc.bundle import Bundle
+
+    item = Bundle(small_bundle).items.ids[0]
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,event_type\nu1,i1,purchase\nu1,i2,purchase\n")
+    tokens_dir = tmp_path / "tokens"
+    tokens_dir.mkdir()
+    cases = [
+        (["recommend", "--bundle", str(small_bundle), "--category", "no-such-category",
+          "--out", str(tmp_path / "r.csv")], "--category: no item of the bundle has category no-such-category"),
+        (["crosssell", "--bundle", str(small_bundle), "--items", item, "--k", "0"], "--k: must be at least 1"),
+        (["buyagain", "--bundle", str(small_bundle), "--user", "u000001", "--min-score", "nan"], "--min-score"),
+        (["rules", "--events", str(events), "--purchase-types", "order", "--out", str(tmp_path / "rules.csv")],
+         "--purchase-types: no row of the log has type order (its types: purchase)"),
+        (["serve", "--bundle", str(small_bundle), "--insecure-no-auth", "--port", "0", "--host",
+          "no-such-host.invalid"], "--host: cannot listen on no-such-host.invalid:0"),
+        (["serve", "--bundle", str(small_bundle), "--port", "0", "--tokens-file", str(tokens_dir)],
+         "is not a file"),
+    ]
+    for argv, named in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        if argv[0] == "serve":  # the start-up banner and settings come first
+            errors = [line for line in capsys.readouterr().err.splitlines() if "serve: error:" in line]
+            assert len(errors) == 1 and named in errors[0], errors
+        else:
+            assert named in _one_error_line(capsys, argv[0])
+
+
+def test_a_boolean_is_no_number_in_a_config(tmp_path: Path) -> None:
+    from recsvc.config import load_train_config
+    from recsvc.errors import InvalidInput
+
+    path = tmp_path / "c.toml"
+    path.write_text("[als]\nfactors = true\n")
+    with pytest.raises(InvalidInput, match="als.factors: expected a number, got True"):
+        load_train_config(path)
+
+
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["train", "--events", "x.csv", "--out", "b", "--candidates", "many"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +93,8 @@ def run_buyagain(args: argparse.Namespace) -> int:
 
     if args.k <= 0:
         raise InvalidInput("--k", "must be a positive number")
+    if not math.isfinite(args.min_score):
+        raise InvalidInput("--min-score", f"must be a finite number, got {args.min_score}")
     now = parse_now(args.now)
     if args.users is not None and not args.out:
         raise InvalidInput("--out", "needed with --users (where to write the lists)")

@@ -175,6 +175,12 @@ def _mine_from_events(args: argparse.Namespace, fmt: str) -> int:
             "by; map one with --columns",
         )
     purchase_types = tuple(name.lower() for name in _split_ids(args.purchase_types))
+    if len(log) and log.has_column.get("event_type") and not set(purchase_types) & set(log.event_types):
+        raise InvalidInput(
+            "--purchase-types",
+            f"no row of the log has type {', '.join(purchase_types)} "
+            f"(its types: {', '.join(log.event_types)})",
+        )
     baskets = baskets_from_events(log, args.window_days, purchase_types)
     rules = mine_rules(
         baskets.matrix,
@@ -211,8 +217,8 @@ def run_crosssell(args: argparse.Namespace) -> int:
     cart_ids = _split_ids(args.items)
     if not cart_ids:
         raise InvalidInput("--items", "give at least one item id")
-    if args.k < 0:
-        raise InvalidInput("--k", f"must not be negative, got {args.k}")
+    if args.k < 1:
+        raise InvalidInput("--k", f"must be at least 1, got {args.k}")
     source = open_bundle_rules(args.bundle)
     lookup = {value: index for index, value in enumerate(source.item_ids)}
     cart = np.array([lookup.get(item, -1) for item in cart_ids], dtype=np.int64)

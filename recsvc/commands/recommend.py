@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if suffix not in (".csv", ".parquet"):
         raise InvalidInput("--out", "must end in .csv or .parquet")
     bundle = Bundle(args.bundle)
+    unknown = sorted(set(args.category) - {str(c) for c in bundle.catalog.category})
+    if unknown:  # a typo would export an empty file
+        raise InvalidInput("--category", f"no item of the bundle has category {', '.join(unknown)}")
     users = None if args.users == "all" else read_user_file(args.users)
     forgotten: list[str] = []
     if args.store:
