@@ -471,6 +471,28 @@ def test_values_that_would_give_an_empty_or_silent_answer_are_refused(
             assert named in _one_error_line(capsys, argv[0])
 
 
+@pytest.mark.parametrize("part", ["candidates/items", "similar/indices", "popularity/global/items"])
+def test_a_bundle_with_item_indexes_outside_its_catalogue_is_not_published(
+    part: str, small_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from recsvc.store import open_store
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    values = np.load(bundle / f"{part}.npy")
+    values.flat[0] = 10_000
+    np.save(bundle / f"{part}.npy", values)
+    url = f"memory://bad-indexes-{part.replace('/', '-')}"
+    capsys.readouterr()
+    assert main(["publish", "--bundle", str(bundle), "--store", url]) == 4
+    errors = [line for line in capsys.readouterr().err.splitlines() if "publish: error: " in line]
+    named = part.rsplit("/", 1)[0] if part.startswith("popularity") else part
+    assert len(errors) == 1 and f"corrupt {named}: item indexes" in errors[0], errors
+    assert open_store(url).version_table() == {}
+
+
 def test_a_boolean_is_no_number_in_a_config(tmp_path: Path) -> None:
     from recsvc.config import load_train_config
     from recsvc.errors import InvalidInput

@@ -753,6 +753,12 @@ def test_unreachable_redis_is_store_unavailable() -> None:
         open_store(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
 
 
+def test_a_cluster_url_for_a_single_node_is_store_unavailable(redis_url: str) -> None:
+    node = redis_url.split("://", 1)[1].split("/", 1)[0]
+    with pytest.raises(StoreUnavailable, match="as a Redis Cluster: .*not enabled"):
+        open_store(f"redis+cluster://{node}", socket_timeout=0.5)
+
+
 # -- URLs ------------------------------------------------------------------------------------
 
 

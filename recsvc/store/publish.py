@@ -168,6 +168,32 @@ class BundleContent:
             for i, row in enumerate(rows.tolist())
         ]
 
+    def check_indexes(self) -> None:
+        """BundleFormatError when an item index points outside the catalogue (-1 pads lists):
+        a server would fail or answer someone else's item on every read of it."""
+        n = self.n_items
+        parts: list[tuple[str, np.ndarray]] = []
+        if self.candidates is not None:
+            parts.append(("candidates/items", self.candidates[0]))
+        if self.similar is not None:
+            parts.append(("similar/indices", self.similar[0]))
+        if self.seen is not None:
+            parts.append(("seen", self.seen.indices))
+        if self.buyagain is not None:
+            parts.append(("buyagain/items", np.asarray(self.buyagain.items)))
+        for name, lists in self.popularity.items():
+            parts.append((f"popularity/{name}", np.asarray(lists.items)))
+        for name, values in parts:
+            if values.size and (int(values.min()) < -1 or int(values.max()) >= n):
+                raise BundleFormatError(
+                    f"{self.version}: corrupt {name}: item indexes {int(values.min())}..{int(values.max())} "
+                    f"outside the {n} items of the catalogue"
+                )
+        if self.factors is not None and self.factors[1].shape[0] != n:
+            raise BundleFormatError(
+                f"{self.version}: item factors cover {self.factors[1].shape[0]} items, the catalogue {n}"
+            )
+
     @cached_property
     def buyagain(self) -> BuyAgainLists | None:
         from recsvc.buyagain import BuyAgainLists
@@ -362,6 +388,7 @@ def publish_bundle(
         raise ValueError("keep must be at least 1")
     started = time.monotonic()
     content = BundleContent(bundle)
+    content.check_indexes()  # before the lock: a damaged bundle never reaches the store
     version = content.version
     with engine.publish_lock(version):
         table = engine.version_table()

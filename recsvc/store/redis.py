@@ -55,7 +55,7 @@ import numpy as np
 import redis
 import redis.cluster
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterError, RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
@@ -279,6 +279,9 @@ class RedisStore(StoreEngine):
                 host, port = settings["nodes"][0]
                 client = redis.Redis(host=host, port=port, db=settings["db"], **common)
             client.ping()
+        except RedisClusterException as exc:  # e.g. a cluster URL for a single-node server
+            reason = " ".join(str(exc).split())[:200]
+            raise StoreUnavailable(f"cannot reach {masked} as a Redis Cluster: {reason}") from None
         except (RedisError, OSError) as exc:
             reason = "authentication failed" if "AUTH" in str(exc).upper() or "WRONGPASS" in str(exc) else type(exc).__name__
             raise StoreUnavailable(f"cannot reach {masked}: {reason}") from None
