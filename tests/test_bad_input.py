@@ -493,6 +493,25 @@ def test_a_bundle_with_item_indexes_outside_its_catalogue_is_not_published(
     assert open_store(url).version_table() == {}
 
 
+def test_outputs_of_long_searches_are_checked_before_the_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\nu1,i1\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    (tmp_path / "out.json").mkdir()
+    for argv, named in [
+        (["tune", "--events", str(events), "--out", str(tmp_path / "t.toml"), "--report",
+          str(a_file / "r.json")], "--report: cannot make the directory"),
+        (["tune", "--events", str(events), "--out", str(tmp_path)], "--out: "),
+        (["eval", "--events", str(events), "--out", str(tmp_path / "out.json")], "--out: "),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert named in _one_error_line(capsys, argv[0])
+
+
 def test_a_boolean_is_no_number_in_a_config(tmp_path: Path) -> None:
     from recsvc.config import load_train_config
     from recsvc.errors import InvalidInput

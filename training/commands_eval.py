@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recsvc.commands.common import check_output_file
 from recsvc.errors import InvalidInput
 
 DEFAULT_EVAL_MODELS = "popular,als-defaults,als,ease,itemknn"
@@ -135,6 +136,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluation.evaluate import evaluate, format_table, model_specs
 
     _check_common(args)
+    check_output_file(args.out, "--out")
     config = load_train_config(args.config)
     models = _models(args.models)
     model_specs(models, config)  # unknown names fail before the log is read
@@ -167,6 +169,8 @@ def run_tune(args: argparse.Namespace) -> int:
     from training.tune import Trial, tune, write_tuned
 
     _check_common(args)
+    check_output_file(args.out, "--out")  # before the search, which may take hours
+    check_output_file(args.report, "--report")
     load_train_config(args.config)  # a bad config fails before the log is read
     models = _models(args.models)
     seeds = _parse_seeds(args.seeds, 1)

@@ -37,3 +37,26 @@ def load_options(args: argparse.Namespace, **extra: object) -> LoadOptions:
         time_format=check_time_format(args.time_format),
         **extra,  # type: ignore[arg-type]
     )
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """InvalidInput naming `flag` unless a file can be written at `path` (its directory exists
+    or can be made, and is writable; the path is not a directory). For outputs written only
+    after long work, so that a typo fails before the work rather than after."""
+    import os
+    from pathlib import Path
+
+    from recsvc.errors import InvalidInput
+
+    if path is None:
+        return
+    target = Path(path)
+    if not str(path).strip() or target.is_dir():
+        raise InvalidInput(flag, f"'{path}' is a directory, not a file name")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(flag, f"cannot make the directory of '{path}': {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise InvalidInput(flag, f"cannot write to the directory of '{path}'")
