@@ -283,6 +283,19 @@ def test_bench_train_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(out.read_text())["runs"] == runs
 
 
+def test_bench_train_says_on_stderr_that_training_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([
+        "bench", "train", "--sizes", "3k", "--items", "60", "--events-per-user", "30",
+        "--work", str(tmp_path / "work"), "--train-args=--bogus",
+    ])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("recsvc bench: error: training failed at 3k events")
+    assert "--bogus" in err[0]
+
+
 def _train_script() -> Any:
     import importlib.util
 

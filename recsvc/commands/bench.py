@@ -617,7 +617,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plot:
         plot_train(result, args.plot)
         print(f"plot written to {args.plot}")
-    return 1 if any("error" in row for row in rows) else 0
+    failed = [row for row in rows if "error" in row]
+    if failed:  # the table on stdout says why; stderr says that it failed
+        labels = ", ".join(str(row["label"]) for row in failed)
+        last = " ".join(str(failed[0]["error"]).split())[-200:]
+        print(f"recsvc bench: error: training failed at {labels} events: {last}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def train_line(row: dict[str, Any]) -> str:
