@@ -850,6 +850,13 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
     bar.close()
 
     if not checked:
+        if report.rows_bad:  # every line malformed: e.g. a CSV read as JSON Lines
+            reason, count = report.bad_rows.most_common(1)[0]
+            raise InvalidInput(
+                "--events",
+                f"{path.name} holds no readable rows: {report.rows_bad} malformed lines "
+                f"({count} '{reason}'), read as {fmt}: is that its format?",
+            )
         raise InvalidInput("--events", f"{path.name} holds no rows")
 
     def cat(name: str, dtype: Any) -> np.ndarray:

@@ -316,6 +316,14 @@ def test_paths_the_system_refuses_are_one_line_naming_the_flag(
     assert not list(tmp_path.glob(".out.csv.partial"))  # nothing half-written left
 
 
+def test_a_log_read_in_the_wrong_format_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id\nu1,i1\nu2,i2\n")
+    assert main(["train", "--events", str(path), "--format", "jsonl", "--out", str(tmp_path / "b")]) == 2
+    line = _one_error_line(capsys, "train")
+    assert "holds no readable rows: 3 malformed lines (3 'malformed JSON line'), read as jsonl" in line
+
+
 def test_a_zstd_log_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "events.csv.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd")
