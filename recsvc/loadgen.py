@@ -291,7 +291,10 @@ def load_ids(source: str, max_users: int = 1_000_000) -> Ids:
     Raises InvalidInput (field `--users-from`) for a missing or unusable source.
     """
     if "://" in source:
-        return _ids_from_store(source, max_users)
+        try:
+            return _ids_from_store(source, max_users)
+        except InvalidInput as exc:  # the store's checks name its own flag
+            raise InvalidInput("--users-from", exc.reason) from None
     path = Path(source)
     if not path.exists():
         raise InvalidInput("--users-from", f"{source} does not exist")

@@ -183,6 +183,8 @@ def test_ids_from_files_and_bundles(tmp_path: Path, bundle_dir: Path) -> None:  
 
     with pytest.raises(InvalidInput, match="--users-from"):
         load_ids(str(tmp_path / "missing.txt"))
+    with pytest.raises(InvalidInput, match="--users-from: unknown store scheme"):
+        load_ids("bogus://x")
 
 
 @pytest.mark.redis
