@@ -313,7 +313,10 @@ def _iter_chunks(
             else:
                 found = _jsonl_keys(path, keys)
                 for chunk, bad in _jsonl_chunks(path, chunk_rows):
-                    absent = [k for k in keys if k not in found and k in chunk.columns]
+                    absent = [  # null wherever set (as the scan found; checked, not trusted)
+                        k for k in keys
+                        if k not in found and k in chunk.columns and chunk[k].isna().all()
+                    ]
                     chunk = chunk.drop(columns=absent)
                     for key in found:
                         if key not in chunk.columns:
@@ -429,7 +432,9 @@ def _jsonl_keys(path: Path, keys: Collection[str], block: int = 1 << 23) -> set[
     Reads blocks and parses only lines that contain a key still unseen, written as a JSON
     string; stops once every key has been seen (at the first line for a regular log).
     """
-    pending = {key: json.dumps(key, ensure_ascii=False) for key in keys}
+    # a key as written: raw UTF-8 or \u-escaped (json.dumps' default)
+    forms = {key: {json.dumps(key, ensure_ascii=False), json.dumps(key)} for key in keys}
+    pending = dict(forms)
     found: set[str] = set()
     with _open_text(path) as handle:
         rest = ""
@@ -441,11 +446,11 @@ def _jsonl_keys(path: Path, keys: Collection[str], block: int = 1 << 23) -> set[
                 text, rest = rest + text, ""
                 cut = text.rfind("\n") + 1
                 text, rest = text[:cut], text[cut:]
-                if not any(quoted in text for quoted in pending.values()):
+                if not any(form in text for quoted in pending.values() for form in quoted):
                     continue
                 lines = text.split("\n")
             for line in lines:
-                hits = [key for key, quoted in pending.items() if quoted in line]
+                hits = [key for key, quoted in pending.items() if any(f in line for f in quoted)]
                 if not hits:
                     continue
                 try:

@@ -334,6 +334,15 @@ def test_a_json_lines_key_first_set_late_is_a_column_of_the_whole_log(
     assert np.isnan(log.rating).all()  # null wherever given: no rating column, nothing rejected
 
 
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_a_late_non_ascii_key_is_found_however_it_is_written(tmp_path: Path, ascii_only: bool) -> None:
+    rows = [{"user_id": "u1", "item_id": "i1"}, {"user_id": "u2", "item_id": "i2", "prix_€": "4.5"}]
+    text = "".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in rows)
+    path = write(tmp_path, "events.jsonl", text)
+    log, _ = load_events(path, LoadOptions(chunk_rows=1, columns={"price": "prix_€"}))
+    assert np.isnan(log.price[0]) and log.price[1] == 4.5
+
+
 US_DATES = (  # the UCI Online Retail CSV export's InvoiceDate, a Parquet-like epoch row, two bad
     "user_id,item_id,timestamp\n"
     "u1,i1,12/1/2010 8:26\n"
