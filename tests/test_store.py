@@ -393,6 +393,27 @@ def test_user_forgotten_during_a_publish_is_not_published(store: Any, bundles: P
     assert store.user_features("v1", "u08998") is not None
 
 
+def test_a_forget_during_verification_does_not_fail_the_publish(
+    store: Any, bundles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsvc.store import publish
+
+    other = open_store(store.url)
+    real = publish.verify_version
+    calls: list[int] = []
+
+    def forget_first(engine: Any, version: str, users: int, similar: int, blobs: set[str]) -> None:
+        calls.append(users)
+        if len(calls) == 1:  # the customer asks to be forgotten right now
+            other.forget_user("u00007")
+        real(engine, version, users, similar, blobs)
+
+    monkeypatch.setattr(publish, "verify_version", forget_first)
+    report = store.publish(make_bundle(bundles, "v1"), progress=False)
+    assert store.current_version() == "v1" and report.n_users == calls[0] - 1
+    assert store.user_features("v1", "u00007") is None
+
+
 def test_item_updates_without_retrain(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     before = store.state()
