@@ -372,6 +372,21 @@ def show_columns(columns: Sequence[object], limit: int = 12) -> str:
 _SKIP_LINE = re.compile(r"Skipping line (\d+)")
 
 
+def _first_row_too_long(path: Path, sep: str) -> bool:
+    """Whether the first data row has more fields than the header. pandas reports such a row
+    anywhere else as a bad line, but takes the first one for an index (or, with index_col
+    False, cuts it short without a word)."""
+    import csv
+
+    try:
+        with _open_text(path) as handle:
+            rows = (row for row in csv.reader(handle, delimiter=sep) if row)
+            header, first = next(rows, None), next(rows, None)
+    except (csv.Error, OSError, EOFError, ValueError):  # pandas says what is wrong with the file
+        return False
+    return header is not None and first is not None and len(first) > len(header)
+
+
 def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.DataFrame, BadLines]]:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
@@ -383,16 +398,22 @@ def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.Dat
                 sep=sep,
                 keep_default_na=False,
                 na_values=[""],
+                index_col=False,  # a first row with an extra field is malformed, not an index
                 chunksize=chunk_rows,
                 encoding_errors="replace",
                 on_bad_lines="warn",
             )
+            long_first = _first_row_too_long(path, sep)
             for frame in reader:
                 bad: BadLines = []
                 for warning in caught:  # pandas gives file lines; the header is line 1
                     bad += [("malformed line (wrong number of fields)", int(m) - 1) for m in
                             _SKIP_LINE.findall(str(warning.message))]
                 caught.clear()
+                if long_first and len(frame):  # index_col=False kept it cut short: count it
+                    long_first = False
+                    frame = frame.iloc[1:]
+                    bad.insert(0, ("malformed line (wrong number of fields)", 1))
                 yield frame, bad
     except pd.errors.EmptyDataError:
         return
@@ -418,6 +439,8 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, B
             if not isinstance(record, dict):
                 bad.append(("JSON line is not an object", number))
                 continue
+            if _SURROGATE_ESCAPE.search(line):  # a lone \ud800 escape cannot be encoded later
+                record = {k: _without_lone_surrogates(v) for k, v in record.items()}
             records.append({k: _json_value(v) for k, v in record.items()})
             if len(records) >= chunk_rows:
                 yield pd.DataFrame.from_records(records), bad
@@ -467,6 +490,16 @@ def _jsonl_keys(path: Path, keys: Collection[str], block: int = 1 << 23) -> set[
     return found
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """Text with unpaired surrogates (from JSON escapes) as U+FFFD, i.e. undecodable."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def _json_value(value: Any) -> str | None:
     """A JSON value as the text the checks expect (objects and arrays marked unusable)."""
     if value is None or isinstance(value, str):
@@ -488,6 +521,9 @@ def _parquet_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd
                 if pa.types.is_timestamp(column.type):
                     scale = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
                     seconds = column.cast(pa.int64()).to_numpy(zero_copy_only=False) / scale
+                    # out of range as -1: as text, a year past 5138 would be read as ms
+                    outside = (seconds < TIME_RANGE[0]) | (seconds >= TIME_RANGE[1])
+                    seconds = np.where(outside, -1.0, seconds)
                     series = pd.Series(seconds, dtype="float64")
                     columns[name] = series.map(repr).where(series.notna(), None)
                 elif pa.types.is_nested(column.type):
@@ -701,6 +737,9 @@ class _Chunk:
             problems = _take(problem, codes, 0)
             for code, reason in _ID_PROBLEMS.items():
                 self.reject(problems == code, reason.format(canonical))
+        # a blank optional id is no id (a blank order id is no order, not one order that
+        # every customer shares), as in the Spark engine
+        codes = np.where(_take(empty, codes, False), -1, codes)
         return codes, clean
 
     def numeric(self, canonical: str, default: float) -> np.ndarray:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from recsvc.errors import InvalidInput, TooManyBadRows
 from recsvc.events import (
+    TIME_OUT_OF_RANGE,
     LoadOptions,
     load_catalog,
     load_events,
@@ -392,4 +393,50 @@ def test_times_out_of_range_are_bad_rows(tmp_path: Path) -> None:
     assert dict(report.bad_rows) == {TIME_OUT_OF_RANGE: 5}
     assert report.examples[TIME_OUT_OF_RANGE] == [3, 4, 5, 6, 7]
     assert log.timestamp.tolist() == [1767225600, 1767304800, 4102444799]
+
+
+# Logs the two engines once read differently (a fuzzing review); tests/test_spark.py checks
+# that the Spark engine reads each like this.
+ODD_CSVS = {
+    "an unused column and a line with a field too many": (
+        "user_id,item_id,country\nu1,i1,FR\nu2,i2,FR,oops\nu3,i3,DE\n"),
+    "the first row with a field too many": "user_id,item_id\nu1,i1,extra\nu2,i2\n",
+    "doubled quotes inside a quoted id": 'user_id,item_id\nu1,"Mug ""Big"""\nu2,i2\n',
+    "an epoch far too large": "user_id,item_id,timestamp\nu0,i0,1767225600\nu1,i1,1e28\n",
+    "blank order ids": ("user_id,item_id,event_type,order_id\nu1,i1,purchase, \nu2,i2,purchase,\n"
+                        "u1,i2,purchase,o1\n"),
+}
+
+
+def test_odd_csvs_are_read_as_documented(tmp_path: Path) -> None:
+    logs = {}
+    for name, text in ODD_CSVS.items():
+        logs[name] = load_events(write(tmp_path, f"{len(logs)}.csv", text))
+    log, report = logs["an unused column and a line with a field too many"]
+    assert log.users.ids == ["u1", "u3"] and report.examples["malformed line (wrong number of fields)"] == [2]
+    log, report = logs["the first row with a field too many"]
+    assert log.users.ids == ["u2"] and report.examples["malformed line (wrong number of fields)"] == [1]
+    log, _ = logs["doubled quotes inside a quoted id"]
+    assert log.items.ids == ['Mug "Big"', "i2"]
+    log, report = logs["an epoch far too large"]
+    assert log.users.ids == ["u0"] and report.bad_rows[TIME_OUT_OF_RANGE] == 1
+    log, _ = logs["blank order ids"]
+    assert log.order.tolist() == [-1, -1, 0] and list(log.orders.ids) == ["o1"]  # no shared "" order
+
+
+def test_a_parquet_time_past_2099_is_out_of_range_not_1978(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    times = pa.array([1_767_225_600_000_000, 253_402_214_400_000_000], type=pa.timestamp("us"))
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": times}),
+                   tmp_path / "t.parquet")
+    log, report = load_events(tmp_path / "t.parquet")
+    assert log.users.ids == ["u1"] and report.bad_rows[TIME_OUT_OF_RANGE] == 1
+
+
+def test_a_lone_surrogate_escape_in_json_lines_is_a_bad_id_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.jsonl", '{"user_id": "u\\ud800", "item_id": "i1"}\n{"user_id": "u2", "item_id": "i1"}\n')
+    log, report = load_events(path)
+    assert log.users.ids == ["u2"] and report.rows_bad == 1
 

@@ -468,6 +468,43 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
     assert local.rows_kept == 3
 
 
+@pytest.mark.parametrize("case", [
+    "an unused column and a line with a field too many", "the first row with a field too many",
+    "doubled quotes inside a quoted id", "an epoch far too large", "blank order ids",
+])
+def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
+    from tests.test_events import ODD_CSVS
+    from training.engines.spark import Cache, _effective_options, load_spark_log
+
+    path = tmp_path / "odd.csv"
+    path.write_text(ODD_CSVS[case])
+    options = _effective_options(LoadOptions(), TrainConfig())
+    local_log, local = load_events(path, options)
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), options, cache)
+        rows = spark_log.events.join(spark_log.users, "user").join(spark_log.items, "item")
+        kept = sorted((r["user_id"], r["item_id"], r["order_id"]) for r in rows.collect())
+        report = spark_log.report
+    finally:
+        cache.release()
+    assert report.to_dict() == local.to_dict()
+    orders = [None if o < 0 else local_log.orders.ids[o] for o in local_log.order]
+    assert kept == sorted(zip(local_log.users.decode(local_log.user), local_log.items.decode(local_log.item),
+                              orders, strict=True))
+
+
+def test_parquet_nanosecond_times_read_like_local(spark: Any, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    times = pa.array([1_767_225_600 * 10**9, 1_767_312_000 * 10**9], type=pa.timestamp("ns"))
+    path = tmp_path / "ns.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": times}), path)
+    spark_report, local = _reports(spark, path, LoadOptions())
+    assert spark_report.to_dict() == local.to_dict() and local.rows_kept == 2
+
+
 def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
     from tests.test_events import US_DATES
     from training.engines.spark import Cache, _effective_options, load_spark_log

@@ -303,11 +303,17 @@ def _read_source(
     name = Path(path.rstrip("/")).name or path
     if _is_local(path) and not _local_path(path).exists():
         raise InvalidInput(flag, f"file not found: {path}")
+    # Read as the local loader does: every CSV column parsed, so that a line with an extra
+    # field is malformed even when that field's column is not used (column pruning hid it);
+    # Parquet nanosecond timestamps (pandas < 3 writes them) as epoch numbers, not refused.
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     try:
         if fmt == "csv":
             sep = "\t" if name.lower().removesuffix(".gz").endswith(".tsv") else ","
-            reader = (
+            reader = (  # RFC 4180 quoting, as pandas: "" is a quote inside a quoted field
                 spark.read.option("header", True).option("sep", sep).option("encoding", "UTF-8")
+                .option("escape", '"')
             )
             header = [c for c in reader.csv(path).columns if c != CORRUPT]
             if header:
@@ -666,7 +672,11 @@ def _checked_events(
             F.when(F.col("item_id") != "", F.col("item_id")).alias("item_id"),
             F.when(F.col("order_id") != "", F.col("order_id")).alias("order_id"),
             event.alias("event"),
-            F.bround(F.coalesce(F.col("_ts"), F.lit(0.0))).cast("long").alias("ts"),
+            # rows out of range are dropped below; their time must not overflow the cast first
+            F.bround(
+                F.when((F.col("_ts") >= TIME_RANGE[0]) & (F.col("_ts") < TIME_RANGE[1]), F.col("_ts"))
+                .otherwise(F.lit(0.0))
+            ).cast("long").alias("ts"),
             F.coalesce(optional("quantity"), F.lit(1.0).cast("float")).alias("quantity"),
             optional("price").alias("price"),
             optional("rating").alias("rating"),
