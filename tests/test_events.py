@@ -405,6 +405,7 @@ ODD_CSVS = {
     "an epoch far too large": "user_id,item_id,timestamp\nu0,i0,1767225600\nu1,i1,1e28\n",
     "blank order ids": ("user_id,item_id,event_type,order_id\nu1,i1,purchase, \nu2,i2,purchase,\n"
                         "u1,i2,purchase,o1\n"),
+    "java number syntax": "user_id,item_id,quantity,price\nu1,i1,2d,1\nu2,i2,1,0x1p3\nu3,i3,1,2.5\n",
 }
 
 
@@ -422,6 +423,8 @@ def test_odd_csvs_are_read_as_documented(tmp_path: Path) -> None:
     assert log.users.ids == ["u0"] and report.bad_rows[TIME_OUT_OF_RANGE] == 1
     log, _ = logs["blank order ids"]
     assert log.order.tolist() == [-1, -1, 0] and list(log.orders.ids) == ["o1"]  # no shared "" order
+    log, report = logs["java number syntax"]
+    assert log.users.ids == ["u3"] and dict(report.bad_rows) == {"unparsable quantity": 1, "unparsable price": 1}
 
 
 def test_a_parquet_time_past_2099_is_out_of_range_not_1978(tmp_path: Path) -> None:

@@ -471,6 +471,7 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
 @pytest.mark.parametrize("case", [
     "an unused column and a line with a field too many", "the first row with a field too many",
     "doubled quotes inside a quoted id", "an epoch far too large", "blank order ids",
+    "java number syntax",
 ])
 def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
     from tests.test_events import ODD_CSVS
@@ -492,6 +493,24 @@ def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None
     orders = [None if o < 0 else local_log.orders.ids[o] for o in local_log.order]
     assert kept == sorted(zip(local_log.users.decode(local_log.user), local_log.items.decode(local_log.item),
                               orders, strict=True))
+
+
+def test_parquet_float_ids_read_like_local(spark: Any, tmp_path: Path) -> None:
+    from training.engines.spark import Cache, _effective_options, load_spark_log
+
+    path = tmp_path / "floats.parquet"
+    pd.DataFrame({"user_id": [17850.0, 17851.0, None], "item_id": ["a", "b", "c"]}).to_parquet(path)
+    options = _effective_options(LoadOptions(), TrainConfig())
+    local_log, local = load_events(path, options)
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), options, cache)
+        users = sorted(r["user_id"] for r in spark_log.users.collect())
+        report = spark_log.report
+    finally:
+        cache.release()
+    assert report.to_dict() == local.to_dict()
+    assert users == sorted(local_log.users.ids) == ["17850", "17851"]
 
 
 def test_parquet_nanosecond_times_read_like_local(spark: Any, tmp_path: Path) -> None:

@@ -373,18 +373,30 @@ def _text(source: _Source, column: str | None) -> Column:
     """A source column as text (NULL when absent)."""
     if column is None or column not in source.present:
         return F.lit(None).cast("string")
-    return F.col(f"`{column}`").cast("string")
+    value = F.col(f"`{column}`")
+    if isinstance(_dtype(source, column), T.FloatType | T.DoubleType):
+        # whole numbers as Arrow writes them (17850, not 17850.0): the local loader's text of
+        # a float column of ids (UCI-style exports) or 0/1 stock flags
+        whole = (value == F.floor(value)) & (F.abs(value) < 1e15)
+        return F.when(whole, value.cast("long").cast("string")).otherwise(value.cast("string"))
+    return value.cast("string")
 
 
 def _dtype(source: _Source, column: str) -> T.DataType:
     return source.frame.schema[column].dataType if column in source.present else T.StringType()
 
 
+# Text that is a number to pandas.to_numeric (the local loader); Java's own syntax (2d, 1f,
+# 0x1p3) is not.
+_DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$|^\s*[+-]?(inf|infinity|nan)\s*$"
+
+
 def _number(raw: str, dtype: T.DataType) -> Column:
     """A numeric column from a raw one: NULL where it does not parse (try_cast, ANSI-safe)."""
     if isinstance(dtype, T.NumericType):
         return F.col(raw).cast("double")
-    return F.expr(f"try_cast(`{raw}` AS DOUBLE)")
+    decimal = F.lower(F.col(f"`{raw}`")).rlike(_DECIMAL)
+    return F.when(decimal, F.expr(f"try_cast(`{raw}` AS DOUBLE)"))
 
 
 def _finite(column: Column) -> Column:
