@@ -41,9 +41,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (sub-commands inherit it)."""
 
     def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("recsvc").strip()
-        where = f"recsvc {command}" if command else "recsvc"
-        self.exit(2, f"{where}: error: {_one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(text: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import json
 import logging
 import lzma
@@ -311,17 +312,7 @@ def _iter_chunks(
             if keys is None:
                 yield from _jsonl_chunks(path, chunk_rows)
             else:
-                found = _jsonl_keys(path, keys)
-                for chunk, bad in _jsonl_chunks(path, chunk_rows):
-                    absent = [  # null wherever set (as the scan found; checked, not trusted)
-                        k for k in keys
-                        if k not in found and k in chunk.columns and chunk[k].isna().all()
-                    ]
-                    chunk = chunk.drop(columns=absent)
-                    for key in found:
-                        if key not in chunk.columns:
-                            chunk[key] = pd.Series([None] * len(chunk), dtype=object)
-                    yield chunk, bad
+                yield from _jsonl_chunks_with_columns(path, chunk_rows, keys)
         else:
             yield from _parquet_chunks(path, chunk_rows, flag)
     except _READ_ERRORS as exc:
@@ -449,11 +440,38 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, B
         yield pd.DataFrame.from_records(records), bad
 
 
+def _jsonl_chunks_with_columns(
+    path: Path, chunk_rows: int, keys: Collection[str]
+) -> Iterator[tuple[pd.DataFrame, BadLines]]:
+    """JSON Lines chunks that all have a column for each of `keys` that some record of the file
+    sets, and none for the others. The file is scanned for keys only when it spans several
+    chunks and the first one lacks some (then once more, by a fast block search)."""
+    chunks = _jsonl_chunks(path, chunk_rows)
+    first = next(chunks, None)
+    if first is None:
+        return
+    second = next(chunks, None)
+
+    def set_in(frame: pd.DataFrame) -> set[str]:
+        return {k for k in keys if k in frame.columns and frame[k].notna().any()}
+
+    found = set_in(first[0])
+    if second is not None and found != set(keys):
+        found |= _jsonl_keys(path, set(keys) - found)
+    for chunk, bad in itertools.chain([first], [second] if second is not None else [], chunks):
+        absent = [k for k in keys if k not in found and k in chunk.columns and chunk[k].isna().all()]
+        chunk = chunk.drop(columns=absent)
+        for key in found:
+            if key not in chunk.columns:
+                chunk[key] = pd.Series([None] * len(chunk), dtype=object)
+        yield chunk, bad
+
+
 def _jsonl_keys(path: Path, keys: Collection[str], block: int = 1 << 23) -> set[str]:
     """Which of `keys` some record of a JSON Lines file sets to a value other than null.
 
     Reads blocks and parses only lines that contain a key still unseen, written as a JSON
-    string; stops once every key has been seen (at the first line for a regular log).
+    string; stops once every key has been seen (else it reads the whole file).
     """
     # a key as written: raw UTF-8 or \u-escaped (json.dumps' default)
     forms = {key: {json.dumps(key, ensure_ascii=False), json.dumps(key)} for key in keys}

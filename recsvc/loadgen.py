@@ -801,9 +801,9 @@ class LoadConfig:
             raise InvalidInput("--rate", f"must be above 0 and at most {MAX_RATE:g}, got {self.rate}")
         if not self.rpcs:
             raise InvalidInput("--rpc", f"name at least one RPC (one of {', '.join(CHOICES)})")
-        if self.timeout <= 0:
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise InvalidInput("--timeout", f"must be above 0, got {self.timeout}")
-        if self.duration <= 0:
+        if not (math.isfinite(self.duration) and self.duration > 0):
             raise InvalidInput("--duration", f"must be above 0, got {self.duration}")
         if self.warmup < 0:
             raise InvalidInput("--warmup", f"must be 0 or more, got {self.warmup}")

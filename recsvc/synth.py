@@ -128,8 +128,11 @@ class SynthConfig:
                 f"items ({ITEMS_PER_CLUSTER} per cluster), not {self.items}",
             )
         object.__setattr__(self, "start", parse_start(self.start))
-        # the loaders take times from 1970 to the end of 2099 (recsvc.events.TIME_RANGE)
-        if not 1970 <= self.start.year <= 2099 or (self.start + timedelta(days=self.days)).year > 2099:
+        # the loaders take times within recsvc.events.TIME_RANGE (1970 to the end of 2099)
+        from recsvc.events import TIME_RANGE
+
+        first, last = self.start.timestamp(), self.start.timestamp() + self.days * 86_400
+        if not (TIME_RANGE[0] <= first and last <= TIME_RANGE[1]):
             raise InvalidInput(
                 "--start", f"the log must lie between 1970 and 2099, not from {self.start.date()} "
                 f"for {self.days} days"

@@ -7,12 +7,10 @@ Authentication is on by default: give `--tokens-file` (made with `recsvc token c
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 from typing import Any
 
-from serving.commands_token import FILE_ENV as TOKENS_FILE_ENV
+from serving.config import TOKENS_FILE_ENV
 
 
 def register(subparsers: Any) -> None:
@@ -107,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
             "rate_burst": "--rate-burst",
         },
     )
-    if not config.tokens_file and os.environ.get(TOKENS_FILE_ENV):
-        config = dataclasses.replace(config, tokens_file=os.environ[TOKENS_FILE_ENV])
     check_security(config)  # before opening the store: bad tokens or TLS files fail at once
     settings = " ".join(f"{k}={v}" for k, v in config.masked().items())
     print(f"recsvc serve: {settings}", file=sys.stderr, flush=True)

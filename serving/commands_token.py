@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-FILE_ENV = "RECSVC_TOKENS_FILE"
+from serving.config import TOKENS_FILE_ENV as FILE_ENV
 
 
 def _file_flag(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ from recsvc.config import _build, check_ranges, read_toml  # one set of rules fo
 from recsvc.errors import InvalidInput
 from recsvc.store import mask_url
 
+TOKENS_FILE_ENV = "RECSVC_TOKENS_FILE"  # the tokens file of `recsvc token` and `recsvc serve`
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -113,6 +115,8 @@ def load_serve_config(
         if name.startswith(prefix):
             data[name[len(prefix) :].lower()] = value
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not data.get("tokens_file") and env.get(TOKENS_FILE_ENV):  # as `recsvc token` reads it
+        data["tokens_file"] = env[TOKENS_FILE_ENV]
     config: ServeConfig = _build(ServeConfig, data, "serve")
     given = {k for k, v in (overrides or {}).items() if v is not None}
     check_ranges(config, SERVE_RANGES, "serve", {k: f for k, f in (flags or {}).items() if k in given})

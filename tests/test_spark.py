@@ -390,9 +390,9 @@ u5,i3,view,1767261600000000000,,,
 
 
 def _reports(spark: Any, path: Path, options: LoadOptions) -> tuple[Any, Any]:
-    from training.engines.spark import Cache, _effective_options, load_spark_log
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
 
-    options = _effective_options(options, TrainConfig())
+    options = effective_load_options(options, TrainConfig())
     _, local = load_events(path, options)
     cache = Cache()
     try:
@@ -475,11 +475,11 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
 ])
 def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
     from tests.test_events import ODD_CSVS
-    from training.engines.spark import Cache, _effective_options, load_spark_log
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
 
     path = tmp_path / "odd.csv"
     path.write_text(ODD_CSVS[case])
-    options = _effective_options(LoadOptions(), TrainConfig())
+    options = effective_load_options(LoadOptions(), TrainConfig())
     local_log, local = load_events(path, options)
     cache = Cache()
     try:
@@ -496,11 +496,11 @@ def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None
 
 
 def test_parquet_float_ids_read_like_local(spark: Any, tmp_path: Path) -> None:
-    from training.engines.spark import Cache, _effective_options, load_spark_log
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
 
     path = tmp_path / "floats.parquet"
     pd.DataFrame({"user_id": [17850.0, 17851.0, None], "item_id": ["a", "b", "c"]}).to_parquet(path)
-    options = _effective_options(LoadOptions(), TrainConfig())
+    options = effective_load_options(LoadOptions(), TrainConfig())
     local_log, local = load_events(path, options)
     cache = Cache()
     try:
@@ -526,7 +526,7 @@ def test_parquet_nanosecond_times_read_like_local(spark: Any, tmp_path: Path) ->
 
 def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
     from tests.test_events import US_DATES
-    from training.engines.spark import Cache, _effective_options, load_spark_log
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
 
     path = tmp_path / "retail.csv"
     path.write_text(US_DATES)
@@ -536,7 +536,7 @@ def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
     assert local.rows_kept == 3
     cache = Cache()
     try:
-        spark_log, _ = load_spark_log(spark, str(path), _effective_options(options, TrainConfig()), cache)
+        spark_log, _ = load_spark_log(spark, str(path), effective_load_options(options, TrainConfig()), cache)
         times = sorted(row["ts"] for row in spark_log.events.select("ts").collect())
     finally:
         cache.release()
@@ -602,7 +602,7 @@ def test_forgotten_customers_leave_no_trace(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recsvc.privacy import IdHasher
-    from training.engines.spark import Cache, _effective_options, load_spark_log
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
 
     secret = b"0123456789abcdef-test-secret"
     monkeypatch.setenv("RECSVC_ID_SECRET", secret.decode())
@@ -612,7 +612,7 @@ def test_forgotten_customers_leave_no_trace(
     cache = Cache()
     try:
         spark_log, _ = load_spark_log(
-            spark, str(path), _effective_options(None, TrainConfig()), cache, forget=forget
+            spark, str(path), effective_load_options(None, TrainConfig()), cache, forget=forget
         )
         users = {r["user_id"] for r in spark_log.users.collect()}
         assert users == {"u4", "u5"}  # u1 and u3 forgotten; every row of u2 is bad
@@ -674,12 +674,17 @@ def test_bad_input_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
 def test_segments_of_a_log_without_times_match_local(spark: Any, tmp_path: Path) -> None:
     from recsvc.config import SegmentsConfig
     from tests.test_segments import UNTIMED_LOG
-    from training.engines.spark import Cache, _effective_options, fit_segments_spark, load_spark_log
+    from training.engines.spark import (
+        Cache,
+        effective_load_options,
+        fit_segments_spark,
+        load_spark_log,
+    )
     from training.segments import fit_segments
 
     path = tmp_path / "untimed.csv"
     path.write_text(UNTIMED_LOG)
-    options = _effective_options(LoadOptions(), TrainConfig())
+    options = effective_load_options(LoadOptions(), TrainConfig())
     log, _ = load_events(path, options)
     local = fit_segments(log, 1_800_000_000, None, SegmentsConfig())
     expected = {u: local.segment[log.users.get(u)] for u in log.users.ids}

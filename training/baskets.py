@@ -62,10 +62,11 @@ def window_ids(user: np.ndarray, timestamp: np.ndarray, window_seconds: float) -
     # Timestamps are whole seconds, so "t >= start + window" is "t >= start + ceil(window)".
     # A window longer than the log is the same as one exactly as long (and keeps the sums
     # below int64's range, which a huge window would overflow into an endless loop).
-    width = min(max(int(min(math.ceil(window_seconds), 2**62)), 1), int(times.max() - times.min()) + 1)
+    extent = int(times.max() - times.min())
+    width = min(max(int(min(math.ceil(window_seconds), 2**62)), 1), extent + 1)
     # Lay users end to end on one time line so one searchsorted finds, for every row, the
     # first row of the same user that falls outside a window opened at that row.
-    span = int(times.max() - times.min()) + width + 1
+    span = extent + width + 1
     line = (times - times.min()) + rank * span
     opens_next = np.minimum(np.searchsorted(line, line + width, side="left"), user_end[rank])
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsvc.commands.common import check_output_file
+from recsvc.commands.common import add_event_flags, check_output_file, load_options
 from recsvc.errors import InvalidInput
 
 DEFAULT_EVAL_MODELS = "popular,als-defaults,als,ease,itemknn"
@@ -40,18 +40,7 @@ def _models(text: str) -> list[str]:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", required=True, help="event log (csv, jsonl, parquet)")
-    parser.add_argument("--format", dest="fmt", default=None, help="csv, jsonl or parquet")
-    parser.add_argument(
-        "--columns", default=None, help="map columns, e.g. user_id=CustomerID,item_id=StockCode"
-    )
-    parser.add_argument(
-        "--event-type", default=None, help="event type for every row of a log without one"
-    )
-    parser.add_argument(
-        "--time-format", default=None,
-        help="strftime format of the timestamp text, e.g. '%%m/%%d/%%Y %%H:%%M' (default ISO / epoch)",
-    )
+    add_event_flags(parser)  # --events, --format, --columns, --event-type, --time-format, ...
     parser.add_argument(
         "--split", default="random", help="random | temporal | leave-last | baskets (default random)"
     )
@@ -106,13 +95,9 @@ def register(subparsers: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from recsvc.events import LoadOptions, check_time_format, load_events, parse_columns
+    from recsvc.events import load_events
 
-    options = LoadOptions(
-        fmt=args.fmt, columns=parse_columns(args.columns), event_type=args.event_type,
-        time_format=check_time_format(args.time_format),
-    )
-    log, report = load_events(args.events, options)
+    log, report = load_events(args.events, load_options(args))
     for line in report.summary_lines():
         print(line, file=sys.stderr)
     return log

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 STORE_ENV = "RECSVC_STORE"
@@ -187,11 +186,6 @@ def run_forgotten(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _no_file() -> Iterator[None]:
-    yield None
-
-
 def run_forget(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.events import MAX_ID_LENGTH
@@ -202,7 +196,7 @@ def run_forget(args: argparse.Namespace) -> int:
             "--user", f"must be one printable user id of at most {MAX_ID_LENGTH} characters"
         )
     # the file opens first: a path it cannot write to fails before anything is forgotten
-    with open(args.forget_file, "a", encoding="utf-8") if args.forget_file else _no_file() as handle:
+    with open(args.forget_file, "a", encoding="utf-8") if args.forget_file else contextlib.nullcontext() as handle:
         store = _open(args)
         try:
             held = store.forget_user(user)

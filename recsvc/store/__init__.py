@@ -112,8 +112,9 @@ def open_store(url: str, **options: Any) -> FeatureStore:
 
 
 _COMMON_QUERY = ("hash_ids", "id_secret_file")
-_REDIS_QUERY = ("prefix", "cluster", "timeout", "db", "ssl_ca_certs", "ssl_cert_reqs",
-                "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+# TLS settings a Redis URL may carry (recsvc.store.redis passes them to redis-py)
+TLS_QUERY = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+_REDIS_QUERY = ("prefix", "cluster", "timeout", "db", *TLS_QUERY)
 
 
 def _check_query(url: str, scheme: str) -> None:

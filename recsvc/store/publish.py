@@ -102,17 +102,20 @@ class BundleContent:
         return self.bundle.seen if self.bundle.has("seen/indptr") else None
 
     @cached_property
+    def kinds(self) -> dict[str, dict[str, Any]]:
+        """kind.json of every recommender of the bundle, by name."""
+        kinds = {}
+        for name in self.bundle.recommenders:
+            if (self.bundle.path / "recommenders" / name / "kind.json").exists():
+                kinds[name] = self.bundle.json(f"recommenders/{name}/kind.json")
+        return kinds
+
+    @cached_property
     def factor_model(self) -> str | None:
         """The recommender whose factors the store serves: the default one if it has factors,
         else als, else bpr, else any factor model."""
-        names = self.bundle.recommenders
-        kinds = {}
-        for name in names:
-            path = self.bundle.path / "recommenders" / name / "kind.json"
-            if path.exists():
-                kinds[name] = self.bundle.json(f"recommenders/{name}/kind.json").get("kind")
-        order = [self.bundle.default_recommender, "als", "bpr", *names]
-        return next((name for name in order if kinds.get(name) == "factors"), None)
+        order = [self.bundle.default_recommender, "als", "bpr", *self.bundle.recommenders]
+        return next((n for n in order if self.kinds.get(n, {}).get("kind") == "factors"), None)
 
     @cached_property
     def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -289,7 +292,7 @@ def version_blobs(content: BundleContent) -> Iterator[tuple[str, bytes]]:
     manifest = dict(content.manifest)
     if content.factors is not None and content.factor_model is not None:
         # how the server folds new events into these factors (ALS or BPR; see recsvc.scorers)
-        kind = bundle.json(f"recommenders/{content.factor_model}/kind.json")
+        kind = content.kinds[content.factor_model]
         manifest["served_factors"] = {"model": content.factor_model, **kind}
     yield "manifest", json.dumps(manifest, default=_json_default).encode()
     catalog = bundle.catalog

@@ -59,6 +59,7 @@ from redis.exceptions import ClusterError, RedisClusterException, RedisError, Re
 from redis.retry import Retry
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
+from recsvc.store import TLS_QUERY
 from recsvc.store.base import PARTIAL, StoreState
 from recsvc.store.engine import StoreEngine
 
@@ -70,7 +71,6 @@ ITEMS_PER_BUCKET = 256
 CHUNK = 4 << 20  # blobs above this go into several hash fields
 LOCK_TTL_MS = 60_000
 PASSWORD_ENV = "RECSVC_REDIS_PASSWORD"
-TLS_QUERY = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 _BLOB_WHOLE = b"\x00"
 _BLOB_CHUNKED = b"\x01"
 

@@ -100,6 +100,17 @@ _NOT_PRINTABLE = r"[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}&&[^ ]]"
 # --- session and streaming -------------------------------------------------------------------
 
 
+# What the engine needs of any session it reads with: times in UTC; every CSV column parsed,
+# so that a line with an extra field is malformed even when that field's column is not used
+# (column pruning hid it); Parquet nanosecond timestamps (pandas < 3 writes them) read as epoch
+# numbers instead of refused.
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.csv.parser.columnPruning.enabled": "false",
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
+}
+
+
 def spark_session(
     master: str | None = "local[2]", conf: dict[str, str] | None = None
 ) -> SparkSession:
@@ -111,7 +122,9 @@ def spark_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    builder = SparkSession.builder.appName(APP_NAME).config("spark.sql.session.timeZone", "UTC")
+    builder = SparkSession.builder.appName(APP_NAME)
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if master and not launched_by_spark_submit:
         builder = builder.master(master)
@@ -303,11 +316,6 @@ def _read_source(
     name = Path(path.rstrip("/")).name or path
     if _is_local(path) and not _local_path(path).exists():
         raise InvalidInput(flag, f"file not found: {path}")
-    # Read as the local loader does: every CSV column parsed, so that a line with an extra
-    # field is malformed even when that field's column is not used (column pruning hid it);
-    # Parquet nanosecond timestamps (pandas < 3 writes them) as epoch numbers, not refused.
-    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
-    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     try:
         if fmt == "csv":
             sep = "\t" if name.lower().removesuffix(".gz").endswith(".tsv") else ","
@@ -593,11 +601,6 @@ class SparkLog:
     now: int
     report: LoadReport
     forgotten_users: int = 0
-
-
-def _effective_options(options: LoadOptions | None, config: TrainConfig) -> LoadOptions:
-    """The loader options the local pipeline uses (training.pipeline.effective_load_options)."""
-    return effective_load_options(options, config)
 
 
 def _checked_events(
@@ -1920,8 +1923,9 @@ def train_spark(
 
     owns_session = spark is None and SparkSession.getActiveSession() is None
     session = spark or spark_session(master)
-    session.conf.set("spark.sql.session.timeZone", "UTC")
-    options = _effective_options(load_options, config)
+    for key, value in SESSION_CONF.items():
+        session.conf.set(key, value)
+    options = effective_load_options(load_options, config)
     cache = Cache()
     checkpoints = _ensure_checkpoint_dir(session)
     try:
@@ -2222,7 +2226,7 @@ def spark_als_fit_seconds(
         else:
             config = config or TrainConfig()
             spark_log, _ = load_spark_log(
-                session, str(matrix_or_events), _effective_options(None, config), cache
+                session, str(matrix_or_events), effective_load_options(None, config), cache
             )
             weight = weight_column(
                 config.events, spark_log.event_types, spark_log.has_column, spark_log.now
