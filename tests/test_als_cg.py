@@ -17,6 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from implicit.cpu import _als  # noqa: E402
 from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
 
+from training.models import als_cg  # noqa: E402
 from training.models.als_cg import CompiledCGALS, least_squares_cg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,12 @@ def _confidences(rows: int, cols: int, seed: int) -> sp.csr_matrix:
 
 
 @pytest.mark.parametrize("cg_steps", [1, 3])
-def test_one_solve_matches_implicit(cg_steps: int) -> None:
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_one_solve_matches_implicit(
+    cg_steps: int, block_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if block_rows is not None:  # rows longer than the workspace read the factors in place
+        monkeypatch.setattr(als_cg, "BLOCK_BYTES", block_rows * 4 * 24)
     rng = np.random.default_rng(0)
     Cui = _confidences(400, 300, seed=1)
     X = rng.random((400, 24), dtype=np.float32)
