@@ -657,7 +657,7 @@ def plot_train(result: dict[str, Any], path: str | Path) -> None:
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
     x = [r["events"] for r in rows]
     left.plot(x, [r["wall_seconds"] for r in rows], marker="o", label="recsvc train (all models)")
-    left.plot(x, [r["als_fit_seconds"] or 0 for r in rows], marker="s", label="ALS fit (implicit)")
+    left.plot(x, [r["als_fit_seconds"] or 0 for r in rows], marker="s", label="our ALS fit (implicit, compiled CG step)")
     spark = [(r["events"], r["spark_als"]["fit_seconds"]) for r in rows
              if "fit_seconds" in r.get("spark_als", {})]
     if spark:
