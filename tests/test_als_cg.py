@@ -101,3 +101,24 @@ def test_calls_from_several_threads_are_serialised() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "workqueue"
+
+
+def test_without_a_writable_cache_the_step_compiles_per_process() -> None:
+    # as root every directory is writable: take numba's cache locators away instead
+    script = textwrap.dedent(
+        """
+        from numba.core import caching
+        caching.CacheImpl._locator_classes = []
+        import numpy as np, scipy.sparse as sp
+        from training.models import als_cg
+        assert als_cg._solve_rows._cache.__class__.__name__ == "NullCache"
+        Cui = sp.random(50, 30, density=0.2, random_state=1, format="csr", dtype=np.float32) * 5
+        X = np.full((50, 4), 0.1, np.float32)
+        als_cg.least_squares_cg(Cui, X, np.full((30, 4), 0.1, np.float32), 0.1)
+        assert np.isfinite(X).all() and X.any()
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -273,6 +273,8 @@ def test_bench_train_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert run["als_fit_seconds"] is not None and "candidates" in run["steps"]
     assert result["complete"] is True
     assert plot.read_bytes().startswith(PNG)
+    warm_up = result["warm_up"]  # a tiny unmeasured run first: compiled steps are cached
+    assert warm_up["exit_code"] == 0 and warm_up["als_fit_seconds"] is not None
 
     # --resume keeps the sizes a run with the same settings already measured
     capsys.readouterr()

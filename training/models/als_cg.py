@@ -11,8 +11,10 @@ pass; and rows are dealt to the threads in turn, so that the popular items do no
 one. On the 20M-event benchmark matrix (10M nonzeros, 200k users x 100k items, 64 factors) one
 iteration takes 1.4 s against implicit's 4.4 s.
 
-numba's default thread pool (workqueue) must not be entered from two threads at once: calls are
-serialised by a lock. Imports numpy, numba and implicit only.
+numba's workqueue thread pool (its layer when neither TBB nor OpenMP is installed) must not be
+entered from two threads at once: calls are serialised by a lock. The compiled code is cached
+next to this module (or in numba's user cache); where neither is writable it is compiled once
+per process instead. Imports numpy, numba and implicit only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from numba import njit, prange
 
 _LOCK = threading.Lock()
+_ONE = np.float32(1)  # an integer 1 would promote `c - 1` and the row updates to float64
 # Per thread, the copy of one row's factor rows; a row with more nonzeros reads them in place.
 BLOCK_BYTES = 64 << 20
 
@@ -38,7 +41,7 @@ def _solve_row(
     u: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, X: np.ndarray,
     Y: np.ndarray, YtY: np.ndarray, cg_steps: int, block: np.ndarray, r: np.ndarray,
     p: np.ndarray, ap: np.ndarray,
-) -> None:  # pragma: no cover - compiled; its Python twin is implicit's least_squares_cg
+) -> None:  # pragma: no cover - compiled; its reference is implicit's compiled least_squares_cg
     f = X.shape[1]
     start = indptr[u]
     end = indptr[u + 1]
@@ -70,7 +73,7 @@ def _solve_row(
         d = np.float32(0)
         for a in range(f):
             d += row[a] * x[a]
-        t = t - (c - 1) * d
+        t = t - (c - _ONE) * d
         for a in range(f):
             r[a] += t * row[a]
     rs_old = np.float32(0)
@@ -94,7 +97,7 @@ def _solve_row(
             d = np.float32(0)
             for a in range(f):
                 d += row[a] * p[a]
-            t = (c - 1) * d
+            t = (c - _ONE) * d
             for a in range(f):
                 ap[a] += t * row[a]
         p_ap = np.float32(0)
@@ -114,8 +117,7 @@ def _solve_row(
         rs_old = rs_new
 
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)  # type: ignore[untyped-decorator]
-def _solve_rows(
+def _solve_rows_py(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, X: np.ndarray, Y: np.ndarray,
     YtY: np.ndarray, cg_steps: int, lanes: int, block_rows: int,
 ) -> None:  # pragma: no cover - compiled
@@ -130,6 +132,12 @@ def _solve_rows(
         ap = np.empty(f, np.float32)
         for u in range(lane, rows, lanes):
             _solve_row(u, indptr, indices, data, X, Y, YtY, cg_steps, block, r, p, ap)
+
+
+try:
+    _solve_rows = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_solve_rows_py)
+except RuntimeError:  # no writable cache location (read-only install, no home directory)
+    _solve_rows = njit(parallel=True, fastmath=True, nogil=True)(_solve_rows_py)
 
 
 def least_squares_cg(
