@@ -28,7 +28,7 @@ def _confidences(rows: int, cols: int, seed: int) -> sp.csr_matrix:
     matrix = sp.random(rows, cols, density=0.03, random_state=rng, format="lil", dtype=np.float32)
     matrix[5, :] = 0  # a row without entries is set to zero
     matrix[7, 3] = -4.0  # a negative confidence: a disliked item, weight |c|
-    csr = sp.csr_matrix(matrix * 6 + 0)
+    csr = sp.csr_matrix(matrix * 6)
     csr.eliminate_zeros()
     return csr
 

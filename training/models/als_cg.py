@@ -154,9 +154,7 @@ def least_squares_cg(
     if not (X.flags.c_contiguous and Y.flags.c_contiguous):
         raise ValueError("ALS factors must be C-contiguous")
     factors = X.shape[1]
-    YtY = (Y.T @ Y + np.float32(regularization) * np.eye(factors, dtype=np.float32)).astype(
-        np.float32
-    )
+    YtY = Y.T @ Y + np.float32(regularization) * np.eye(factors, dtype=np.float32)
     threads = min(num_threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
     data = np.asarray(Cui.data, dtype=np.float32)
     longest = int(np.diff(Cui.indptr).max(initial=0))
