@@ -495,11 +495,27 @@ def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None
                               orders, strict=True))
 
 
-def test_parquet_float_ids_read_like_local(spark: Any, tmp_path: Path) -> None:
+# Float ids as pandas exports them from a column with gaps: in Parquet a float column (read as
+# whole numbers), in JSON Lines numbers (read as the number's text, like a quoted "17850.0").
+FLOAT_IDS = {
+    "floats.parquet": ["17850", "17851"],
+    "floats.jsonl": ["17850", "17850.0", "17851.5"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_IDS))
+def test_float_ids_read_like_local(spark: Any, tmp_path: Path, name: str) -> None:
     from training.engines.spark import Cache, effective_load_options, load_spark_log
 
-    path = tmp_path / "floats.parquet"
-    pd.DataFrame({"user_id": [17850.0, 17851.0, None], "item_id": ["a", "b", "c"]}).to_parquet(path)
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pd.DataFrame({"user_id": [17850.0, 17851.0, None], "item_id": ["a", "b", "c"]}).to_parquet(path)
+    else:
+        path.write_text(
+            '{"user_id": 17850.0, "item_id": "a"}\n{"user_id": "17850.0", "item_id": "b"}\n'
+            '{"user_id": 17850, "item_id": "c"}\n{"user_id": 17851.5, "item_id": "d"}\n'
+            '{"user_id": null, "item_id": "e"}\n'
+        )
     options = effective_load_options(LoadOptions(), TrainConfig())
     local_log, local = load_events(path, options)
     cache = Cache()
@@ -510,7 +526,7 @@ def test_parquet_float_ids_read_like_local(spark: Any, tmp_path: Path) -> None:
     finally:
         cache.release()
     assert report.to_dict() == local.to_dict()
-    assert users == sorted(local_log.users.ids) == ["17850", "17851"]
+    assert users == sorted(local_log.users.ids) == FLOAT_IDS[name]
 
 
 def test_parquet_nanosecond_times_read_like_local(spark: Any, tmp_path: Path) -> None:
