@@ -283,8 +283,11 @@ def test_bench_train_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "--work", str(tmp_path / "work"), "--out", str(out), "--resume",
     ])
     assert code == 0
-    assert capsys.readouterr().out.count("from the previous run") == 2
-    assert json.loads(out.read_text())["runs"] == runs
+    resumed = capsys.readouterr().out
+    assert resumed.count("from the previous run") == 2
+    assert "warm-up" not in resumed  # nothing left to measure: no warm-up run either
+    again = json.loads(out.read_text())
+    assert again["runs"] == runs and again["warm_up"] == warm_up
 
 
 def test_bench_train_says_on_stderr_that_training_failed(

@@ -592,16 +592,20 @@ def run_train(args: argparse.Namespace) -> int:
               "spark_master": args.spark_master if with_spark else None,
               "train_args": args.train_args}
     done: dict[int, dict[str, Any]] = {}
+    previous: dict[str, Any] = {}
     if args.resume and args.out and Path(args.out).exists():
         previous = json.loads(Path(args.out).read_text())
         if previous.get("config") == config:
             done = {int(r["events_requested"]): r for r in previous.get("runs", []) if "error" not in r}
 
-    warmed = warm_up(args, work)
-    als = warmed["als_fit_seconds"]
-    print(f"  warm-up ({WARM_UP_EVENTS:,} events, not in the table): {warmed['wall_seconds']:.1f}s wall"
-          + (f"; ALS {als:.1f}s (compiles its step when the cache is cold)" if als is not None else "")
-          + ("; FAILED" if "error" in warmed else ""), flush=True)
+    if all(e in done for e in sizes) and previous.get("warm_up"):
+        warmed = previous["warm_up"]  # nothing left to measure: no need to warm up
+    else:
+        warmed = warm_up(args, work)
+        als = warmed["als_fit_seconds"]
+        print(f"  warm-up ({WARM_UP_EVENTS:,} events, not in the table): {warmed['wall_seconds']:.1f}s wall"
+              + (f"; ALS {als:.1f}s (compiles its step when the cache is cold)" if als is not None else "")
+              + ("; FAILED" if "error" in warmed else ""), flush=True)
 
     def result_of(rows: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
         return {
