@@ -316,10 +316,7 @@ class RecommendationService:
         exclude.add(item)
         category = str(model.catalog.category[item])
         allowed = model.filters.allowed(query.filter)
-        topups = [
-            *self._category_lists(model, frozenset({category} - {""}), allowed),
-            self._global(model, allowed),
-        ]
+        topups = self._item_topups(model, frozenset({category} - {""}), query.filter, allowed)
         primary = _scored((items, scores), "similar", allowed=allowed)
         answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, Source.PERSONALIZED, bool(failed) or user_fallback)
@@ -357,7 +354,7 @@ class RecommendationService:
         newest = cart[-CROSS_SELL_SOURCES:][::-1]
         primary = itertools.chain(rules, *(neighbours(item) for item in newest))
         categories = frozenset(str(model.catalog.category[i]) for i in cart) - {""}
-        topups = [*self._category_lists(model, categories, allowed), self._global(model, allowed)]
+        topups = self._item_topups(model, categories, query.filter, allowed)
         answer = finalize(primary, query.k, allowed, exclude, topups)
         return self._result(model, answer, Source.PERSONALIZED, fallback or bool(failed))
 
@@ -404,7 +401,11 @@ class RecommendationService:
                 # trending comes first and is store-wide: then the answer is not the segment's
                 source = Source.POPULAR if query.trending else Source.SEGMENT
         exclude, fallback = self._exclusions(model, flt, query.user_id, deadline)
-        topups = [self._global(model, allowed), self._filler(model, allowed)]
+        # the global list holds only the top items: under a category filter, the filter's
+        # categories' own lists come first
+        wanted = flt.categories - {query.category}
+        topups = [*self._category_lists(model, wanted, allowed), self._global(model, allowed),
+                  self._filler(model, allowed)]
         answer = finalize(itertools.chain(*lists), query.k, allowed, exclude, topups)
         return self._result(model, answer, source, fallback)
 
@@ -559,6 +560,17 @@ class RecommendationService:
             if len(items):
                 out.append(_scored((items, scores), f"popular in {category}", allowed=allowed))
         return out
+
+    def _item_topups(
+        self, model: LoadedModel, own: frozenset[str], flt: FilterSpec, allowed: np.ndarray | None
+    ) -> Iterator[Iterable[ScoredItem]]:
+        """Top-ups of an answer about items (similar, cross-sell): the popular lists of their
+        own categories, then of the filter's, then the global list, then any allowed item (the
+        lists hold only each category's top items, so a strict filter can run them dry)."""
+        yield from self._category_lists(model, own, allowed)
+        yield from self._category_lists(model, flt.categories - own, allowed)
+        yield self._global(model, allowed)
+        yield self._filler(model, allowed)
 
     def _global(
         self, model: LoadedModel, allowed: np.ndarray | None, limit: int | None = None

@@ -75,12 +75,18 @@ def category_of(item: str) -> str:
 
 
 def make_bundle(
-    root: Path, variant: int = 0, version: str | None = None, reverse_items: bool = False
+    root: Path,
+    variant: int = 0,
+    version: str | None = None,
+    reverse_items: bool = False,
+    list_length: int | None = None,
 ) -> Path:
     """Write the planted bundle under `root` (see the module docstring); returns its path.
 
     reverse_items: index i holds item_id(N_ITEMS - 1 - i), as a training run that met the
     items in another order would number them (the planted structure follows the index).
+    list_length: cut the global and category popularity lists to their top items, as
+    training's `popularity.top_n` does on a large catalogue.
     """
     now = int(time.time())
     writer = BundleWriter(root, version)
@@ -140,12 +146,17 @@ def make_bundle(
     def ranked(order: list[int]) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(order, np.int32), np.linspace(1.0, 0.1, len(order)).astype(np.float32)
 
-    RankedLists.from_dict({"all": ranked(list(range(N_ITEMS - 1, -1, -1)))}).write(writer, "popularity/global")
+    def top(order: list[int]) -> list[int]:
+        return order[:list_length] if list_length is not None else order
+
+    RankedLists.from_dict({"all": ranked(top(list(range(N_ITEMS - 1, -1, -1))))}).write(
+        writer, "popularity/global"
+    )
     RankedLists.from_dict({"all": ranked([*range(20, 30), *range(0, 20), *range(30, 40)])}).write(
         writer, "popularity/trending"
     )
     RankedLists.from_dict(
-        {name: ranked(list(range(c * 10, c * 10 + 10))) for c, name in enumerate(CATEGORIES)}
+        {name: ranked(top(list(range(c * 10, c * 10 + 10)))) for c, name in enumerate(CATEGORIES)}
     ).write(writer, "popularity/category")
     RankedLists.from_dict({"vip": ranked([15, 16, 17, 18]), "new": ranked([35, 36, 37])}).write(
         writer, "popularity/segment"

@@ -143,6 +143,29 @@ def test_similar_items(stub: object) -> None:
     assert "item_id" in caught.value.details()
 
 
+def test_every_list_rpc_fills_k_from_the_catalogue_when_the_lists_run_dry(tmp_path: Path) -> None:
+    # Popularity lists hold only the top items (popularity.top_n): a category filter can leave
+    # fewer than k of them, yet every RPC answers k items while the catalogue has them.
+    running = serve(f"memory://dry{time.monotonic_ns()}", make_bundle(tmp_path, list_length=3))
+    channel, client = stub_for(running.target)
+    toys = pb.Filter(categories=["toys"])  # 10 items, 3 in the global list, 3 in their own
+    try:
+        replies = [
+            client.Recommend(pb.RecommendRequest(user_id="stranger", k=10, filter=toys), timeout=5),
+            client.Popular(pb.PopularRequest(k=10, filter=toys), timeout=5),
+            client.SimilarItems(pb.SimilarItemsRequest(item_id=item_id(15), k=10, filter=toys), timeout=5),
+            client.CrossSell(pb.CrossSellRequest(item_ids=[item_id(15)], k=10, filter=toys), timeout=5),
+        ]
+    finally:
+        channel.close()
+        running.stop(0)
+    for reply in replies:
+        got = ids(reply)
+        assert sorted(got) == [item_id(i) for i in range(30, 40)], got
+        assert got[:3] == [item_id(i) for i in (30, 31, 32)]  # the toys list before the filler
+        assert reply.items[-1].reason == "in the catalogue"
+
+
 def test_cross_sell_ranks_planted_rules_first(stub: object) -> None:
     reply = stub.CrossSell(pb.CrossSellRequest(item_ids=[item_id(0), item_id(11)], k=4), timeout=5)
     got = ids(reply)
