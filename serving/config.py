@@ -131,7 +131,7 @@ SERVE_RANGES: dict[str, tuple[float, bool, float | None]] = {
     "threads": (1, True, None),
     "grace_seconds": (0, True, None),
     "drain_delay_seconds": (0, True, None),
-    "max_k": (1, True, None),
+    "max_k": (1, True, 10_000),  # an int32 in GetModelInfo; a longer list is an export job
     "max_id_length": (1, True, None),
     "max_cart_items": (1, True, None),
     "max_filter_values": (1, True, None),

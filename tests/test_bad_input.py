@@ -369,6 +369,7 @@ def test_serve_settings_are_checked(tmp_path: Path) -> None:
         ({"RECSVC_SERVE__STORE_TIMEOUT_MS": "nan"}, "serve.store_timeout_ms: must be a finite number"),
         ({"RECSVC_SERVE__HOT_USERS": "-5"}, "serve.hot_users: must be at least 0"),
         ({"RECSVC_SERVE__WARM_BATCH": "0"}, "serve.warm_batch: must be at least 1"),
+        ({"RECSVC_SERVE__MAX_K": "3000000000"}, "serve.max_k: must be at least 1 and at most 10000"),
     ]:
         with pytest.raises(InvalidInput, match=re.escape(named)):
             load_serve_config(environ=env)
