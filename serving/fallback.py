@@ -30,6 +30,11 @@ STORE_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, ConnectionE
 # A store call that misses a deadline shorter than this does not count against the store.
 MIN_FAILURE_BUDGET = 0.01
 
+# Immediate retries of a failed store call by the Redis client (serving.server.store_options):
+# one survives a pooled connection that went stale across a Redis restart. A call can then take
+# (1 + STORE_RETRIES) socket timeouts before it fails.
+STORE_RETRIES = 1
+
 
 class _CallerTooHurried(Exception):
     """The caller's deadline left too little time to judge the store by."""
@@ -121,7 +126,8 @@ class StoreGuard:
 
     def __init__(self, retry_after: float, store_timeout: float, threads: int = 4) -> None:
         self.retry_after = retry_after
-        self.store_timeout = store_timeout
+        # the longest a store call runs on its own before it fails: a timeout per attempt
+        self.longest_call = store_timeout * (1 + STORE_RETRIES)
         self._open_until = 0.0
         self._probing = False
         self._lock = threading.Lock()
@@ -135,7 +141,7 @@ class StoreGuard:
 
     def call(self, fn: Callable[..., T], *args: object, budget: float | None = None) -> T:
         """`fn(*args)`, or StoreUnavailable when the breaker is open, the call fails, or it
-        does not finish within `budget` seconds (None: the store's own socket timeout)."""
+        does not finish within `budget` seconds (None: the store's own socket timeouts)."""
         probe = False
         if self._open_until:
             with self._lock:
@@ -143,7 +149,7 @@ class StoreGuard:
                     raise StoreUnavailable("feature store unavailable (answering from cache)")
                 self._probing = probe = True
         try:
-            if budget is not None and budget < self.store_timeout:
+            if budget is not None and budget < self.longest_call:
                 if budget <= 0:  # the caller's deadline has passed: not the store's fault
                     raise _CallerTooHurried("no time left before the deadline")
                 result = self._bounded(fn, args, budget)
@@ -162,8 +168,8 @@ class StoreGuard:
         return result
 
     def _bounded(self, fn: Callable[..., T], args: tuple[object, ...], budget: float) -> T:
-        # Only requests whose deadline is shorter than the store's socket timeout pay the
-        # thread hand-off; the call keeps running if we give up on it.
+        # Only requests whose deadline is shorter than a failing store call (its timeouts and
+        # retry) pay the thread hand-off; the call keeps running if we give up on it.
         if self._executor is None:
             with self._lock:
                 if self._executor is None:

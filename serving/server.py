@@ -56,6 +56,7 @@ from recsvc.store import FeatureStore, open_store
 from recsvc.v1 import recommender_pb2 as pb
 from serving.config import ServeConfig
 from serving.domain import RecommendationService
+from serving.fallback import STORE_RETRIES
 from serving.privacy import ForgetWatcher
 from serving.servicer import RecommenderServicer, add_to_server
 from serving.tls import server_credentials
@@ -264,7 +265,7 @@ def store_options(url: str, timeout: float) -> dict[str, object]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return {"socket_timeout": timeout, "retry": Retry(NoBackoff(), 1)}
+    return {"socket_timeout": timeout, "retry": Retry(NoBackoff(), STORE_RETRIES)}
 
 
 def start_server(
