@@ -276,7 +276,9 @@ class FeatureStore(Protocol):
     def publish(self, bundle: Bundle, keep: int = 3, progress: bool = True) -> PublishReport:
         """Write `bundle` as a new version, verify it, switch `current` to it atomically.
 
-        keep: how many READY versions to keep (older ones are deleted after the switch).
+        keep: how many READY versions to keep, the most recently current ones (the others are
+        deleted after the switch, except the version current until this publish, which
+        servers still answer from until their next poll).
         Partial versions left by killed publishes are cleaned first.
         """
         ...

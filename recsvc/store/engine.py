@@ -159,7 +159,13 @@ class StoreEngine(ABC):
 
     @abstractmethod
     def switch_current(self, version: str) -> None:
-        """Atomically point `current` at `version`; NotFound unless it is READY."""
+        """Atomically point `current` at `version`; NotFound unless it is READY. The same step
+        records the switch in `switch_order`."""
+
+    @abstractmethod
+    def switch_order(self) -> dict[str, int]:
+        """version id -> sequence number of its last switch to current (higher: later).
+        Versions never switched to since the store recorded switches are absent."""
 
     @abstractmethod
     def _publish_lock_acquire(self, version: str) -> None:

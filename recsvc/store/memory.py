@@ -46,6 +46,8 @@ class _Data:
     item_updates: dict[str, bytes] = field(default_factory=dict)
     items_revision: int = 0
     publishing: str | None = None
+    switches: dict[str, int] = field(default_factory=dict)  # version -> sequence of last switch
+    switch_count: int = 0
 
 
 class MemoryStore(StoreEngine):
@@ -103,6 +105,12 @@ class MemoryStore(StoreEngine):
             if entry is None or entry.meta.get("status") != READY:
                 raise NotFound(f"version '{version}' is not a complete stored version")
             self._data.current = version
+            self._data.switch_count += 1
+            self._data.switches[version] = self._data.switch_count
+
+    def switch_order(self) -> dict[str, int]:
+        with self._data.lock:
+            return dict(self._data.switches)
 
     def _publish_lock_acquire(self, version: str) -> None:
         with self._data.lock:
@@ -196,6 +204,7 @@ class MemoryStore(StoreEngine):
             if version == self._data.current:
                 raise InvalidInput("version", f"'{version}' is current")
             self._data.versions.pop(version, None)
+            self._data.switches.pop(version, None)
         self._forget_cache(version)
 
     # -- real-time, forget, item updates ----------------------------------------------------

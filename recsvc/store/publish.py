@@ -13,7 +13,9 @@ primitives):
    batch in Redis, sent from a writer thread while the next batch is encoded);
 5. drop users forgotten meanwhile, verify the counts, then mark the version READY and switch
    `current` in one atomic step (readers see the old version or the new one, never a mix);
-6. delete READY versions beyond the newest `keep` (never the current one).
+6. delete READY versions beyond the `keep` most recently current ones (a version rolled back
+   to counts as recent), never the current one nor the one current just before the switch
+   (servers answer from it until their next poll).
 
 Users on the store's forget list are never written. Components the bundle lacks are skipped.
 Customer ids go to the store as `engine.user_key(id)` (keyed hashes when the store hashes ids,
@@ -401,9 +403,10 @@ def publish_bundle(
             engine.drop_version(stale, table[stale])
         existing = table.get(version)
         if existing is not None and existing.get("status") == READY:
+            previous = engine.current_version()
             engine.switch_current(version)
             log.info("version already stored; switched current to it", extra={"version": version})
-            removed = prune_versions(engine, keep)
+            removed = prune_versions(engine, keep, previous)
             return PublishReport(version, int(existing.get("n_users", 0)), int(existing.get("n_items", 0)),
                                  int(existing.get("keys", 0)), int(existing.get("bytes", 0)),
                                  time.monotonic() - started, tuple(existing.get("components", ())),
@@ -511,9 +514,10 @@ def publish_bundle(
         meta.update(status=READY, published_at=utc_now(), n_users=expected_users,
                     bytes=total_bytes, keys=keys)
         engine.put_version_meta(version, meta)
+        previous = engine.current_version()
         engine.switch_current(version)
         log.info("published", extra={"version": version, "users": expected_users, "bytes": total_bytes})
-        removed = prune_versions(engine, keep)
+        removed = prune_versions(engine, keep, previous)
     return PublishReport(
         version=version,
         n_users=expected_users,
@@ -545,15 +549,22 @@ def verify_version(engine: StoreEngine, version: str, users: int, similar: int, 
         )
 
 
-def prune_versions(engine: StoreEngine, keep: int) -> tuple[str, ...]:
-    """Delete READY versions beyond the newest `keep` by publish time (never the current)."""
+def prune_versions(engine: StoreEngine, keep: int, previous: str | None = None) -> tuple[str, ...]:
+    """Delete READY versions beyond the `keep` most recently current ones.
+
+    Ordered by when each version was last switched to current (`switch_order`), then by
+    publish time: a version rolled back to counts as recent, however old its publish. Never
+    deletes the current version, nor `previous` (the one current before this publish: servers
+    answer from it until their next poll loads the new one).
+    """
     table = engine.version_table()
     current = engine.current_version()
+    switched = engine.switch_order()
     ready = sorted(
         (v for v, meta in table.items() if meta.get("status") == READY),
-        key=lambda v: (str(table[v].get("published_at", "")), v),
+        key=lambda v: (switched.get(v, 0), str(table[v].get("published_at", "")), v),
     )
-    doomed = [v for v in ready[: max(0, len(ready) - keep)] if v != current]
+    doomed = [v for v in ready[: max(0, len(ready) - keep)] if v not in (current, previous)]
     for version in doomed:
         engine.drop_version(version, table[version])
     return tuple(doomed)

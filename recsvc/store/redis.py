@@ -4,6 +4,8 @@ Key layout (store layout 1; `rs` is the prefix, `?prefix=` changes it; `{...}` i
 that decides the Redis Cluster slot):
 
     rs:{g}:current           string   id of the current version (switched by one Lua script)
+    rs:{g}:switches          string   counter bumped by every switch of `current`
+    rs:{g}:switched          hash     version id -> the counter at its last switch to current
     rs:{g}:versions          hash     version id -> JSON meta (status partial|ready, created_at,
                                       published_at, counts, components, layout)
     rs:{g}:lock              string   the publish lock (JSON owner, expires unless refreshed)
@@ -74,11 +76,13 @@ PASSWORD_ENV = "RECSVC_REDIS_PASSWORD"
 _BLOB_WHOLE = b"\x00"
 _BLOB_CHUNKED = b"\x01"
 
+# Switch `current` and record the switch's sequence number (`switch_order`) in one step.
 _SWITCH = """
 local meta = redis.call('HGET', KEYS[1], ARGV[1])
 if not meta then return 0 end
 if cjson.decode(meta)['status'] ~= 'ready' then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], redis.call('INCR', KEYS[3]))
 return 1
 """
 # Retire a version before its keys go: refuse if it is current, else mark it partial in the
@@ -330,8 +334,13 @@ class RedisStore(StoreEngine):
 
     @_guard
     def switch_current(self, version: str) -> None:
-        if not self._switch(keys=[self._g("versions"), self._g("current")], args=[version]):
+        keys = [self._g("versions"), self._g("current"), self._g("switches"), self._g("switched")]
+        if not self._switch(keys=keys, args=[version]):
             raise NotFound(f"version '{version}' is not a complete stored version")
+
+    @_guard
+    def switch_order(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.client.hgetall(self._g("switched")).items()}
 
     @_guard
     def _publish_lock_acquire(self, version: str) -> None:
@@ -551,6 +560,7 @@ class RedisStore(StoreEngine):
             pipe.unlink(self._items(version, bucket))
         pipe.execute()
         self.client.hdel(self._g("versions"), version)
+        self.client.hdel(self._g("switched"), version)
         self._forget_cache(version)
 
     # -- real-time, forget, item updates ----------------------------------------------------
