@@ -16,13 +16,15 @@
                                     recsvc.privacy)
 
 The Redis password comes from the URL or from `RECSVC_REDIS_PASSWORD`; it is never logged
-(`mask_url` hides it). Must not import `training` or `serving`.
+(`mask_url` hides it) nor quoted in an error. In the URL, a password's `/`, `?`, `#` and `@`
+must be percent-encoded (`%2F`, `%3F`, `%23`, `%40`): a URL with an `@` after its host part is
+refused without being shown. Must not import `training` or `serving`.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from recsvc.errors import InvalidInput
 from recsvc.store.base import (
@@ -60,23 +62,46 @@ __all__ = [
     "UserFeatures",
     "UserSegment",
     "VersionInfo",
+    "check_userinfo",
     "mask_url",
     "open_store",
 ]
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***` (safe to print and log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable store url>"
-    if parts.password is None and "@" not in parts.netloc:
+    """The URL with any password replaced by `***` (safe to print and log).
+
+    Everything between `://` and the last `@` is taken as user and password, before any URL
+    parsing: a password holding `/`, `?` or `#` unencoded would otherwise end the host part
+    early and be shown as a path or query. Only a user name clear of those is kept.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, hostinfo = rest.rpartition("@")
+    if not at:
         return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    masked = f"{user}:***@{hostinfo}"
-    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+    if any(c in user for c in "/?#"):
+        user = ""
+    return f"{scheme}{separator}{user}:***@{hostinfo}"
+
+
+def check_userinfo(url: str) -> None:
+    """InvalidInput, quoting nothing of the URL, when an `@` comes after the host part: a
+    password holding `/`, `?`, `#` or `@` unencoded, which no URL parser reads back (it would
+    take part of the password for the host, port, database or a setting)."""
+    rest = url.partition("://")[2]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    if "@" in rest[min(ends, default=len(rest)) :]:
+        raise InvalidInput(
+            "--store",
+            "the URL has an '@' after its host part, most likely a password holding '/', '?', "
+            "'#' or '@': percent-encode these characters in the password ('/' as %2F, '?' as "
+            "%3F, '#' as %23, '@' as %40; Python: urllib.parse.quote(password, safe='')), or "
+            "pass the password in RECSVC_REDIS_PASSWORD instead (the URL is not shown, to keep the "
+            "password out of logs)",
+        )
 
 
 def open_store(url: str, **options: Any) -> FeatureStore:
@@ -90,6 +115,7 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     """
     if not url or "://" not in url:
         raise InvalidInput("--store", f"'{mask_url(url)}' is not a store URL (memory:// or redis://...)")
+    check_userinfo(url)  # first: later errors would quote what a misread password leaves
     scheme = url.split("://", 1)[0].lower()
     _check_query(url, scheme)
     hasher = _id_hasher(url, options)

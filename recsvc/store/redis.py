@@ -160,7 +160,13 @@ def user_bucket(user_id: str) -> int:
 
 
 def parse_url(url: str, **options: Any) -> dict[str, Any]:
-    """Connection settings from a store URL plus options (options win)."""
+    """Connection settings from a store URL plus options (options win).
+
+    Raises InvalidInput for a malformed URL; the message never quotes the user or password.
+    """
+    from recsvc.store import check_userinfo
+
+    check_userinfo(url)
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     tls = scheme.startswith("rediss")

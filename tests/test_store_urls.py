@@ -1,0 +1,72 @@
+"""Store URLs: passwords never shown, whatever characters they hold; TLS settings only on TLS."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsvc.errors import InvalidInput, RecsvcError
+from recsvc.store import mask_url, open_store
+from tests.fixtures_redis import free_port, start_redis
+
+# printable passwords, with the characters a URL reserves (and an '@' of their own) planted
+passwords = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=24).map(
+    lambda text: text[:2] + "/#?@:"[len(text) % 5] + text[2:]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(passwords, st.sampled_from(["redis", "rediss", "redis+cluster"]), st.booleans())
+def test_a_password_is_never_shown_whatever_it_holds(password: str, scheme: str, user: bool) -> None:
+    url = f"{scheme}://{'default' if user else ''}:{password}@127.0.0.1:1/0"
+    assert password not in mask_url(url)
+    assert "***" in mask_url(url)
+    try:  # refused (reserved characters) or unreachable: never quoting the password
+        open_store(url, socket_timeout=0.2, retries=0)
+    except RecsvcError as refused:
+        assert password not in str(refused)
+        # nor a piece of it: the text between the separators of the password
+        for piece in re.split(r"[/#?@:]", password):
+            if len(piece) >= 4:
+                assert piece not in str(refused), (piece, str(refused))
+
+
+def test_a_password_with_reserved_characters_names_the_fix_and_nothing_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = "redis://:Zm9v/YmFyc2VjcmV0@127.0.0.1:1/0"
+    assert mask_url(url) == "redis://:***@127.0.0.1:1/0"
+    with pytest.raises(InvalidInput) as refused:
+        open_store(url)
+    message = str(refused.value)
+    assert "percent-encode" in message and "%2F" in message
+    assert "Zm9v" not in message and "YmFy" not in message
+    assert "Zm9v" not in caplog.text and "YmFy" not in caplog.text
+    for url in ("redis://:pa?ss@127.0.0.1:1/0", "redis://:pa#ss@127.0.0.1:1/0",
+                "redis://:a@b/cdef@127.0.0.1:1/0"):
+        with pytest.raises(InvalidInput, match="percent-encode") as refused:
+            open_store(url)
+        assert "ss@" not in str(refused.value) and "cdef" not in str(refused.value)
+        assert "pa" not in mask_url(url) and "cdef" not in mask_url(url)
+
+
+def test_a_percent_encoded_password_with_reserved_characters_connects(tmp_path: Path) -> None:
+    secret = f"a/b#c?d@e:{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    process = start_redis(tmp_path / "auth", port, "--requirepass", secret)
+    try:
+        store = open_store(f"redis://:{quote(secret, safe='')}@127.0.0.1:{port}/0")
+        store.ping()
+        assert secret not in store.url and quote(secret, safe="") not in store.url
+        store.close()
+    finally:
+        process.terminate()
+        process.wait()
