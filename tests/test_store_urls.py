@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsvc.errors import InvalidInput, RecsvcError
+from recsvc.errors import InvalidInput, RecsvcError, StoreUnavailable
 from recsvc.store import mask_url, open_store
 from tests.fixtures_redis import free_port, start_redis
 
@@ -70,3 +70,16 @@ def test_a_percent_encoded_password_with_reserved_characters_connects(tmp_path: 
     finally:
         process.terminate()
         process.wait()
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_tls_settings_on_a_plaintext_url_are_refused(scheme: str) -> None:
+    # plaintext would otherwise go out with the settings silently ignored
+    url = f"{scheme}://127.0.0.1:{free_port()}/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    with pytest.raises(InvalidInput, match=r"ssl_ca_certs.*rediss") as refused:
+        open_store(url, socket_timeout=0.2)
+    assert f"{scheme}://" in str(refused.value)
+    with pytest.raises(InvalidInput, match="rediss"):
+        open_store(f"{scheme}://127.0.0.1:1/0", ssl_certfile="/etc/client.pem")
+    with pytest.raises(StoreUnavailable, match="cannot reach"):  # a TLS URL takes them
+        open_store(f"rediss://127.0.0.1:{free_port()}/0?ssl_cert_reqs=required", socket_timeout=0.2)

@@ -6,7 +6,8 @@
                                     long as the process (publish into it inside `recsvc serve`).
     redis://[:password@]host:port/db[?prefix=rs&cluster=1&timeout=5]
     rediss://...[?ssl_ca_certs=ca.pem&ssl_certfile=..&ssl_keyfile=..&ssl_cert_reqs=required]
-                                    the same over TLS
+                                    the same over TLS (the ssl_* settings are refused on a
+                                    plaintext redis:// URL rather than ignored)
     redis+cluster://[:password@]host:port[,host:port...][?prefix=rs]
                                     Redis Cluster (also `redis://...?cluster=1` or cluster=True)
 

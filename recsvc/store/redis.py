@@ -210,6 +210,14 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
         raise InvalidInput("prefix", f"'{prefix}' must be non-empty without braces, colons or spaces")
     if cluster and db != 0:
         raise InvalidInput("--store", "Redis Cluster has only database 0")
+    asked = [name for name in TLS_QUERY if name in query or name in options]
+    if asked and not tls:  # redis-py would ignore them and connect in plaintext
+        secure = scheme.replace("redis", "rediss", 1)
+        raise InvalidInput(
+            "--store",
+            f"{', '.join(asked)} {'is a TLS setting' if len(asked) == 1 else 'are TLS settings'}, "
+            f"but a {scheme}:// URL connects in plaintext: use {secure}:// for TLS",
+        )
     for name in TLS_QUERY:  # TLS settings may come in the URL, e.g. ?ssl_ca_certs=/etc/ca.pem
         if name in query and name not in options:
             value: Any = query[name]
