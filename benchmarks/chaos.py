@@ -58,7 +58,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from recsvc import loadgen  # noqa: E402
-from recsvc.client import ClientSecurity  # noqa: E402
+from recsvc.client import RETRY_POLICY, ClientSecurity  # noqa: E402
 from recsvc.v1 import recommender_pb2 as pb  # noqa: E402
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -683,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
             "server": "recsvc serve --store redis://... --workers 2 --tokens-file ... (auth on)",
             "load": f"recsvc.loadgen closed loop, Recommend, concurrency {timing.concurrency}, "
                     "k=10, 2 s deadline, bearer token",
-            "client_retries": "only in (d): recsvc.client.RETRY_POLICY (UNAVAILABLE, 4 attempts)",
+            "client_retries": "only in (d): recsvc.client.RETRY_POLICY (UNAVAILABLE, "
+                              f"{RETRY_POLICY['methodConfig'][0]['retryPolicy']['maxAttempts']} attempts)",
             "bundle": {"users": len(first.users), "items": len(first.items)},
             "timing_s": {"warmup": timing.warmup, "baseline": timing.baseline, "fault": timing.fault,
                          "after": timing.after},

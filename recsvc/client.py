@@ -5,10 +5,11 @@ sent as `authorization: Bearer <token>` metadata on each call; TLS with a CA to 
 server (`--tls-ca`), optionally a client certificate for mutual TLS (`--tls-cert`,
 `--tls-key`). `channel` / `aio_channel` open a channel with those settings.
 
-`RETRY_POLICY` is the client retry policy we recommend to storefronts: read RPCs are
-idempotent, so a call that fails with UNAVAILABLE (a server process died or is draining, a
-connection broke) is retried on a fresh connection, up to 5 attempts within the call's
-deadline. `retry_options()` also shortens gRPC's reconnect backoff (1 s by default, 100 ms
+`RETRY_POLICY` is the client retry policy we recommend to storefronts: read RPCs (and
+ForgetUser) are idempotent, so a call that fails with UNAVAILABLE (a server process died or is
+draining, a connection broke) is retried on a fresh connection, up to 5 attempts within the
+call's deadline. RecordEvent is left out: a retried event counts once only when it carries
+`timestamp_ms`, which the policy cannot see; a storefront retries it itself, with the stamp. `retry_options()` also shortens gRPC's reconnect backoff (1 s by default, 100 ms
 here): a connection attempt that lands on a server process in the instant it dies fails, and the
 channel would otherwise fail every call for a second. Together they keep a killed server
 worker invisible to shoppers (benchmarks/chaos.py, scenario d).
@@ -32,10 +33,13 @@ from recsvc.errors import InvalidInput
 
 TOKEN_ENV = "RECSVC_TOKEN"
 SERVICE = "recsvc.v1.Recommender"
+# Idempotent RPCs: every one but RecordEvent.
+RETRIED_METHODS = ("Recommend", "SimilarItems", "CrossSell", "BuyAgain", "Popular", "GetModelInfo",
+                   "ForgetUser")
 RETRY_POLICY: dict[str, Any] = {
     "methodConfig": [
         {
-            "name": [{"service": SERVICE}],
+            "name": [{"service": SERVICE, "method": method} for method in RETRIED_METHODS],
             "retryPolicy": {
                 "maxAttempts": 5,
                 "initialBackoff": "0.05s",
