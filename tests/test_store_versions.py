@@ -9,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from recsvc.bundle import Bundle
+from recsvc.errors import InvalidInput
+from recsvc.store import open_store
 from tests.fixtures_redis import redis_cluster_url, redis_url  # noqa: F401  (fixtures)
 from tests.test_store import bundles, make_bundle, store, store_url  # noqa: F401  (fixtures)
 
@@ -41,3 +46,39 @@ def test_a_rolled_back_to_version_is_not_pruned_as_the_oldest(store: Any, bundle
     # next goes v3, current less recently than v1 though published after it
     store.publish(make_bundle(bundles, "v5", marker=5), keep=3, progress=False)
     assert {v.id for v in store.versions()} == {"v1", "v4", "v5"}
+
+
+def test_republishing_with_ids_hashed_rewrites_the_version(
+    store_url: str, bundles: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.setenv("RECSVC_ID_SECRET", "a-secret-of-at-least-sixteen-bytes")
+    plain = open_store(store_url)
+    plain.publish(make_bundle(bundles, "v1", marker=1), progress=False)
+    plain.publish(make_bundle(bundles, "v2", marker=2), progress=False)
+    hashed = open_store(store_url, hash_ids=True)
+    report = hashed.publish(Bundle(bundles / "v1"), progress=False)  # turned on: republish
+    assert report.n_users == 60 and hashed.current_version() == "v1"
+    assert hashed.version_table()["v1"]["user_ids"] == hashed.user_id_mode != "plain"
+    features = hashed.user_features("v1", "u00001")
+    assert features is not None and features.candidates[0] == 1
+    assert len(hashed.item_catalog("v1")) == 40  # no longer refused as written the other way
+    stored_keys = {key for key, _ in _all_user_records(hashed, "v1")}
+    assert len(stored_keys) == 60 and not stored_keys & {f"u{i:05d}" for i in range(60)}
+
+    # the current version is not rewritten under the servers reading it: a clear refusal
+    plain.publish(make_bundle(bundles, "v3", marker=3), progress=False)
+    with pytest.raises(InvalidInput, match=r"'v3' is current.*plain.*newly trained bundle"):
+        hashed.publish(Bundle(bundles / "v3"), progress=False)
+    assert plain.current_version() == "v3" and plain.version_table()["v3"]["user_ids"] == "plain"
+    assert plain.user_features("v3", "u00001") is not None
+    plain.close()
+    hashed.close()
+
+
+def _all_user_records(opened: Any, version: str) -> list[tuple[str, bytes]]:
+    records: list[tuple[str, bytes]] = []
+    cursor: int | None = 0
+    while cursor is not None:
+        cursor, batch = opened.scan_user_records(version, cursor, 1000)
+        records += batch
+    return records

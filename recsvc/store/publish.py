@@ -19,7 +19,9 @@ primitives):
 
 Users on the store's forget list are never written. Components the bundle lacks are skipped.
 Customer ids go to the store as `engine.user_key(id)` (keyed hashes when the store hashes ids,
-see `recsvc.privacy`); the version's meta records which (`user_ids`).
+see `recsvc.privacy`); the version's meta records which (`user_ids`). Publishing a stored
+version again only switches `current` to it, unless it keeps ids another way (hash_ids turned
+on or off, another secret): it is then written again, or refused while it is current.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bundle import Bundle, RankedLists
-from recsvc.errors import BundleFormatError, StoreUnavailable
-from recsvc.privacy import resolve_forgotten
+from recsvc.errors import BundleFormatError, InvalidInput, StoreUnavailable
+from recsvc.privacy import PLAIN, resolve_forgotten
 from recsvc.store import codec
 from recsvc.store.base import PARTIAL, POPULARITY_LISTS, READY, PublishReport, UserSegment
 
@@ -403,6 +405,8 @@ def publish_bundle(
             engine.drop_version(stale, table[stale])
         existing = table.get(version)
         if existing is not None and existing.get("status") == READY:
+            existing = _rewrite_if_ids_differ(engine, version, existing)
+        if existing is not None and existing.get("status") == READY:
             previous = engine.current_version()
             engine.switch_current(version)
             log.info("version already stored; switched current to it", extra={"version": version})
@@ -529,6 +533,33 @@ def publish_bundle(
         removed_versions=removed,
         cleaned_partial=cleaned,
     )
+
+
+def _rewrite_if_ids_differ(
+    engine: StoreEngine, version: str, existing: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The stored version's meta when it keeps customer ids the way this handle writes them;
+    else None, having dropped it to be written again (hash_ids turned on or off, or another
+    secret: a mere switch to it would leave the ids as they were).
+
+    Raises InvalidInput when that version is current: servers read it, it is not rewritten
+    under them.
+    """
+    stored = str(existing.get("user_ids", PLAIN))
+    if stored == engine.user_id_mode:
+        return existing
+    if version == engine.current_version():
+        raise InvalidInput(
+            "publish",
+            f"version '{version}' is current and stores customer ids as {stored}, this store "
+            f"handle as {engine.user_id_mode}; a current version is not rewritten under the "
+            "servers reading it: publish a newly trained bundle, or roll back to another stored "
+            "version and publish this bundle again (it is then rewritten)",
+        )
+    log.info("rewriting a stored version that keeps customer ids another way",
+             extra={"version": version, "user_ids": stored})
+    engine.drop_version(version, existing)
+    return None
 
 
 def verify_version(engine: StoreEngine, version: str, users: int, similar: int, blobs: set[str]) -> None:
