@@ -5,7 +5,9 @@ Holds the same encoded records as the Redis store (recsvc.store.codec) through t
 exactly alike; it is populated from a bundle directly with `publish`. A named store
 (`memory://shop`) is shared by every `open_store` of that name in the process; `memory://`
 alone is private. Its contents live only as long as the process: publishing into it from the
-CLI makes sense only inside the process that serves (`recsvc serve`).
+CLI makes sense only inside the process that serves (`recsvc serve`). Real-time event lists
+expire `recent_ttl` after their last event, as in Redis: expired lists are swept on every
+event, read and `state()` poll, whether or not their user comes back.
 
 Must not import `training` or `serving`.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,7 +43,8 @@ class _Data:
     lock: threading.RLock = field(default_factory=threading.RLock)
     current: str | None = None
     versions: dict[str, _Version] = field(default_factory=dict)
-    events: dict[str, tuple[float, deque[bytes]]] = field(default_factory=dict)  # expiry, events
+    # user -> (expiry, events), oldest push first: expired lists are swept from the front
+    events: OrderedDict[str, tuple[float, deque[bytes]]] = field(default_factory=OrderedDict)
     forgotten: dict[str, float] = field(default_factory=dict)
     item_updates: dict[str, bytes] = field(default_factory=dict)
     items_revision: int = 0
@@ -88,6 +91,7 @@ class MemoryStore(StoreEngine):
 
     def state(self) -> StoreState:
         with self._data.lock:
+            self._sweep_events()  # servers poll state: expired lists go without any traffic
             return StoreState(self._data.current, self._data.items_revision)
 
     def version_table(self) -> dict[str, dict[str, Any]]:
@@ -209,7 +213,23 @@ class MemoryStore(StoreEngine):
 
     # -- real-time, forget, item updates ----------------------------------------------------
 
+    def _sweep_events(self) -> None:
+        """Drop expired real-time lists, as Redis expires their keys (call with the lock).
+
+        Lists are kept in the order of their last push, so the expired ones are at the front
+        and each is dropped once: amortised O(1) per event. (Handles opened with different
+        `recent_ttl` on one named store only delay a list to the expiry of the one before it.)
+        """
+        events = self._data.events
+        now = time.time()
+        while events:
+            expiry, _ = next(iter(events.values()))
+            if expiry >= now:
+                return
+            events.popitem(last=False)
+
     def _events(self, user_id: str, limit: int) -> list[bytes]:
+        self._sweep_events()
         held = self._data.events.get(user_id)
         if held is None:
             return []
@@ -221,7 +241,8 @@ class MemoryStore(StoreEngine):
 
     def push_event(self, user_id: str, event: bytes) -> None:
         with self._data.lock:
-            held = self._data.events.get(user_id)
+            self._sweep_events()
+            held = self._data.events.pop(user_id, None)  # re-inserted last: pushed most recently
             events = held[1] if held is not None and held[0] >= time.time() else deque(maxlen=self.recent_max)
             events.appendleft(event)
             self._data.events[user_id] = (time.time() + self.recent_ttl, events)
