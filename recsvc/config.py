@@ -260,7 +260,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "similar.n": (1, True, None),
     "rules.min_support": (0, False, 1),
     "rules.min_confidence": (0, True, 1),
-    "rules.max_len": (1, True, None),
+    "rules.max_len": (2, True, None),  # a rule has at least an antecedent and a consequent
     "rules.window_days": (0, False, None),
     "rules.max_basket_items": (1, True, None),
     "rules.max_rules": (0, True, None),
