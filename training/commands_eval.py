@@ -9,10 +9,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsvc.commands.common import add_event_flags, check_output_file, load_options
 from recsvc.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from recsvc.config import TrainConfig
 
 DEFAULT_EVAL_MODELS = "popular,als-defaults,als,ease,itemknn"
 MAX_K = 1000  # list lengths beyond a storefront's; scores are kept per user x k
@@ -94,13 +97,33 @@ def register(subparsers: Any) -> None:
     tune_parser.set_defaults(func=run_tune)
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, config: TrainConfig) -> Any:
+    """The log as `recsvc train` would read it with this config (its event types and
+    cancellation prefix); InvalidInput when no usable row is left."""
     from recsvc.events import load_events
+    from training.pipeline import effective_load_options
 
-    log, report = load_events(args.events, load_options(args))
+    log, report = load_events(args.events, effective_load_options(load_options(args), config))
+    if len(log) == 0:  # the reasons go in the one error line
+        what = "tune on" if getattr(args, "command", None) == "tune" else "evaluate"
+        worst_first = sorted(report.bad_rows.items(), key=lambda kv: -kv[1])
+        reasons = ", ".join(f"{count} {reason}" for reason, count in worst_first)
+        raise InvalidInput(
+            "--events",
+            f"no usable rows ({report.rows_read} read" + (f"; bad: {reasons}" if reasons else "")
+            + f"): nothing to {what}",
+        )
     for line in report.summary_lines():
         print(line, file=sys.stderr)
     return log
+
+
+def _nobody_to_evaluate(split: str, seed: int) -> InvalidInput:
+    return InvalidInput(
+        "--split",
+        f"the {split} split (seed {seed}) leaves no user with both history and held-out items: "
+        "nothing to evaluate",
+    )
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -126,8 +149,11 @@ def run_eval(args: argparse.Namespace) -> int:
     models = _models(args.models)
     model_specs(models, config)  # unknown names fail before the log is read
     seeds = _parse_seeds(args.seeds, args.seed)
-    log = _load(args)
+    log = _load(args, config)
     report = evaluate(log, models, config, args.split, args.test_ratio, seeds, args.k)
+    for run in report.runs:  # metrics averaged over nobody would read as a model scoring 0
+        if not run["users_evaluated"]:
+            raise _nobody_to_evaluate(args.split, run["seed"])
     protocol = report.protocol
     print(
         f"{protocol['split']} split, test ratio {protocol['test_ratio']}, seeds "
@@ -151,15 +177,21 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from recsvc.config import load_train_config
+    from training.evaluation.evaluate import eval_users
+    from training.evaluation.splits import split_log
     from training.tune import Trial, tune, write_tuned
 
     _check_common(args)
     check_output_file(args.out, "--out")  # before the search, which may take hours
     check_output_file(args.report, "--report")
-    load_train_config(args.config)  # a bad config fails before the log is read
+    config = load_train_config(args.config)  # a bad config fails before the log is read
     models = _models(args.models)
     seeds = _parse_seeds(args.seeds, 1)
-    log = _load(args)
+    log = _load(args, config)
+    for seed in seeds:  # checked before the trials, which may take hours, as the tuner splits
+        split = split_log(log, args.split, args.test_ratio, seed, config.events)
+        if not len(eval_users(split).rows):
+            raise _nobody_to_evaluate(args.split, seed)
 
     def show(trial: Trial) -> None:
         params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
