@@ -25,7 +25,7 @@ def store_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_forgotten_customers_are_not_trained_on(store_data: Path, tmp_path: Path) -> None:
     listed = tmp_path / "forget.txt"
-    listed.write_text("# privacy requests\nu000001\n")
+    listed.write_text("u000001\n")
     store = open_store("memory://forget-test")
     store.forget_user("u000002")
     config = load_train_config(None, FAST)

@@ -48,7 +48,11 @@ class TrainResult:
 
 
 def read_forget_list(path: str | Path | None, hashed_ok: bool = False) -> set[str]:
-    """Customer ids to leave out of training: a file (one per line; '#' comments) or a store URL.
+    """Customer ids to leave out of training: a file or a store URL.
+
+    The file holds one id a line, as `recsvc store forgotten --out` and `recsvc forget
+    --forget-file` write it: there is no comment syntax (an id may start with '#'), blank lines
+    are skipped, a UTF-8 byte-order mark and spaces around an id are ignored.
 
     A store that keeps ids as keyed hashes lists `hmac-sha256:...` entries, which only
     `drop_users` can match (it hashes the log's ids): callers that match ids themselves leave
@@ -78,11 +82,10 @@ def _read_forget_entries(path: str | Path | None) -> set[str]:
     path = Path(path)
     if not path.is_file():  # a privacy list that is not there must not mean "nobody"
         raise InvalidInput("--forget-list", f"file not found: {path}")
-    return {
-        line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    # every non-blank line is an id: one read as a comment (or glued to a BOM) would be a
+    # customer kept in the model
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return {line.strip() for line in lines if line.strip()}
 
 
 def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport) -> EventLog:

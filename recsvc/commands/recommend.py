@@ -37,7 +37,8 @@ def read_user_file(path: str) -> list[str]:
     file = Path(path)
     if not file.exists():
         raise InvalidInput("--users", f"'{path}' is neither 'all' nor an existing file")
-    users = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    # utf-8-sig: a byte-order mark (Notepad, Excel "UTF-8") is not part of the first id
+    users = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
     if users and users[0] == "user_id":  # a header line (a customer may be called user_id)
         users = users[1:]
     users = [u for u in users if u]

@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 STORE_ENV = "RECSVC_STORE"
 
@@ -186,6 +186,20 @@ def run_forgotten(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_line(handle: IO[bytes], user: str) -> bytes:
+    """The bytes that append `user` as a line of its own to the open forget file `handle`.
+
+    A file whose last line has no line break (written by hand or another tool) gets one first:
+    appending straight after it would glue two ids into one that matches neither customer.
+    """
+    end = handle.seek(0, os.SEEK_END) if handle.readable() else 0  # a pipe has no last line
+    if end:
+        handle.seek(end - 1)
+        if handle.read(1) not in (b"\n", b"\r"):
+            return f"\n{user}\n".encode()
+    return f"{user}\n".encode()
+
+
 def run_forget(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.events import MAX_ID_LENGTH
@@ -195,15 +209,18 @@ def run_forget(args: argparse.Namespace) -> int:
         raise InvalidInput(
             "--user", f"must be one printable user id of at most {MAX_ID_LENGTH} characters"
         )
-    # the file opens first: a path it cannot write to fails before anything is forgotten
-    with open(args.forget_file, "a", encoding="utf-8") if args.forget_file else contextlib.nullcontext() as handle:
+    # the file opens first: a path it cannot write to fails before anything is forgotten;
+    # a regular file is also read, for whether its last line ends (a pipe cannot be)
+    path = args.forget_file
+    mode = "ab+" if path and (os.path.isfile(path) or not os.path.exists(path)) else "ab"
+    with open(path, mode) if path else contextlib.nullcontext() as handle:
         store = _open(args)
         try:
             held = store.forget_user(user)
         finally:
             store.close()
         if handle is not None:
-            handle.write(user + "\n")
+            handle.write(_forget_line(handle, user))
     where = f" and {args.forget_file}" if args.forget_file else ""
     print(
         f"forgot the user: data removed from {held} stored version(s) and real-time state; "
