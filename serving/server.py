@@ -51,8 +51,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recsvc.errors import InvalidInput, StoreUnavailable
+from recsvc.errors import InvalidInput, RecsvcError, StoreUnavailable
 from recsvc.store import FeatureStore, open_store
+from recsvc.store.memory import MemoryStore
 from recsvc.v1 import recommender_pb2 as pb
 from serving.config import ServeConfig
 from serving.domain import RecommendationService
@@ -230,13 +231,30 @@ def build_server(
     return server, health_servicer, port
 
 
+EMBEDDED_FORGET = (
+    "ForgetUser is not available on a server run with --bundle: each worker process holds its "
+    "own in-process copy of the bundle, so a forget would reach only the process that took the "
+    "call and be lost when it restarts. Publish the bundle into Redis (recsvc publish --store "
+    "redis://...) and run recsvc serve --store redis://... to forget customers"
+)
+
+
+class BundleStore(MemoryStore):
+    """The embedded store of `recsvc serve --bundle`, private to one worker process: refuses
+    ForgetUser (RecsvcError, FAILED_PRECONDITION on the wire) rather than forget in one
+    process only until its restart."""
+
+    def forget_user(self, user_id: str) -> int:
+        raise RecsvcError(EMBEDDED_FORGET)
+
+
 def open_serving_store(config: ServeConfig) -> FeatureStore:
     """The store to serve from: `--store URL`, or an embedded one holding `--bundle DIR`."""
     if config.bundle:
         from recsvc.bundle import Bundle
 
         bundle = Bundle(config.bundle)
-        store = open_store(f"memory://serve-{os.getpid()}")
+        store = BundleStore.open(f"memory://serve-{os.getpid()}")
         store.publish(bundle, progress=False)
         return store
     if not config.store:
