@@ -6,6 +6,8 @@ tests/test_store.py).
 
 from __future__ import annotations
 
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,31 @@ def _all_user_records(opened: Any, version: str) -> list[tuple[str, bytes]]:
         cursor, batch = opened.scan_user_records(version, cursor, 1000)
         records += batch
     return records
+
+
+def test_a_publisher_that_lost_its_lock_leaves_no_keys_behind(redis_url: str, bundles: Path) -> None:  # noqa: F811
+    url = f"{redis_url}?prefix=or{uuid.uuid4().hex[:6]}"
+    first, second = open_store(url), open_store(url)
+    first.publish(make_bundle(bundles, "v1"), progress=False)
+    taken_over = threading.Event()
+    real_put = first.put_users
+
+    def stalled_put(*args: Any) -> None:  # a batch held up on the network meanwhile
+        taken_over.wait(30)
+        real_put(*args)
+
+    def lose_the_lock(stage: str, done: int, total: int) -> None:
+        if stage == "users" and not taken_over.is_set():
+            first.client.delete(first._g("lock"))  # its TTL ran out while the publish stalled
+            report = second.publish(make_bundle(bundles, "v3"), progress=False)
+            assert report.cleaned_partial == ("v2",)
+            taken_over.set()
+
+    first.put_users = stalled_put  # type: ignore[method-assign]
+    with pytest.raises(InvalidInput, match="lock expired"):
+        first.publish(make_bundle(bundles, "v2"), progress=False, on_batch=lose_the_lock)
+    assert sorted(second.version_table()) == ["v1", "v3"] and second.current_version() == "v3"
+    left = list(second.client.scan_iter(match=f"{second.prefix}:*v:v2*"))
+    assert left == []  # the batch that landed after the takeover was removed by its publisher
+    first.close()
+    second.close()

@@ -4,7 +4,9 @@ The flow is the same for every backend (`recsvc.store.engine.StoreEngine` suppli
 primitives):
 
 1. take the store's publish lock (a crashed publisher's lock is taken over: its TTL ran out, or
-   it was held by a dead process on this host);
+   it was held by a dead process on this host; a publisher that finds its lock taken over
+   stops, and removes what it wrote once its writer has stopped if the new holder already
+   dropped its partial version, so a batch that was in flight leaves no orphan keys);
 2. delete PARTIAL versions left behind by killed publishes;
 3. record the new version as PARTIAL (with what is needed to delete it), so a publish killed at
    any later point leaves data the next publish can find and remove;
@@ -493,6 +495,7 @@ def publish_bundle(
             writer.abort()
             log.warning("publish interrupted; the partial version is removed by the next publish",
                         extra={"version": version})
+            _remove_if_taken_over(engine, version, meta)
             raise
 
         # users forgotten while we wrote: remove them before anyone can read this version. A
@@ -500,20 +503,24 @@ def publish_bundle(
         # the count is then short by those users, so a short count re-reads the forget list
         # once before it fails the publish.
         late_ids: set[str] = set()
-        for attempt in range(2):
-            late = set(engine.forgotten_users()) - entries
-            late_ids = set(resolve_forgotten(late, user_ids, engine.id_hasher)) - forgotten if late else set()
-            late_here = engine.user_keys(sorted(late_ids))
-            if late_here:
-                engine.delete_users(version, late_here)
-            expected_users = len(order) - len(late_here)
-            try:
-                verify_version(engine, version, expected_users, n_similar, set(blobs))
-                break
-            except StoreUnavailable:
-                if attempt == 1 or engine.count_users(version) >= expected_users:
-                    raise
-        engine.refresh_publish_lock(version)  # still ours: no other publish started meanwhile
+        try:
+            for attempt in range(2):
+                late = set(engine.forgotten_users()) - entries
+                late_ids = set(resolve_forgotten(late, user_ids, engine.id_hasher)) - forgotten if late else set()
+                late_here = engine.user_keys(sorted(late_ids))
+                if late_here:
+                    engine.delete_users(version, late_here)
+                expected_users = len(order) - len(late_here)
+                try:
+                    verify_version(engine, version, expected_users, n_similar, set(blobs))
+                    break
+                except StoreUnavailable:
+                    if attempt == 1 or engine.count_users(version) >= expected_users:
+                        raise
+            engine.refresh_publish_lock(version)  # still ours: no other publish started meanwhile
+        except BaseException:
+            _remove_if_taken_over(engine, version, meta)  # the last batches may have landed late
+            raise
         keys = engine.count_keys(version)
         meta.update(status=READY, published_at=utc_now(), n_users=expected_users,
                     bytes=total_bytes, keys=keys)
@@ -533,6 +540,25 @@ def publish_bundle(
         removed_versions=removed,
         cleaned_partial=cleaned,
     )
+
+
+def _remove_if_taken_over(engine: StoreEngine, version: str, meta: dict[str, Any]) -> None:
+    """Remove what this stopped publish wrote if its version left the version table.
+
+    That happens when the publish lost its lock (it stalled past the lock's TTL) and the
+    publisher that took the lock over dropped the version as partial: a batch still in flight
+    then landed on keys nothing lists, which no later publish would find. Called once this
+    publish's writer has stopped. A version still listed is left to the next publish's
+    clean-up of partial versions. Never raises: the publish's own error is the one to report.
+    """
+    try:
+        if version in engine.version_table():
+            return
+        engine.drop_version(version, meta)
+        log.info("removed the keys of a publish that lost its lock", extra={"version": version})
+    except Exception as exc:
+        log.warning("could not remove the keys of a publish that lost its lock",
+                    extra={"version": version, "error": type(exc).__name__})
 
 
 def _rewrite_if_ids_differ(
