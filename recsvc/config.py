@@ -274,8 +274,16 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
 
 
 def check_train_config(config: TrainConfig) -> None:
-    """InvalidInput naming the first setting that is not a finite number in its range."""
+    """InvalidInput naming the first setting that is not a finite number in its range, or a
+    default recommender that is disabled (before any data is read)."""
     check_ranges(config, _RANGES)
+    default = config.default_recommender
+    if not getattr(getattr(config, default, None), "enabled", True):
+        raise InvalidInput(
+            f"{default}.enabled",
+            f"the default recommender '{default}' is disabled; enable it or choose another "
+            "default_recommender (--model)",
+        )
 
 
 def check_ranges(

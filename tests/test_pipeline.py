@@ -119,6 +119,31 @@ def test_ease_leaves_the_default_blend_above_its_catalogue_limit() -> None:
     assert default_models(load_train_config(None, {"default_recommender": "ease"}), 10**6)[0] == "ease"
 
 
+def test_disabled_models_leave_the_default_blend() -> None:
+    from recsvc.errors import InvalidInput
+    from training.pipeline import default_models
+
+    default, parts, note = default_models(load_train_config(None, {"als.enabled": False}), 50)
+    assert (default, parts) == ("ease", [])
+    assert note == "als disabled: left out of the default blend; the default recommender is ease"
+    both = load_train_config(None, {"als.enabled": False, "ease.enabled": False})
+    assert default_models(both, 50)[:2] == ("itemknn", [])
+    none = load_train_config(None, {"als.enabled": False, "ease.enabled": False, "itemknn.enabled": False})
+    assert default_models(none, 50)[:2] == ("popular", [])
+    with pytest.raises(InvalidInput, match=r"^als.enabled: the default recommender 'als' is disabled"):
+        default_models(load_train_config(None, {"default_recommender": "als", "als.enabled": False}), 50)
+
+
+def test_no_als_no_ease_fits_neither(store_data: Path, tmp_path: Path) -> None:
+    config = load_train_config(
+        None, {**FAST, "als.enabled": False, "ease.enabled": False, "itemknn.enabled": True}
+    )
+    bundle = Bundle(train(store_data / "events.csv", tmp_path / "d", config).path)
+    assert bundle.default_recommender == "itemknn"
+    assert not {"als", "ease", "blend"} & set(bundle.recommenders)
+    assert "ease, als disabled" in bundle.manifest["default_recommender_note"]
+
+
 def test_large_catalogue_bundle_names_the_model_that_ranks(store_data: Path, tmp_path: Path) -> None:
     config = load_train_config(None, {**FAST, "ease.max_items": 10})  # 60 items: above the limit
     bundle = Bundle(train(store_data / "events.csv", tmp_path / "d", config).path)

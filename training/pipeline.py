@@ -173,20 +173,30 @@ def default_models(config: TrainConfig, n_items: int) -> tuple[str, list[str], s
     is that part itself, so the candidates, the server's real-time scoring and the manifest
     all name the model that actually ranks.
     """
-    if config.default_recommender != "blend":
+    def enabled(name: str) -> bool:  # `[als] enabled = false` or --no-als: never fitted
+        return bool(getattr(getattr(config, name, None), "enabled", True))
+
+    if config.default_recommender != "blend":  # enabled: recsvc.config checks it
         return config.default_recommender, [], ""
     parts = [name for name, weight in config.blend.items() if weight > 0]
-    note = ""
+    notes = []
+    disabled = [name for name in parts if not enabled(name)]
+    if disabled:
+        parts = [name for name in parts if name not in disabled]
+        notes.append(f"{', '.join(disabled)} disabled: left out of the default blend")
     if "ease" in parts and n_items > config.ease.max_items and len(parts) > 1:
         parts.remove("ease")
-        note = (
+        notes.append(
             f"ease left out of the default blend: {n_items} items > ease.max_items "
             f"{config.ease.max_items}"
         )
-    if len(parts) == 1:
-        note = f"{note}; the default recommender is {parts[0]}" if note else ""
-        return parts[0], [], note
-    return "blend", parts, note
+    if len(parts) <= 1:
+        # every part disabled: item-kNN if it is on, else the popularity list
+        single = parts[0] if parts else ("itemknn" if enabled("itemknn") else "popular")
+        if notes:
+            notes.append(f"the default recommender is {single}")
+        return single, [], "; ".join(notes)
+    return "blend", parts, "; ".join(notes)
 
 
 def factor_candidates(
