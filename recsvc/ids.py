@@ -7,6 +7,7 @@ chunks of a log can be mapped one after another.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,22 @@ def _expand(codes: np.ndarray, mapped: np.ndarray) -> np.ndarray:
     valid = codes >= 0
     out[valid] = mapped[codes[valid]]
     return out
+
+
+def read_id_lines(path: str | Path, flag: str, header: str = "user_id") -> list[str]:
+    """The distinct ids of a text file, one a line, in file order: blank lines and surrounding
+    spaces ignored, a first line equal to `header` taken for a header (a customer may be called
+    that), a byte-order mark (Notepad, Excel "UTF-8") not part of the first id. InvalidInput
+    naming `flag` when the file is missing or holds no id."""
+    from recsvc.errors import InvalidInput
+
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInput(flag, f"'{path}' is not an existing file")
+    ids = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
+    if ids and ids[0] == header:
+        ids = ids[1:]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise InvalidInput(flag, f"{path} holds no ids")
+    return list(dict.fromkeys(ids))

@@ -69,6 +69,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc.client import ClientSecurity, retry_options
 from recsvc.errors import InvalidInput, NotFound
+from recsvc.ids import read_id_lines
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -209,11 +210,11 @@ def _read_id_table(path: Path, column: str) -> list[str] | None:
         if column not in pq.read_schema(path).names:
             return None
         return [str(v) for v in pd.read_parquet(path, columns=[column])[column].dropna().unique()]
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         header = handle.readline().strip().split(",")
     if column not in header:
         return None
-    frame = pd.read_csv(path, usecols=[column], dtype=str)
+    frame = pd.read_csv(path, usecols=[column], dtype=str, encoding="utf-8-sig")
     return [str(v) for v in frame[column].dropna().unique()]
 
 
@@ -306,10 +307,7 @@ def load_ids(source: str, max_users: int = 1_000_000) -> Ids:
         if users is None and items is None:
             raise InvalidInput("--users-from", f"{source} has neither a user_id nor an item_id column")
         return Ids(tuple(users or ()), tuple(items or ()), f"file {path.name}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    users = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if not users:
-        raise InvalidInput("--users-from", f"{source} holds no ids")
+    users = read_id_lines(path, "--users-from")
     return Ids(tuple(users), (), f"file {path.name}")
 
 

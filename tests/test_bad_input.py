@@ -465,6 +465,11 @@ def test_values_that_would_give_an_empty_or_silent_answer_are_refused(
         (["buyagain", "--bundle", str(small_bundle), "--user", "u000001", "--min-score", "nan"], "--min-score"),
         (["rules", "--events", str(events), "--purchase-types", "order", "--out", str(tmp_path / "rules.csv")],
          "--purchase-types: no row of the log has type order (its types: purchase)"),
+        # settings are checked before the log is read (this one does not exist)
+        (["rules", "--events", str(tmp_path / "missing.csv"), "--max-len", "1", "--out", str(tmp_path / "r.csv")],
+         "--max-len: rules need itemsets of at least 2 items, got 1"),
+        (["rules", "--events", str(events), "--min-support", "0", "--out", str(tmp_path / "r.csv")],
+         "--min-support: must be in (0, 1], got 0.0"),
         (["serve", "--bundle", str(small_bundle), "--insecure-no-auth", "--port", "0", "--host",
           "no-such-host.invalid"], "--host: cannot listen on no-such-host.invalid:0"),
         (["serve", "--bundle", str(small_bundle), "--port", "0", "--tokens-file", str(tokens_dir)],

@@ -168,12 +168,13 @@ def test_bench_serve_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixtu
 
 # -- where ids come from ----------------------------------------------------------------------
 def test_ids_from_files_and_bundles(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+    # read like recommend --users: a BOM and a header are no ids, '#42' is one
     plain = tmp_path / "users.txt"
-    plain.write_text("# customers\nu1\nu2\n\nu3\n")
-    assert load_ids(str(plain)).users == ("u1", "u2", "u3")
+    plain.write_text("\ufeffuser_id\n#42\nu1\nu2\n\nu3\nu1\n", encoding="utf-8")
+    assert load_ids(str(plain)).users == ("#42", "u1", "u2", "u3")
 
     table = tmp_path / "events.csv"
-    table.write_text("user_id,item_id,event_type\na,x,view\nb,y,view\na,y,cart\n")
+    table.write_text("\ufeffuser_id,item_id,event_type\na,x,view\nb,y,view\na,y,cart\n", encoding="utf-8")
     from_table = load_ids(str(table))
     assert sorted(from_table.users) == ["a", "b"] and sorted(from_table.items) == ["x", "y"]
 

@@ -163,8 +163,13 @@ def _mine_from_events(args: argparse.Namespace, fmt: str) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.events import load_events
     from training.baskets import baskets_from_events
-    from training.rules import min_count_for, mine_rules
+    from training.rules import check_rule_settings, min_count_for, mine_rules
 
+    check_rule_settings(  # before the log is read
+        args.min_support, args.min_confidence, args.max_len, args.max_rules,
+        {"min_support": "--min-support", "min_confidence": "--min-confidence",
+         "max_len": "--max-len", "max_rules": "--max-rules"},
+    )
     # Only item_id is required: views and carts carry no order id and are not bad rows, and a
     # log without order ids groups each user's purchases into windows instead.
     log, report = load_events(args.events, load_options(args, required=("item_id",)))

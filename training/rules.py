@@ -309,11 +309,7 @@ def mine_rules(
     counts as "bought". Rules come sorted by confidence, then lift, descending; `max_rules`
     keeps the first that many. Raises InvalidInput for thresholds outside [0, 1] or max_len < 2.
     """
-    _check_fraction("min_confidence", min_confidence, allow_zero=True)
-    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 2:
-        raise InvalidInput("max_len", f"rules need itemsets of at least 2 items, got {max_len!r}")
-    if max_rules is not None and max_rules < 0:
-        raise InvalidInput("max_rules", f"must not be negative, got {max_rules}")
+    check_rule_settings(min_support, min_confidence, max_len, max_rules)
     levels, frequent_items, n_orders = _mine_levels(baskets, min_support, max_len)
     if len(levels) < 2:
         return RuleSet.empty(n_orders)
@@ -383,6 +379,26 @@ def mine_rules(
         conviction=conviction,
         n_orders=n_orders,
     )
+
+
+def check_rule_settings(
+    min_support: float,
+    min_confidence: float,
+    max_len: int,
+    max_rules: int | None,
+    names: dict[str, str] | None = None,
+) -> None:
+    """InvalidInput for thresholds outside their range or max_len < 2, naming the setting as
+    `names` says (e.g. the CLI flag) or by its parameter name. Callers check before the work
+    that needs them (reading a log) as well as `mine_rules` itself."""
+    name = (names or {}).get
+    _check_fraction(name("min_support", "min_support"), min_support, allow_zero=False)
+    _check_fraction(name("min_confidence", "min_confidence"), min_confidence, allow_zero=True)
+    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 2:
+        raise InvalidInput(name("max_len", "max_len"),
+                           f"rules need itemsets of at least 2 items, got {max_len!r}")
+    if max_rules is not None and max_rules < 0:
+        raise InvalidInput(name("max_rules", "max_rules"), f"must not be negative, got {max_rules}")
 
 
 def _check_fraction(name: str, value: float, allow_zero: bool) -> None:

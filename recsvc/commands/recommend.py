@@ -33,18 +33,11 @@ def register(subparsers: Any) -> None:
 
 def read_user_file(path: str) -> list[str]:
     from recsvc.errors import InvalidInput
+    from recsvc.ids import read_id_lines
 
-    file = Path(path)
-    if not file.exists():
+    if not Path(path).exists():
         raise InvalidInput("--users", f"'{path}' is neither 'all' nor an existing file")
-    # utf-8-sig: a byte-order mark (Notepad, Excel "UTF-8") is not part of the first id
-    users = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
-    if users and users[0] == "user_id":  # a header line (a customer may be called user_id)
-        users = users[1:]
-    users = [u for u in users if u]
-    if not users:
-        raise InvalidInput("--users", f"{path} holds no user ids")
-    return list(dict.fromkeys(users))
+    return read_id_lines(path, "--users")
 
 
 def run(args: argparse.Namespace) -> int:
