@@ -112,3 +112,15 @@ def test_a_publisher_that_lost_its_lock_leaves_no_keys_behind(redis_url: str, bu
     assert left == []  # the batch that landed after the takeover was removed by its publisher
     first.close()
     second.close()
+
+
+def test_versions_published_within_one_second_keep_their_publish_order(
+    store: Any, bundles: Path  # noqa: F811
+) -> None:
+    # published one right after the other; the second's id sorts first (an older bundle)
+    first = make_bundle(bundles, "20260102T000000Z-bbbb", marker=1)
+    second = make_bundle(bundles, "20260101T000000Z-aaaa", marker=2)
+    store.publish(first, progress=False)
+    store.publish(second, progress=False)
+    assert [v.id for v in store.versions()] == [first.version, second.version]
+    assert store.rollback() == first.version  # back to the one published before

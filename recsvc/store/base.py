@@ -55,7 +55,7 @@ class VersionInfo:
 
     id: str
     created_at: str  # bundle creation time, ISO-8601 UTC
-    published_at: str  # when the publish finished (started, while partial), ISO-8601 UTC
+    published_at: str  # when the publish finished (started, while partial), ISO-8601 UTC, ms
     status: str  # READY or PARTIAL
     is_current: bool
     n_users: int

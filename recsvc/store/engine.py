@@ -299,7 +299,7 @@ class StoreEngine(ABC):
             )
             for v, m in table.items()
         ]
-        return sorted(infos, key=lambda i: (i.published_at, i.id))
+        return sorted(infos, key=lambda i: (_epoch(i.published_at), i.id))
 
     def _require(self, version: str, name: str) -> bytes:
         blob = self.get_blob(version, name)
@@ -516,7 +516,7 @@ class StoreEngine(ABC):
         if to is None:
             ready = sorted(
                 (v for v, m in table.items() if m.get("status") == READY),
-                key=lambda v: (str(table[v].get("published_at", "")), v),
+                key=lambda v: (_epoch(str(table[v].get("published_at", ""))), v),
             )
             if current not in ready:
                 raise NotFound("nothing to roll back to: no current version")

@@ -60,7 +60,9 @@ BatchHook = Callable[[str, int, int], None]  # (stage, done, total), called afte
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """The time now, ISO-8601 UTC to the millisecond: versions published within one second
+    must still sort in publish order (rollback goes to the one published before current)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def epoch_of(iso: str) -> float:
@@ -619,7 +621,7 @@ def prune_versions(engine: StoreEngine, keep: int, previous: str | None = None) 
     switched = engine.switch_order()
     ready = sorted(
         (v for v, meta in table.items() if meta.get("status") == READY),
-        key=lambda v: (switched.get(v, 0), str(table[v].get("published_at", "")), v),
+        key=lambda v: (switched.get(v, 0), epoch_of(str(table[v].get("published_at", ""))), v),
     )
     doomed = [v for v in ready[: max(0, len(ready) - keep)] if v not in (current, previous)]
     for version in doomed:
