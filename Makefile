@@ -53,7 +53,7 @@ java-runtime:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check recsvc training serving tests benchmarks
-	$(VENV)/bin/mypy recsvc
+	$(VENV)/bin/mypy recsvc training serving
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q

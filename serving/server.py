@@ -174,7 +174,7 @@ def _listen_flag(host: str) -> str:
 
     try:
         for *_, sockaddr in socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
-            with socket.socket(socket.AF_INET6 if ":" in sockaddr[0] else socket.AF_INET) as probe:
+            with socket.socket(socket.AF_INET6 if ":" in str(sockaddr[0]) else socket.AF_INET) as probe:
                 probe.bind((sockaddr[0], 0))
             return "--port"
     except OSError:

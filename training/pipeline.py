@@ -30,6 +30,7 @@ from recsvc.progress import progress
 from recsvc.ranking import top_candidates
 from recsvc.scorers import BlendScorer, FactorScorer, save_scorer
 from training.models import build_model
+from training.models.base import Recommender
 from training.models.blend import BlendModel
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,7 @@ def train(
         scorers: dict[str, Any] = {}
         for name in model_names:
             done = step(f"fit {name}")
+            model: Recommender
             if name == "blend":  # its parts are fitted above: reuse them, don't fit twice
                 model = BlendModel.from_fitted(
                     [(fitted[part], float(config.blend[part])) for part in blend_parts]

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Self
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -94,9 +95,9 @@ def model_specs(names: Sequence[str], config: TrainConfig, seed: int = 42) -> li
     specs: list[ModelSpec] = []
     for name in names:
         if name == LIBRARY_ALS:
-            specs.append(ModelSpec(name, lambda seed=seed: LibraryDefaultALS(seed), binary=True))
+            specs.append(ModelSpec(name, partial(LibraryDefaultALS, seed), binary=True))
         elif name in MODELS:
-            specs.append(ModelSpec(name, lambda name=name: build_model(name, config)))
+            specs.append(ModelSpec(name, partial(build_model, name, config)))
         else:
             known = ", ".join([*MODELS, LIBRARY_ALS])
             raise InvalidInput("--models", f"unknown model '{name}' (one of {known})")

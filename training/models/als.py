@@ -45,7 +45,7 @@ class ALSModel(Recommender):
 
     @classmethod
     def from_config(cls, config: TrainConfig, **overrides: Any) -> Self:
-        params = {
+        params: dict[str, Any] = {
             "factors": config.als.factors,
             "iterations": config.als.iterations,
             "regularization": config.als.regularization,
@@ -108,7 +108,7 @@ class BPRModel(Recommender):
 
     @classmethod
     def from_config(cls, config: TrainConfig, **overrides: Any) -> Self:
-        params = {
+        params: dict[str, Any] = {
             "factors": config.bpr.factors,
             "iterations": config.bpr.iterations,
             "learning_rate": config.bpr.learning_rate,

@@ -155,7 +155,7 @@ def least_squares_cg(
         raise ValueError("ALS factors must be C-contiguous")
     factors = X.shape[1]
     YtY = Y.T @ Y + np.float32(regularization) * np.eye(factors, dtype=np.float32)
-    threads = min(num_threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
+    threads = min(num_threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     data = np.asarray(Cui.data, dtype=np.float32)
     longest = int(np.diff(Cui.indptr).max(initial=0))
     block_rows = max(1, min(longest, BLOCK_BYTES // (4 * factors)))
