@@ -3,7 +3,10 @@
 Layout of one bundle (format version 1), `bundles/<version>/`:
 
     manifest.json                 version id, created_at, input fingerprint, row and bad-row
-                                  counts, parameters, library versions, models, artifacts
+                                  counts, parameters, library versions, models, artifacts;
+                                  catalog_read_at (when the trainer read the items file: item
+                                  updates made after it apply to this bundle in the store;
+                                  absent, created_at stands for it)
     ids/users.parquet             user_id (row i = user index i)
     ids/items.parquet             item_id, category, price, in_stock, title (row i = item i)
     seen/{indptr,indices,data}.npy    users x items interaction strengths (CSR), for exclusions
@@ -53,6 +56,11 @@ from recsvc.ids import IdMap
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+
+
+def utc_timestamp() -> str:
+    """The time now, ISO-8601 UTC to the millisecond (for manifest times: catalog_read_at)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def fingerprint_files(paths: Iterable[str | Path | None]) -> dict[str, Any]:

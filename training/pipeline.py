@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.bundle import BundleWriter, fingerprint_files
+from recsvc.bundle import BundleWriter, fingerprint_files, utc_timestamp
 from recsvc.config import TrainConfig, to_dict
 from recsvc.errors import InvalidInput
 from recsvc.events import Catalog, EventLog, LoadOptions, LoadReport, load_catalog, load_events
@@ -309,6 +309,7 @@ def train(
     done = step("load")
     event_log, report = load_events(events, options)
     event_log = drop_users(event_log, forgotten, report)
+    catalog_read_at = utc_timestamp()  # item updates after this apply to the bundle (store)
     catalog = (
         load_catalog(items, event_log.items, report) if items else Catalog.empty(len(event_log.items))
     )
@@ -459,6 +460,7 @@ def train(
                 "trained_until": now,
                 "timings": timings,
                 "forgotten_users": len(forgotten),
+                "catalog_read_at": catalog_read_at,
             }
         )
     except BaseException:

@@ -395,7 +395,9 @@ class StoreEngine(ABC):
         updates = self.item_updates()
         meta = self.version_table().get(version, {})
         self._check_user_ids(version, meta)
-        created = _epoch(str(meta.get("created_at", "")))
+        # overrides apply when newer than the bundle's catalogue: when the trainer read it
+        # (a bundle trains for a while after that), else when the bundle was created
+        created = _epoch(str(meta.get("catalog_read_at") or meta.get("created_at", "")))
         category = base["category"].copy()
         price = base["price"].copy()
         in_stock = base["in_stock"].copy()

@@ -431,6 +431,8 @@ def publish_bundle(
             "id": version,
             "status": PARTIAL,
             "created_at": content.created_at,
+            # item updates made after the trainer read the catalogue apply to this version
+            "catalog_read_at": str(content.manifest.get("catalog_read_at") or content.created_at),
             "published_at": utc_now(),
             "n_users": 0,
             "n_items": n_items,
