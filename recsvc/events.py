@@ -23,6 +23,7 @@ import logging
 import lzma
 import math
 import re
+import time
 import warnings
 import zlib
 from collections import Counter
@@ -578,7 +579,7 @@ def check_time_format(time_format: str | None) -> str | None:
 def parse_timestamps(values: pd.Series, time_format: str | None = None) -> np.ndarray:
     """Epoch seconds (float64, NaN where unparsable) from ISO-8601 text or epoch s / ms / µs / ns;
     with `time_format` (strftime; UTC unless it has %z) text in that format, else epoch numbers
-    (a Parquet timestamp column arrives as epoch seconds)."""
+    (a Parquet timestamp column arrives as epoch seconds). "now" and "today" are unparsable."""
     given = values.notna().to_numpy()
     out = np.full(len(values), np.nan)
     first = values[given].iloc[0] if given.any() else None
@@ -607,14 +608,32 @@ def parse_timestamps(values: pd.Series, time_format: str | None = None) -> np.nd
             parsed = numeric
         else:
             text_format = "ISO8601" if form == "iso" else time_format
+            started = time.time()
             stamps = pd.to_datetime(part, errors="coerce", utc=True, format=text_format)
             # in the parsed unit: years 1-9999 parse, and nanoseconds would overflow past 2262
             epoch = pd.Timestamp(0, tz="UTC").as_unit(stamps.dt.unit)
             seconds = (stamps - epoch).dt.total_seconds()
-            parsed = seconds.to_numpy(dtype="float64", na_value=np.nan)
+            parsed = seconds.to_numpy(dtype="float64", na_value=np.nan, copy=True)
+            parsed[_run_time_words(part, parsed, started)] = np.nan
         out[pending] = parsed
         pending = pending & np.isnan(out)
     return out
+
+
+_RUN_TIME_WORDS = ("now", "today")
+
+
+def _run_time_words(text: pd.Series, parsed: np.ndarray, started: float) -> np.ndarray:
+    """Where `text` is "now" or "today" (any case, spaces around), which pandas reads as the
+    clock of the run: no log means that. Such text parses to within two days of `started`
+    (the clock before parsing; "today" may be a midnight in another zone), so only the rows
+    parsed that late are read again: a log's text is not lowered row by row for this."""
+    late = parsed >= started - 2 * 86_400
+    found = np.zeros(len(text), dtype=bool)
+    if late.any():
+        words = text[late].astype(str).str.strip().str.lower()
+        found[late] = words.isin(_RUN_TIME_WORDS).to_numpy()
+    return found
 
 
 def _looks_numeric(text: str) -> bool:

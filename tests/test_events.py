@@ -344,25 +344,37 @@ def test_a_late_non_ascii_key_is_found_however_it_is_written(tmp_path: Path, asc
     assert np.isnan(log.price[0]) and log.price[1] == 4.5
 
 
-US_DATES = (  # the UCI Online Retail CSV export's InvoiceDate, a Parquet-like epoch row, two bad
+US_DATES = (  # the UCI Online Retail CSV export's InvoiceDate, a Parquet-like epoch row, three bad
     "user_id,item_id,timestamp\n"
     "u1,i1,12/1/2010 8:26\n"
     "u2,i2,1/12/2011 14:05\n"
     "u3,i1,1291191960\n"
     "u4,i2,2010-12-01T08:26:00Z\n"
     "u5,i1,13/1/2011 9:00\n"
+    "u6,i2,now\n"
 )
 
 
 def test_a_time_format_reads_us_style_dates(tmp_path: Path) -> None:
     path = write(tmp_path, "retail.csv", US_DATES)
     _, plain = load_events(path, LoadOptions(event_type="purchase"))
-    assert plain.bad_rows["unparsable timestamp"] == 3  # without the format: the US dates
+    assert plain.bad_rows["unparsable timestamp"] == 4  # without the format: the US dates, "now"
     log, report = load_events(path, LoadOptions(event_type="purchase", time_format="%m/%d/%Y %H:%M"))
-    assert dict(report.bad_rows) == {"unparsable timestamp": 2}  # ISO text and month 13
-    assert report.examples["unparsable timestamp"] == [4, 5]
+    assert dict(report.bad_rows) == {"unparsable timestamp": 3}  # ISO text, month 13, "now"
+    assert report.examples["unparsable timestamp"] == [4, 5, 6]
     assert log.users.decode(log.user) == ["u1", "u2", "u3"]
     assert log.timestamp.tolist() == [1291191960, 1294841100, 1291191960]  # UTC; epoch still read
+
+
+RUN_TIME_WORDS = ["now", "today", "NOW", " now ", "Today", " TODAY\t"]
+
+
+@pytest.mark.parametrize("first", ["2026-01-01T00:00:00Z", "1767225600", "12/1/2010 8:26"])
+def test_now_and_today_are_unparsable_not_the_time_of_the_run(first: str) -> None:
+    # pandas reads "now" and "today" as the clock of the run: a log never means that
+    time_format = "%m/%d/%Y %H:%M" if "/" in first else None
+    out = parse_timestamps(pd.Series([first, *RUN_TIME_WORDS]), time_format)
+    assert np.isfinite(out[0]) and np.isnan(out[1:]).all()
 
 
 @pytest.mark.parametrize("spec", ["MM/dd/yyyy", "%Q %m"])
@@ -383,6 +395,8 @@ ODD_TIMES = (  # typo'd years and epochs in the wrong unit: counted, never a cra
     "u3,i2,view,-5\n"
     "u4,i2,view,2100-01-01T00:00:00Z\n"
     "u4,i1,view,2099-12-31T23:59:59Z\n"
+    "u5,i1,view,now\n"
+    "u5,i2,view, Today \n"
 )
 
 
@@ -390,8 +404,9 @@ def test_times_out_of_range_are_bad_rows(tmp_path: Path) -> None:
     from recsvc.events import TIME_OUT_OF_RANGE
 
     log, report = load_events(write(tmp_path, "odd.csv", ODD_TIMES))
-    assert dict(report.bad_rows) == {TIME_OUT_OF_RANGE: 5}
+    assert dict(report.bad_rows) == {TIME_OUT_OF_RANGE: 5, "unparsable timestamp": 2}
     assert report.examples[TIME_OUT_OF_RANGE] == [3, 4, 5, 6, 7]
+    assert report.examples["unparsable timestamp"] == [9, 10]
     assert log.timestamp.tolist() == [1767225600, 1767304800, 4102444799]
 
 
@@ -406,6 +421,8 @@ ODD_CSVS = {
     "blank order ids": ("user_id,item_id,event_type,order_id\nu1,i1,purchase, \nu2,i2,purchase,\n"
                         "u1,i2,purchase,o1\n"),
     "java number syntax": "user_id,item_id,quantity,price\nu1,i1,2d,1\nu2,i2,1,0x1p3\nu3,i3,1,2.5\n",
+    "now and today among epoch times": (
+        "user_id,item_id,timestamp\nu0,i0,1767225600\nu1,i1,now\nu2,i2,today\nu3,i3, NOW \n"),
 }
 
 
@@ -425,6 +442,8 @@ def test_odd_csvs_are_read_as_documented(tmp_path: Path) -> None:
     assert log.order.tolist() == [-1, -1, 0] and list(log.orders.ids) == ["o1"]  # no shared "" order
     log, report = logs["java number syntax"]
     assert log.users.ids == ["u3"] and dict(report.bad_rows) == {"unparsable quantity": 1, "unparsable price": 1}
+    log, report = logs["now and today among epoch times"]
+    assert log.users.ids == ["u0"] and report.examples == {"unparsable timestamp": [2, 3, 4]}
 
 
 def test_a_parquet_time_past_2099_is_out_of_range_not_1978(tmp_path: Path) -> None:

@@ -471,7 +471,7 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
 @pytest.mark.parametrize("case", [
     "an unused column and a line with a field too many", "the first row with a field too many",
     "doubled quotes inside a quoted id", "an epoch far too large", "blank order ids",
-    "java number syntax",
+    "java number syntax", "now and today among epoch times",
 ])
 def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
     from tests.test_events import ODD_CSVS
