@@ -251,6 +251,8 @@ class LoadOptions:
 # Event times the loaders accept, epoch seconds: 1970-01-01 to the end of 2099 (both engines).
 TIME_RANGE = (0.0, 4_102_444_800.0)
 TIME_OUT_OF_RANGE = "timestamp out of range (before 1970 or after 2099)"
+# Quantities, prices and ratings are kept as float32, where a larger number is infinite.
+NUMBER_OUT_OF_RANGE = "{} out of range (above 3.4e38 or below -3.4e38)"
 
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
 # order, malformed ones included: the CSV header and blank JSON lines are not records. Rows
@@ -780,14 +782,20 @@ class _Chunk:
         return codes, clean
 
     def numeric(self, canonical: str, default: float) -> np.ndarray:
+        """The column as kept (float32; `default` where missing), its bad values rejected:
+        text that is no finite number, and numbers beyond float32, which would be infinite."""
         series = self.col(canonical)
         if series is None:
-            return np.full(self.n, default, dtype="float64")
+            return np.full(self.n, default, dtype=np.float32)
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", copy=True)
         given = series.notna().to_numpy()
-        self.reject(given & ~np.isfinite(values), f"unparsable {canonical}")
-        values[~given] = default
-        return values
+        finite = np.isfinite(values)
+        self.reject(given & ~finite, f"unparsable {canonical}")
+        with np.errstate(over="ignore"):
+            kept = values.astype(np.float32)
+        self.reject(given & finite & ~np.isfinite(kept), NUMBER_OUT_OF_RANGE.format(canonical))
+        kept[~given] = default
+        return kept
 
 
 def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[EventLog, LoadReport]:
@@ -850,6 +858,7 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         else:
             ts = np.zeros(n)
 
+        # checked as kept: a quantity too small for float32 is a zero quantity
         quantity = rows.numeric("quantity", 1.0)
         reject(quantity < 0, "negative quantity (return or cancellation)")
         reject(quantity == 0, "zero quantity")
@@ -925,9 +934,9 @@ def load_events(path: str | Path, options: LoadOptions | None = None) -> tuple[E
         parts["order_id"].append(orders.encode_codes(order_raw[0][ok], order_raw[1]))
         parts["event_type"].append(events[ok])
         parts["timestamp"].append(np.round(ts[ok]).astype(np.int64))
-        parts["quantity"].append(quantity[ok].astype(np.float32))
-        parts["price"].append(price[ok].astype(np.float32))
-        parts["rating"].append(rating[ok].astype(np.float32))
+        parts["quantity"].append(quantity[ok])
+        parts["price"].append(price[ok])
+        parts["rating"].append(rating[ok])
     bar.close()
 
     if not checked:
@@ -1067,8 +1076,12 @@ def load_catalog(
         price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64", copy=True)
         bad = frame["price"].notna().to_numpy() & (~np.isfinite(price) | (price < 0))
         report.add_bad(CATALOG + "unparsable or negative price", rows[bad])
-        price[bad] = np.nan
-        catalog.price[index[known]] = price[known].astype(np.float32)
+        with np.errstate(over="ignore"):
+            kept = price.astype(np.float32)
+        beyond = ~bad & np.isinf(kept)  # kept as float32, where it would be infinite
+        report.add_bad(CATALOG + NUMBER_OUT_OF_RANGE.format("price"), rows[beyond])
+        kept[bad | beyond] = np.nan
+        catalog.price[index[known]] = kept[known]
     if "in_stock" in frame.columns:
         flags = frame["in_stock"].fillna("").astype(str).str.strip().str.lower()
         is_true = flags.isin(_TRUE).to_numpy()

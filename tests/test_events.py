@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from recsvc.errors import InvalidInput, TooManyBadRows
 from recsvc.events import (
+    NUMBER_OUT_OF_RANGE,
     TIME_OUT_OF_RANGE,
     LoadOptions,
     load_catalog,
@@ -258,6 +259,11 @@ def test_catalog_alignment_and_bad_values(tmp_path: Path) -> None:
     assert report.rows_kept + report.rows_bad == report.rows_read == 2
     assert "catalogue rows bad 2" in report.summary_lines()[0]
     assert not any("repeated" in note for note in report.notes)
+    huge = write(tmp_path, "huge.csv", "item_id,price\ni1,1e39\ni2,-1e39\n")  # beyond float32
+    catalog = load_catalog(huge, log.items, report)
+    assert np.isnan(catalog.price[:2]).all()
+    assert report.bad_rows["catalog: " + NUMBER_OUT_OF_RANGE.format("price")] == 1
+    assert report.bad_rows["catalog: unparsable or negative price"] == 2
     again = write(tmp_path, "again.csv", "item_id,price\ni1,3\ni2,4\ni1,5\ni1,6\n")
     catalog = load_catalog(again, log.items, report)
     assert catalog.price[0] == 6  # the last row of i1
@@ -423,6 +429,9 @@ ODD_CSVS = {
     "java number syntax": "user_id,item_id,quantity,price\nu1,i1,2d,1\nu2,i2,1,0x1p3\nu3,i3,1,2.5\n",
     "now and today among epoch times": (
         "user_id,item_id,timestamp\nu0,i0,1767225600\nu1,i1,now\nu2,i2,today\nu3,i3, NOW \n"),
+    "numbers beyond float32": (  # kept as float32: 1e39 would be infinite, 1e-50 zero
+        "user_id,item_id,quantity,price,rating\nu1,i1,1e39,1,4\nu2,i2,1,1e39,4\nu3,i3,1,2,1e39\n"
+        "u4,i4,2,-1e39,3\nu5,i5,3.4028234663852886e38,2.5,5\nu6,i6,1e-50,1,1\nu7,i7,2,3.5e38,5\n"),
 }
 
 
@@ -444,6 +453,14 @@ def test_odd_csvs_are_read_as_documented(tmp_path: Path) -> None:
     assert log.users.ids == ["u3"] and dict(report.bad_rows) == {"unparsable quantity": 1, "unparsable price": 1}
     log, report = logs["now and today among epoch times"]
     assert log.users.ids == ["u0"] and report.examples == {"unparsable timestamp": [2, 3, 4]}
+    log, report = logs["numbers beyond float32"]
+    assert log.users.ids == ["u5"] and report.examples == {
+        NUMBER_OUT_OF_RANGE.format("quantity"): [1],
+        NUMBER_OUT_OF_RANGE.format("price"): [2, 4, 7],
+        NUMBER_OUT_OF_RANGE.format("rating"): [3],
+        "zero quantity": [6],
+    }
+    assert np.isfinite(log.quantity).all() and np.isfinite(log.price).all() and np.isfinite(log.rating).all()
 
 
 def test_a_parquet_time_past_2099_is_out_of_range_not_1978(tmp_path: Path) -> None:

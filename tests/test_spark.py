@@ -471,7 +471,7 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
 @pytest.mark.parametrize("case", [
     "an unused column and a line with a field too many", "the first row with a field too many",
     "doubled quotes inside a quoted id", "an epoch far too large", "blank order ids",
-    "java number syntax", "now and today among epoch times",
+    "java number syntax", "now and today among epoch times", "numbers beyond float32",
 ])
 def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
     from tests.test_events import ODD_CSVS
@@ -595,6 +595,7 @@ def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
         "i2,tea,-1,maybe,Odd\n"
         "i3\x01,tea,1,yes,Control\n"
         "i4,tea,1,yes,Too,many,fields\n"
+        "i5,tea,1e39,yes,Beyond float32\n"
         "i1,coffee,4.0,no,Beans again\n"
     )
     report = LoadReport()
@@ -609,7 +610,8 @@ def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
     assert dict(spark_report.bad_rows) == dict(report.bad_rows)
     assert spark_report.notes == report.notes == [
         "catalog: item_id repeated by a later row in 1 row; each item's last row is used"]
-    assert set(rows) == {"i1", "i2"}
+    assert set(rows) == {"i1", "i2", "i5"}
+    assert rows["i5"]["price"] is None and np.isnan(local.price[2])  # counted, blanked
     assert rows["i1"]["price"] == local.price[0] == 4.0 and not rows["i1"]["in_stock"]  # last wins
     assert rows["i2"]["price"] is None and rows["i2"]["in_stock"]  # blanked, still for sale
 

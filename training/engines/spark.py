@@ -65,6 +65,7 @@ from recsvc.events import (
     DEFAULT_EVENT_TYPE,
     EXAMPLES_PER_REASON,
     MAX_ID_LENGTH,
+    NUMBER_OUT_OF_RANGE,
     REPLACEMENT,
     TIME_OUT_OF_RANGE,
     TIME_RANGE,
@@ -560,12 +561,14 @@ def _event_reason(
         if not has[name]:
             continue
         raw, value = F.col(f"_raw_{name}"), F.col(f"_{name}")
+        kept = value.cast("float")  # checked as kept, as the local loader does
         check(raw.isNotNull() & ~_finite(value), f"unparsable {name}")
+        check(raw.isNotNull() & ~_finite(kept), NUMBER_OUT_OF_RANGE.format(name))
         if name == "quantity":
-            check(value < 0, "negative quantity (return or cancellation)")
-            check(value == 0, "zero quantity")
+            check(kept < 0, "negative quantity (return or cancellation)")
+            check(kept == 0, "zero quantity")
         elif name == "price":
-            check(value < 0, "negative price")
+            check(kept < 0, "negative price")
     if options.cancel_prefix and has["order_id"]:
         prefix = options.cancel_prefix
         check(
@@ -866,6 +869,7 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
     usable = F.col("_left_out").isNull()
     price = _number("_raw_price", _dtype(source, "price"))
     bad_price = F.col("_raw_price").isNotNull() & (~_finite(price) | (price < 0))
+    beyond = ~bad_price & F.col("_raw_price").isNotNull() & ~_finite(price.cast("float"))
     flag = F.lower(_strip(F.coalesce(F.col("_raw_in_stock"), F.lit(""))))
     is_true, is_false = flag.isin(list(_TRUE)), flag.isin(list(_FALSE))
     has_stock = "in_stock" in source.present
@@ -877,10 +881,10 @@ def _read_catalog(spark: SparkSession, path: str, report: LoadReport, cache: Cac
             "_left_out",
             item_id.alias("item_id"),
             F.coalesce(_strip(F.col("_raw_category")), F.lit("")).alias("category"),
-            F.when(bad_price, F.lit(None)).otherwise(price).cast("float").alias("price"),
-            F.when(usable & bad_price, F.lit(CATALOG + "unparsable or negative price")).alias(
-                "_bad_price"
-            ),
+            F.when(bad_price | beyond, F.lit(None)).otherwise(price).cast("float").alias("price"),
+            F.when(usable & bad_price, F.lit(CATALOG + "unparsable or negative price"))
+            .when(usable & beyond, F.lit(CATALOG + NUMBER_OUT_OF_RANGE.format("price")))
+            .alias("_bad_price"),
             (is_true | ~is_false).alias("in_stock") if has_stock else F.lit(True).alias("in_stock"),
             (
                 F.when(usable & ~(is_true | is_false), F.lit(CATALOG + "unparsable in_stock"))
