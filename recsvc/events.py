@@ -27,7 +27,7 @@ import time
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ class LoadReport:
     rows_read: int = 0
     rows_kept: int = 0
     bad_rows: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> 1-based row numbers
+    examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> record numbers (BadLines)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -162,6 +162,8 @@ class LoadReport:
         for reason, count in sorted(self.bad_rows.items(), key=lambda kv: -kv[1]):
             rows = ", ".join(str(r) for r in self.examples.get(reason, []))
             lines.append(f"  {count:>9}  {reason} (e.g. rows {rows})")
+        if any(self.examples.values()):
+            lines.append(f"  {ROW_NUMBERS}")
         return lines
 
     def check_limit(self, limit: float | int | None, source: str) -> None:
@@ -255,10 +257,12 @@ TIME_OUT_OF_RANGE = "timestamp out of range (before 1970 or after 2099)"
 NUMBER_OUT_OF_RANGE = "{} out of range (above 3.4e38 or below -3.4e38)"
 
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
-# order, malformed ones included: the CSV header and blank JSON lines are not records. Rows
-# of every reason are reported by record number (as the Spark engine does), so a log without
-# quoted line breaks has record n on line n + 1 (CSV) / on its n-th non-blank line (JSONL).
+# order, malformed ones included; the CSV header and blank lines (empty, or spaces and tabs
+# only, outside quotes) are not records: pandas and Spark skip them. Rows of every reason are
+# reported by record number (as the Spark engine does), so a log without blank lines or quoted
+# line breaks has record n on line n + 1 (CSV) / on line n (JSON Lines).
 BadLines = list[tuple[str, int]]
+ROW_NUMBERS = "rows are numbered from 1 in file order, not counting a CSV header or blank lines"
 
 
 class _Records:
@@ -364,6 +368,26 @@ def show_columns(columns: Sequence[object], limit: int = 12) -> str:
 
 
 _SKIP_LINE = re.compile(r"Skipping line (\d+)")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # in text read with universal newlines
+
+
+def _csv_lines(handle: io.TextIOBase, sep: str) -> Iterator[list[str] | None]:
+    """The lines of a CSV as pandas counts them: a record's fields, or None for a blank line
+    (empty, or spaces and tabs only; pandas and Spark skip those). A record with quoted line
+    breaks is one line. Raises csv.Error where Python's reader gives up (a field over 128 KiB)."""
+    import csv
+
+    line = ""  # the last line read: a record's own line unless it has quoted line breaks
+
+    def lines() -> Iterator[str]:
+        nonlocal line
+        for text in handle:
+            line = text
+            yield text
+
+    for row in csv.reader(lines(), delimiter=sep):
+        # a quoted "" or "  " is a record of one field: only the bare line is blank
+        yield None if not row or (len(row) == 1 and not line.strip(" \t\r\n")) else row
 
 
 def _first_row_too_long(path: Path, sep: str) -> bool:
@@ -374,11 +398,70 @@ def _first_row_too_long(path: Path, sep: str) -> bool:
 
     try:
         with _open_text(path) as handle:
-            rows = (row for row in csv.reader(handle, delimiter=sep) if row)
+            rows = (row for row in _csv_lines(handle, sep) if row is not None)
             header, first = next(rows, None), next(rows, None)
     except (csv.Error, OSError, EOFError, ValueError):  # pandas says what is wrong with the file
         return False
     return header is not None and first is not None and len(first) > len(header)
+
+
+def _may_have_blank_lines(path: Path, block: int = 1 << 23) -> bool:
+    """Whether a text file has a line of spaces and tabs only, or an empty one (maybe inside
+    quotes: True can be a false alarm, False is certain). Reads blocks, stops at the first."""
+    with _open_text(path) as handle:
+        rest = "\n"  # the file starts a line
+        while text := handle.read(block):
+            text = rest + text
+            if _BLANK_LINE.search(text):
+                return True
+            cut = text.rfind("\n")
+            rest = text[cut:] if cut >= 0 and not text[cut + 1 :].strip(" \t") else ""
+    return False
+
+
+class _CsvRecords:
+    """The record numbers of the lines pandas reports as malformed, which it numbers by line.
+
+    pandas counts the header and blank lines (before the header too) as lines; records count
+    neither. Only a file with malformed lines is read again for this, and read record by record
+    (as far as the last malformed line: pandas reports them in file order) only when it has a
+    blank line; without one, line n is record n - 1.
+    """
+
+    def __init__(self, path: Path, sep: str) -> None:
+        self.path, self.sep = path, sep
+        self.scan: Generator[bool, None, None] | None = None  # per line: whether it is a record
+        self.blank: bool | None = None  # whether the file may have blank lines
+        self.lines = 0  # lines scanned so far
+        self.not_records = 0  # the header and blank lines among them
+
+    def record(self, line: int) -> int:
+        """The record number of pandas' (1-based) line `line`."""
+        if self.blank is None:
+            self.blank = _may_have_blank_lines(self.path)
+            self.scan = self._scan() if self.blank else None
+        if self.scan is None:
+            return line - 1
+        while self.lines < line - 1:
+            self.not_records += not next(self.scan, True)
+            self.lines += 1
+        return line - self.not_records
+
+    def _scan(self) -> Generator[bool, None, None]:
+        import csv
+
+        try:
+            with _open_text(self.path) as handle:
+                header = False
+                for row in _csv_lines(handle, self.sep):
+                    yield header and row is not None
+                    header = header or row is not None
+        except (csv.Error, ValueError):  # pandas read on: no more blank lines are counted
+            return
+
+    def close(self) -> None:
+        if self.scan is not None:
+            self.scan.close()
 
 
 def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.DataFrame, BadLines]]:
@@ -398,17 +481,21 @@ def _csv_chunks(path: Path, chunk_rows: int, flag: str) -> Iterator[tuple[pd.Dat
                 on_bad_lines="warn",
             )
             long_first = _first_row_too_long(path, sep)
-            for frame in reader:
-                bad: BadLines = []
-                for warning in caught:  # pandas gives file lines; the header is line 1
-                    bad += [("malformed line (wrong number of fields)", int(m) - 1) for m in
-                            _SKIP_LINE.findall(str(warning.message))]
-                caught.clear()
-                if long_first and len(frame):  # index_col=False kept it cut short: count it
-                    long_first = False
-                    frame = frame.iloc[1:]
-                    bad.insert(0, ("malformed line (wrong number of fields)", 1))
-                yield frame, bad
+            records = _CsvRecords(path, sep)
+            try:
+                for frame in reader:
+                    bad: BadLines = []
+                    for warning in caught:  # pandas gives its line numbers: made record numbers
+                        bad += [("malformed line (wrong number of fields)", records.record(int(m)))
+                                for m in _SKIP_LINE.findall(str(warning.message))]
+                    caught.clear()
+                    if long_first and len(frame):  # index_col=False kept it cut short: count it
+                        long_first = False
+                        frame = frame.iloc[1:]
+                        bad.insert(0, ("malformed line (wrong number of fields)", 1))
+                    yield frame, bad
+            finally:
+                records.close()
     except pd.errors.EmptyDataError:
         return
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

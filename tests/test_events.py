@@ -97,6 +97,65 @@ def test_bad_rows_are_reported_by_their_record_number(tmp_path: Path, chunk_rows
     assert report.examples == {"missing user_id": [2, 5], "malformed JSON line": [3]}
 
 
+BLANK_LINES = (  # blank lines (empty, spaces and tabs, CRLF) are not records, in either engine
+    "\nuser_id,item_id,quantity\n"  # one before the header too
+    "u1,i1,1\n\n  \nu2,i2,1\n"
+    "u3,i3,1,extra\n"  # record 3
+    "u4,i4,-1\r\n\t\r\n"
+    ",i5,1\n\n\n"
+    "u6,i6,1,x,y\n"  # record 6
+    "u7,i7,0\n"
+)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_blank_lines_are_not_rows(tmp_path: Path, chunk_rows: int) -> None:
+    # malformed lines and other bad rows are numbered alike: records, blank lines not counted
+    _, report = load_events(write(tmp_path, "e.csv", BLANK_LINES), LoadOptions(chunk_rows=chunk_rows))
+    assert report.rows_read == 7 and report.rows_kept == 2
+    assert report.examples == {
+        "malformed line (wrong number of fields)": [3, 6],
+        "negative quantity (return or cancellation)": [4],
+        "missing user_id": [5],
+        "zero quantity": [7],
+    }
+    # a quoted empty field is a record, however blank it looks; so is a quoted line break
+    quoted = 'user_id,item_id\n""\n"  "\n"u\n\nx",i1\n\nu4,i4,x\n,i5\n'
+    _, report = load_events(write(tmp_path, "q.csv", quoted), LoadOptions(chunk_rows=chunk_rows))
+    assert report.examples == {
+        "missing user_id": [1, 2, 5],
+        "user_id has control characters": [3],
+        "malformed line (wrong number of fields)": [4],
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.sampled_from(["u1,i1", ",i2", "u3,i3,x", "u4,i4,x,y", "u5,", '"",i6']),
+                  min_size=1, max_size=12),
+    blanks=st.lists(st.tuples(st.integers(0, 13), st.sampled_from(["", "  ", "\t", " \t "])), max_size=8),
+    chunk_rows=st.sampled_from([1, 3, 100]),
+)
+def test_blank_lines_anywhere_leave_the_report_as_it_was(
+    tmp_path_factory: pytest.TempPathFactory, rows: list, blanks: list, chunk_rows: int
+) -> None:
+    lines = ["user_id,item_id", *rows]
+    folder = tmp_path_factory.mktemp("blank")
+    _, plain = load_events(write(folder, "plain.csv", "\n".join(lines) + "\n"), LoadOptions(chunk_rows=chunk_rows))
+    for position, blank in sorted(blanks, reverse=True):  # before the header too
+        lines.insert(min(position, len(lines)), blank)
+    _, blanked = load_events(write(folder, "blanked.csv", "\n".join(lines) + "\n"),
+                             LoadOptions(chunk_rows=chunk_rows))
+    assert blanked.to_dict() == plain.to_dict()
+
+
+def test_a_blank_line_before_a_first_row_with_a_field_too_many(tmp_path: Path) -> None:
+    # pandas would cut that row short without a word: it is malformed, as any other such row
+    log, report = load_events(write(tmp_path, "e.csv", "user_id,item_id\n \t \nu1,i1,x\nu2,i2\n"))
+    assert log.users.ids == ["u2"]
+    assert report.examples == {"malformed line (wrong number of fields)": [1]}
+
+
 def test_column_mapping_and_constant_event_type(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -432,6 +491,8 @@ ODD_CSVS = {
     "numbers beyond float32": (  # kept as float32: 1e39 would be infinite, 1e-50 zero
         "user_id,item_id,quantity,price,rating\nu1,i1,1e39,1,4\nu2,i2,1,1e39,4\nu3,i3,1,2,1e39\n"
         "u4,i4,2,-1e39,3\nu5,i5,3.4028234663852886e38,2.5,5\nu6,i6,1e-50,1,1\nu7,i7,2,3.5e38,5\n"),
+    "blank lines": BLANK_LINES,
+    "a blank line before the first row with a field too many": "user_id,item_id\n \t \nu1,i1,x\nu2,i2\n",
 }
 
 

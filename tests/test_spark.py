@@ -415,9 +415,9 @@ def test_bad_rows_numbered_like_the_local_loader(spark: Any, tmp_path: Path, fmt
     # malformed records between bad rows: both engines number records in file order
     if fmt == "csv":
         text = "user_id,item_id\nu1,i1\nu2,i2,extra\n,i3\nu4,i4\nu5,i5,x,y\n,i6\n"
-    else:
-        text = "\n".join(['{"user_id": "u1", "item_id": "i1"}', '{"item_id": "i2"}', "{broken",
-                          '{"user_id": "u4", "item_id": "i4"}', '{"item_id": "i5"}']) + "\n"
+    else:  # blank lines (empty, spaces and tabs) are no records in JSON Lines either
+        text = "\n".join(['{"user_id": "u1", "item_id": "i1"}', "", '{"item_id": "i2"}', " \t ",
+                          "{broken", '{"user_id": "u4", "item_id": "i4"}', "", '{"item_id": "i5"}']) + "\n"
     path = tmp_path / f"events.{fmt}"
     path.write_text(text)
     spark_report, local = _reports(spark, path, LoadOptions())
@@ -471,7 +471,8 @@ def test_times_out_of_range_counted_like_local(spark: Any, tmp_path: Path) -> No
 @pytest.mark.parametrize("case", [
     "an unused column and a line with a field too many", "the first row with a field too many",
     "doubled quotes inside a quoted id", "an epoch far too large", "blank order ids",
-    "java number syntax", "now and today among epoch times", "numbers beyond float32",
+    "java number syntax", "now and today among epoch times", "numbers beyond float32", "blank lines",
+    "a blank line before the first row with a field too many",
 ])
 def test_odd_csvs_read_like_local(spark: Any, tmp_path: Path, case: str) -> None:
     from tests.test_events import ODD_CSVS
@@ -594,6 +595,7 @@ def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
         ",tea,1,yes,No id\n"
         "i2,tea,-1,maybe,Odd\n"
         "i3\x01,tea,1,yes,Control\n"
+        "\n"  # not a row
         "i4,tea,1,yes,Too,many,fields\n"
         "i5,tea,1e39,yes,Beyond float32\n"
         "i1,coffee,4.0,no,Beans again\n"
@@ -607,7 +609,8 @@ def test_catalog_checked_like_local(spark: Any, tmp_path: Path) -> None:
         rows = {r["item_id"]: r for r in frame.collect()}
     finally:
         cache.release()
-    assert dict(spark_report.bad_rows) == dict(report.bad_rows)
+    assert spark_report.to_dict() == report.to_dict()
+    assert report.examples["catalog: malformed line (wrong number of fields)"] == [5]
     assert spark_report.notes == report.notes == [
         "catalog: item_id repeated by a later row in 1 row; each item's last row is used"]
     assert set(rows) == {"i1", "i2", "i5"}
