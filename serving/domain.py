@@ -45,7 +45,10 @@ from serving.model import LoadedModel, ModelTracker
 from serving.realtime import NO_SESSION, rescore, session_of
 from serving.warmup import UserWarmer
 
-DEADLINE_MARGIN = 0.005  # seconds kept to build and send the answer (a busy server needs ~2)
+# Time kept to build and send the answer after a store call gives up: a tenth of what is left,
+# between 5 and 25 ms (a thread waiting for the GIL on a busy server can lose a 5 ms switch
+# interval or more; a store gets most of a long deadline)
+DEADLINE_MARGIN = (0.005, 0.1, 0.025)
 CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
 MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
 EVENT_TYPES = ("view", "cart", "purchase")
@@ -444,7 +447,9 @@ class RecommendationService:
     def _budget(self, deadline: float | None) -> float | None:
         if deadline is None:
             return None
-        return deadline - time.monotonic() - DEADLINE_MARGIN
+        left = deadline - time.monotonic()
+        lowest, share, highest = DEADLINE_MARGIN
+        return left - min(max(lowest, share * left), highest)
 
     def _user(self, model: LoadedModel, user_id: str, deadline: float | None) -> _UserView:
         """The user's features with their real-time events: one store round trip.

@@ -225,6 +225,19 @@ def test_purchase_changes_the_next_recommendation(stub: object) -> None:
     assert all(category_of(i) == "music" for i in ids(after))
 
 
+def test_a_purchase_stays_excluded_however_many_views_follow(server: RunningServer, stub: object) -> None:
+    store = server.service.store
+    user = user_id(5)
+    stub.RecordEvent(pb.RecordEventRequest(user_id=user, item_id=item_id(12), event_type=pb.PURCHASE),
+                     timeout=5)
+    for _ in range(store.recent_max + 5):  # more views than the recent-events list holds
+        stub.RecordEvent(pb.RecordEventRequest(user_id=user, item_id=item_id(3), event_type=pb.VIEW),
+                         timeout=5)
+    reply = stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=5)
+    assert reply.source == pb.REALTIME
+    assert item_id(12) not in ids(reply) and item_id(3) not in ids(reply)
+
+
 def test_new_visitor_gets_personal_answers_after_a_few_events(stub: object) -> None:
     visitor = f"visitor-{time.monotonic_ns()}"
     assert stub.Recommend(pb.RecommendRequest(user_id=visitor, k=3), timeout=5).source == pb.POPULAR
@@ -525,7 +538,7 @@ def test_slow_redis_answers_within_the_deadline_then_from_fallback(
             while not sources or sources[-1] != pb.FALLBACK:
                 assert time.monotonic() - hung < 2.0, f"never switched to FALLBACK: {sources}"
                 # an answer past the deadline raises DEADLINE_EXCEEDED here
-                reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=0.15)
+                reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=5), timeout=0.18)
                 assert ids(reply) == ids(warm)
                 sources.append(reply.source)
                 time.sleep(0.01)

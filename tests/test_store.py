@@ -518,6 +518,24 @@ def test_realtime_events_in_the_same_read(store: Any, bundles: Path) -> None:
         store.record_event("u00002", "", "view")
 
 
+def test_purchases_outlast_the_views_that_follow_them(store: Any, bundles: Path) -> None:
+    store.publish(make_bundle(bundles, "v1"), progress=False)
+    store.record_event("u00002", "i5", "purchase", ts=1000.0)
+    store.record_event("u00002", "i6", "purchase", ts=1000.5)
+    for index in range(store.recent_max + 5):  # more views than the recent list holds
+        store.record_event("u00002", "i1", "view", ts=1001.0 + index)
+    events = store.recent_events("u00002", limit=3)
+    assert [(e.item_id, e.event_type) for e in events] == [("i1", "view")] * 3 + [
+        ("i6", "purchase"), ("i5", "purchase")]
+    features = store.user_features("v1", "u00002", recent=3)
+    assert [e.item_id for e in features.recent] == ["i1", "i1", "i1", "i6", "i5"]
+    assert [e.item_id for e in store.recent_events("u00002", limit=store.recent_max + 10)][-2:] == [
+        "i6", "i5"]
+    store.forget_user("u00002")  # both lists go
+    assert store.recent_events("u00002") == []
+    assert store.user_features("v1", "u00002", recent=3) is None
+
+
 def test_status_lists_versions(store: Any, bundles: Path) -> None:
     store.publish(make_bundle(bundles, "v1"), progress=False)
     store.publish(make_bundle(bundles, "v2", parts=("candidates",)), progress=False)

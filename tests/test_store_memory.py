@@ -42,3 +42,14 @@ def test_an_event_extends_the_list_like_redis_expire(clock: list[float]) -> None
     clock[0] += 50  # 100 s after the first event, 50 s after the last
     store.state()
     assert [e.item_id for e in store.recent_events("u1")] == ["i0002", "i0001"]
+
+
+def test_a_purchase_expires_from_its_own_time_like_its_redis_key(clock: list[float]) -> None:
+    store = open_store("memory://", recent_ttl=60)
+    store.record_event("u1", "i0001", "purchase")
+    for _ in range(store.recent_max):  # views push the purchase out of the recent list
+        clock[0] += 1
+        store.record_event("u1", "i0002", "view")
+    assert store.recent_events("u1", limit=5)[-1].item_id == "i0001"  # kept apart
+    clock[0] += 11  # 61 s after the purchase, 11 s after the last view
+    assert [e.item_id for e in store.recent_events("u1", limit=5)] == ["i0002"] * 5

@@ -240,10 +240,13 @@ class StoreEngine(ABC):
 
     # real-time state, forget list, item updates
     @abstractmethod
-    def push_event(self, user_id: str, event: bytes) -> None: ...
+    def push_event(self, user_id: str, event: bytes, kept: bool = False) -> None:
+        """Add an event to the user's recent list (capped, expiring); `kept` events (purchases)
+        also go to a second list that later views cannot push them out of."""
 
     @abstractmethod
-    def read_events(self, user_id: str, limit: int) -> list[bytes]: ...
+    def read_events(self, user_id: str, limit: int) -> list[bytes]:
+        """The newest `limit` events, then the kept ones older than those (`with_kept`)."""
 
     @abstractmethod
     def delete_events(self, user_id: str) -> None: ...
@@ -491,7 +494,9 @@ class StoreEngine(ABC):
         if not item_id:
             raise InvalidInput("item_id", "must not be empty")
         event = codec.encode_event(item_id, event_type, time.time() if ts is None else ts)
-        self.push_event(self.user_key(user_id), event)
+        # a purchase is kept apart: what a shopper just bought must stay excluded however
+        # many products they look at afterwards (within the lists' expiry)
+        self.push_event(self.user_key(user_id), event, kept=event_type == "purchase")
 
     def recent_events(self, user_id: str, limit: int = 50) -> list[RecentEvent]:
         if limit <= 0:
@@ -667,6 +672,16 @@ def _epoch(iso: str) -> float:
     from recsvc.store.publish import epoch_of
 
     return epoch_of(iso) if iso else -math.inf
+
+
+def with_kept(newest: list[bytes], kept: Sequence[bytes]) -> list[bytes]:
+    """The newest events, then the kept events (newest first) that are not among them: older
+    purchases that views have pushed out of the recent list. Both lists come newest first and
+    an event is the same bytes in both."""
+    if not kept:
+        return newest
+    seen = set(newest)
+    return newest + [event for event in kept if event not in seen]
 
 
 def _events(raw: Sequence[bytes]) -> list[RecentEvent]:

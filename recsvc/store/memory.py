@@ -20,12 +20,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 from recsvc.errors import InvalidInput, NotFound
 from recsvc.store.base import READY, StoreState
-from recsvc.store.engine import StoreEngine
+from recsvc.store.engine import StoreEngine, with_kept
 
 
 @dataclass
@@ -36,6 +36,16 @@ class _Version:
     items: dict[int, bytes] = field(default_factory=dict)
 
 
+class _Recent(NamedTuple):
+    """A user's real-time lists, newest first, as Redis keeps them in two keys: all events, and
+    purchases alone (expiring from the last purchase; never after the events list)."""
+
+    expiry: float
+    events: deque[bytes]
+    kept_expiry: float
+    kept: deque[bytes]
+
+
 @dataclass
 class _Data:
     """Everything one named memory store holds (shared by the handles opened on it)."""
@@ -43,8 +53,8 @@ class _Data:
     lock: threading.RLock = field(default_factory=threading.RLock)
     current: str | None = None
     versions: dict[str, _Version] = field(default_factory=dict)
-    # user -> (expiry, events), oldest push first: expired lists are swept from the front
-    events: OrderedDict[str, tuple[float, deque[bytes]]] = field(default_factory=OrderedDict)
+    # user -> real-time lists, oldest push first: expired lists are swept from the front
+    events: OrderedDict[str, _Recent] = field(default_factory=OrderedDict)
     forgotten: dict[str, float] = field(default_factory=dict)
     item_updates: dict[str, bytes] = field(default_factory=dict)
     items_revision: int = 0
@@ -223,8 +233,7 @@ class MemoryStore(StoreEngine):
         events = self._data.events
         now = time.time()
         while events:
-            expiry, _ = next(iter(events.values()))
-            if expiry >= now:
+            if next(iter(events.values())).expiry >= now:
                 return
             events.popitem(last=False)
 
@@ -233,19 +242,28 @@ class MemoryStore(StoreEngine):
         held = self._data.events.get(user_id)
         if held is None:
             return []
-        expiry, events = held
-        if expiry < time.time():
+        now = time.time()
+        if held.expiry < now:
             del self._data.events[user_id]
             return []
-        return list(events)[:limit]
+        kept = held.kept if held.kept_expiry >= now else ()
+        return with_kept(list(held.events)[:limit], list(kept))
 
-    def push_event(self, user_id: str, event: bytes) -> None:
+    def push_event(self, user_id: str, event: bytes, kept: bool = False) -> None:
         with self._data.lock:
             self._sweep_events()
+            now = time.time()
             held = self._data.events.pop(user_id, None)  # re-inserted last: pushed most recently
-            events = held[1] if held is not None and held[0] >= time.time() else deque(maxlen=self.recent_max)
+            live = held is not None and held.expiry >= now
+            events = held.events if held is not None and live else deque(maxlen=self.recent_max)
+            purchases = (held.kept if held is not None and live and held.kept_expiry >= now
+                         else deque(maxlen=self.recent_max))
             events.appendleft(event)
-            self._data.events[user_id] = (time.time() + self.recent_ttl, events)
+            kept_expiry = held.kept_expiry if held is not None and live else 0.0
+            if kept:
+                purchases.appendleft(event)
+                kept_expiry = now + self.recent_ttl
+            self._data.events[user_id] = _Recent(now + self.recent_ttl, events, kept_expiry, purchases)
 
     def read_events(self, user_id: str, limit: int) -> list[bytes]:
         with self._data.lock:

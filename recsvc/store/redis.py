@@ -21,6 +21,8 @@ that decides the Redis Cluster slot):
     rs:{u<b>}:v:<version>    hash     user id -> user record (codec), b = crc32(user id) % 4096
     rs:{u<b>}:rt:<user id>   list     the user's recent real-time events (items by id), newest first, capped,
                                       expiring (not versioned)
+    rs:{u<b>}:rb:<user id>   list     the same user's recent purchases alone (views cannot push them
+                                      out of it), capped and expiring alike
     rs:{i<b>}:v:<version>    hash     item index -> similar-items list, b = item index // 256
 
 Users are bucketed into 4096 hashes per version rather than one key each: a top-level key
@@ -63,7 +65,7 @@ from redis.retry import Retry
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
 from recsvc.store import TLS_QUERY
 from recsvc.store.base import PARTIAL, StoreState
-from recsvc.store.engine import StoreEngine
+from recsvc.store.engine import StoreEngine, with_kept
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +321,9 @@ class RedisStore(StoreEngine):
     def _recent(self, user_id: str) -> str:
         return f"{self.prefix}:{{u{user_bucket(user_id)}}}:rt:{user_id}"
 
+    def _bought(self, user_id: str) -> str:
+        return f"{self.prefix}:{{u{user_bucket(user_id)}}}:rb:{user_id}"
+
     def _items(self, version: str, bucket: int) -> str:
         return f"{self.prefix}:{{i{bucket}}}:v:{version}"
 
@@ -508,9 +513,11 @@ class RedisStore(StoreEngine):
             pipe.hget(self._users(version, user_bucket(user_id)), user_id)
             if recent > 0:
                 pipe.lrange(self._recent(user_id), 0, recent - 1)
+                pipe.lrange(self._bought(user_id), 0, -1)
         replies = pipe.execute()
         if recent > 0:
-            return [(replies[2 * i], list(replies[2 * i + 1])) for i in range(len(user_ids))]
+            return [(replies[3 * i], with_kept(list(replies[3 * i + 1]), replies[3 * i + 2]))
+                    for i in range(len(user_ids))]
         return [(reply, []) for reply in replies]
 
     @_guard
@@ -580,23 +587,27 @@ class RedisStore(StoreEngine):
     # -- real-time, forget, item updates ----------------------------------------------------
 
     @_guard
-    def push_event(self, user_id: str, event: bytes) -> None:
-        key = self._recent(user_id)
+    def push_event(self, user_id: str, event: bytes, kept: bool = False) -> None:
         pipe = self._pipe()
-        pipe.lpush(key, event)
-        pipe.ltrim(key, 0, self.recent_max - 1)
-        pipe.expire(key, self.recent_ttl)
+        for key in (self._recent(user_id), self._bought(user_id)) if kept else (self._recent(user_id),):
+            pipe.lpush(key, event)
+            pipe.ltrim(key, 0, self.recent_max - 1)
+            pipe.expire(key, self.recent_ttl)
         if not self.cluster:  # tells every EventWatch (servers) this user has live events
             pipe.publish(self._g("rt"), user_id)
         pipe.execute()
 
     @_guard
     def read_events(self, user_id: str, limit: int) -> list[bytes]:
-        return list(self.client.lrange(self._recent(user_id), 0, limit - 1))
+        pipe = self._pipe()
+        pipe.lrange(self._recent(user_id), 0, limit - 1)
+        pipe.lrange(self._bought(user_id), 0, -1)
+        newest, kept = pipe.execute()
+        return with_kept(list(newest), kept)
 
     @_guard
     def delete_events(self, user_id: str) -> None:
-        self.client.delete(self._recent(user_id))
+        self.client.delete(self._recent(user_id), self._bought(user_id))
 
     @_guard
     def add_forgotten(self, user_id: str, ts: float) -> None:
