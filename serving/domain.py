@@ -168,7 +168,11 @@ class RecommendationService:
     def __init__(self, store: FeatureStore, config: ServeConfig) -> None:
         self.store = store
         self.config = config
-        self.guard = StoreGuard(config.retry_after_ms / 1000.0, config.store_timeout_ms / 1000.0)
+        # one bounded store call per handler thread at most: a pool smaller than that would
+        # queue calls behind a slow store and fail them on time spent waiting for a thread
+        self.guard = StoreGuard(
+            config.retry_after_ms / 1000.0, config.store_timeout_ms / 1000.0, threads=config.threads
+        )
         self.tracker = ModelTracker(
             store,
             self.guard,
@@ -404,10 +408,10 @@ class RecommendationService:
                 # trending comes first and is store-wide: then the answer is not the segment's
                 source = Source.POPULAR if query.trending else Source.SEGMENT
         exclude, fallback = self._exclusions(model, flt, query.user_id, deadline)
-        # the global list holds only the top items: under a category filter, the filter's
-        # categories' own lists come first
+        # the global list ranks across categories; it holds only the top items, so under a
+        # category filter the filter's categories' own lists go beyond it
         wanted = flt.categories - {query.category}
-        topups = [*self._category_lists(model, wanted, allowed), self._global(model, allowed),
+        topups = [self._global(model, allowed), *self._category_lists(model, wanted, allowed),
                   self._filler(model, allowed)]
         answer = finalize(itertools.chain(*lists), query.k, allowed, exclude, topups)
         return self._result(model, answer, source, fallback)
@@ -570,11 +574,11 @@ class RecommendationService:
         self, model: LoadedModel, own: frozenset[str], flt: FilterSpec, allowed: np.ndarray | None
     ) -> Iterator[Iterable[ScoredItem]]:
         """Top-ups of an answer about items (similar, cross-sell): the popular lists of their
-        own categories, then of the filter's, then the global list, then any allowed item (the
-        lists hold only each category's top items, so a strict filter can run them dry)."""
+        own categories, the global list, then beyond it the filter's category lists and any
+        allowed item (lists hold only the top items, so a strict filter can run them dry)."""
         yield from self._category_lists(model, own, allowed)
-        yield from self._category_lists(model, flt.categories - own, allowed)
         yield self._global(model, allowed)
+        yield from self._category_lists(model, flt.categories - own, allowed)
         yield self._filler(model, allowed)
 
     def _global(

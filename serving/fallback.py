@@ -132,7 +132,7 @@ class StoreGuard:
         self._probing = False
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._threads = threads
+        self.threads = threads  # bounded calls at once: one per handler thread
         self.failures = 0
 
     @property
@@ -173,7 +173,7 @@ class StoreGuard:
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self._threads, "store-bounded")
+                    self._executor = ThreadPoolExecutor(self.threads, "store-bounded")
         future = self._executor.submit(fn, *args)
         try:
             return future.result(timeout=budget)

@@ -162,8 +162,10 @@ def test_every_list_rpc_fills_k_from_the_catalogue_when_the_lists_run_dry(tmp_pa
     for reply in replies:
         got = ids(reply)
         assert sorted(got) == [item_id(i) for i in range(30, 40)], got
-        assert got[:3] == [item_id(i) for i in (30, 31, 32)]  # the toys list before the filler
-        assert reply.items[-1].reason == "in the catalogue"
+        reasons = [item.reason for item in reply.items]
+        assert reasons.count("popular in toys") == 3 and reasons[-1] == "in the catalogue"
+        last_listed = max(i for i, r in enumerate(reasons) if r != "in the catalogue")
+        assert reasons.index("in the catalogue") > last_listed  # the lists before the filler
 
 
 def test_cross_sell_ranks_planted_rules_first(stub: object) -> None:
@@ -206,6 +208,9 @@ def test_popular_lists(stub: object) -> None:
     both = pb.Filter(categories=["toys", "books"], in_stock_only=True)
     reply = stub.Popular(pb.PopularRequest(k=3, category="books", filter=both), timeout=5)
     assert [category_of(i) for i in ids(reply)] == ["books"] * 3
+    # a filter of several categories keeps the store-wide ranking (the top items are toys)
+    reply = stub.Popular(pb.PopularRequest(k=3, filter=pb.Filter(categories=["books", "toys"])), timeout=5)
+    assert ids(reply) == [item_id(39), item_id(38), item_id(37)]
     flt = pb.Filter(exclude_purchased=True)
     reply = stub.Popular(pb.PopularRequest(k=2, category="music", user_id=user_id(1), filter=flt), timeout=5)
     assert ids(reply) == [item_id(12), item_id(13)]  # 10 and 11 were seen by user-01
@@ -776,6 +781,34 @@ def test_breaker_opens_on_store_trouble_not_on_hurried_callers() -> None:
     assert guard.call(lambda: "ok") == "ok"  # the probe succeeds and closes the breaker
     assert not guard.degraded
     guard.close()
+
+
+def test_a_slow_working_store_serves_every_handler_thread_within_their_deadlines(
+    bundle_dir: Path,  # noqa: F811
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recsvc.errors import StoreUnavailable
+    from serving.fallback import StoreGuard
+
+    threads = 16  # handler threads, each with a deadline under two store timeouts
+    running = serve(f"memory://threads{time.monotonic_ns()}", bundle_dir, threads=threads)
+    try:
+        assert running.service.guard.threads == threads  # one bounded store call per thread
+    finally:
+        running.stop(0)
+    guard = StoreGuard(retry_after=1.0, store_timeout=0.1, threads=threads)
+
+    def call(_: int) -> bool:
+        try:
+            return guard.call(lambda: time.sleep(0.05) or True, budget=0.14)
+        except StoreUnavailable:
+            return False
+
+    with ThreadPoolExecutor(threads) as pool:
+        answers = list(pool.map(call, range(4 * threads)))
+    guard.close()
+    assert all(answers) and not guard.degraded
 
 
 # -- the storefront demo -------------------------------------------------------------------------
