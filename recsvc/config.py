@@ -273,12 +273,22 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
 }
 
 
+# Models fitted unless `enabled = false` (--no-als ...). BPR is the other way round: `enabled`
+# (--bpr) fits it beside the others; named as the default or in the blend, it is fitted anyway.
+OPT_OUT_MODELS = ("als", "ease", "itemknn")
+
+
+def model_disabled(config: TrainConfig, name: str) -> bool:
+    """Whether the config turns this model off (`[als] enabled = false`, --no-als)."""
+    return name in OPT_OUT_MODELS and not getattr(config, name).enabled
+
+
 def check_train_config(config: TrainConfig) -> None:
     """InvalidInput naming the first setting that is not a finite number in its range, or a
     default recommender that is disabled (before any data is read)."""
     check_ranges(config, _RANGES)
     default = config.default_recommender
-    if not getattr(getattr(config, default, None), "enabled", True):
+    if model_disabled(config, default):
         raise InvalidInput(
             f"{default}.enabled",
             f"the default recommender '{default}' is disabled; enable it or choose another "

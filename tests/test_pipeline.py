@@ -131,7 +131,14 @@ def test_disabled_models_leave_the_default_blend() -> None:
     none = load_train_config(None, {"als.enabled": False, "ease.enabled": False, "itemknn.enabled": False})
     assert default_models(none, 50)[:2] == ("popular", [])
     with pytest.raises(InvalidInput, match=r"^als.enabled: the default recommender 'als' is disabled"):
-        default_models(load_train_config(None, {"default_recommender": "als", "als.enabled": False}), 50)
+        load_train_config(None, {"default_recommender": "als", "als.enabled": False})  # before any data
+    # BPR is opt-in (--bpr): named as the default or in the blend, it is fitted all the same
+    assert default_models(load_train_config(None, {"default_recommender": "bpr"}), 50) == ("bpr", [], "")
+    with_bpr = load_train_config(None, {"blend.bpr": 0.5})
+    assert default_models(with_bpr, 50) == ("blend", ["ease", "als", "bpr"], "")
+    weightless = load_train_config(None, {"blend.ease": 0.0, "blend.als": 0.0})
+    assert default_models(weightless, 50) == (
+        "itemknn", [], "no model of the blend has a weight above 0; the default recommender is itemknn")
 
 
 def test_no_als_no_ease_fits_neither(store_data: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.bundle import BundleWriter, fingerprint_files, utc_timestamp
-from recsvc.config import TrainConfig, to_dict
+from recsvc.config import TrainConfig, model_disabled, to_dict
 from recsvc.errors import InvalidInput
 from recsvc.events import Catalog, EventLog, LoadOptions, LoadReport, load_catalog, load_events
 from recsvc.ids import IdMap
@@ -174,14 +174,11 @@ def default_models(config: TrainConfig, n_items: int) -> tuple[str, list[str], s
     is that part itself, so the candidates, the server's real-time scoring and the manifest
     all name the model that actually ranks.
     """
-    def enabled(name: str) -> bool:  # `[als] enabled = false` or --no-als: never fitted
-        return bool(getattr(getattr(config, name, None), "enabled", True))
-
     if config.default_recommender != "blend":  # enabled: recsvc.config checks it
         return config.default_recommender, [], ""
     parts = [name for name, weight in config.blend.items() if weight > 0]
     notes = []
-    disabled = [name for name in parts if not enabled(name)]
+    disabled = [name for name in parts if model_disabled(config, name)]
     if disabled:
         parts = [name for name in parts if name not in disabled]
         notes.append(f"{', '.join(disabled)} disabled: left out of the default blend")
@@ -192,8 +189,10 @@ def default_models(config: TrainConfig, n_items: int) -> tuple[str, list[str], s
             f"{config.ease.max_items}"
         )
     if len(parts) <= 1:
-        # every part disabled: item-kNN if it is on, else the popularity list
-        single = parts[0] if parts else ("itemknn" if enabled("itemknn") else "popular")
+        # no part left: item-kNN if it is on, else the popularity list
+        if not parts and not disabled:
+            notes.append("no model of the blend has a weight above 0")
+        single = parts[0] if parts else ("popular" if model_disabled(config, "itemknn") else "itemknn")
         if notes:
             notes.append(f"the default recommender is {single}")
         return single, [], "; ".join(notes)
