@@ -99,7 +99,7 @@ def read_id_lines(path: str | Path, flag: str, header: str = "user_id") -> list[
     from recsvc.errors import InvalidInput
 
     file = Path(path)
-    if not file.is_file():
+    if not file.exists() or file.is_dir():  # a pipe or <(...) is fine
         raise InvalidInput(flag, f"'{path}' is not an existing file")
     ids = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
     if ids and ids[0] == header:

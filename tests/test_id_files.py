@@ -17,6 +17,7 @@ from recsvc.bundle import Bundle
 from recsvc.cli import main
 from recsvc.commands.recommend import read_user_file
 from recsvc.config import load_train_config
+from recsvc.errors import InvalidInput
 from recsvc.events import MAX_ID_LENGTH
 from training.pipeline import read_forget_list, train
 
@@ -136,3 +137,24 @@ def test_every_id_forget_accepts_is_read_back_by_the_trainer(
         assert forget(user, listed) == 0
     kept_before = {"u0"} if before else set()
     assert read_forget_list(listed) == kept_before | {u.strip() for u in users}
+
+
+def test_id_files_can_be_pipes(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from recsvc.ids import read_id_lines
+
+    fifo = tmp_path / "ids"
+    os.mkfifo(fifo)  # what `recommend --users <(grep ... customers.csv)` hands over
+
+    def write() -> None:
+        with open(fifo, "w", encoding="utf-8") as handle:
+            handle.write("u1\nu2\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert read_id_lines(fifo, "--users") == ["u1", "u2"]
+    writer.join()
+    with pytest.raises(InvalidInput, match="--users: .* is not an existing file"):
+        read_id_lines(tmp_path, "--users")
