@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,9 @@ def test_spark_bundle_loads_with_the_local_layout(bundles: dict[str, Bundle]) ->
         local.items.ids
     )
     assert spark.manifest["rows"] == local.manifest["rows"]
+    # item updates made while it trained apply to it in the store (recsvc.store.engine)
+    read_at = datetime.fromisoformat(spark.manifest["catalog_read_at"])
+    assert read_at <= datetime.fromisoformat(spark.manifest["created_at"])
     scorer = spark.scorer()
     assert isinstance(scorer, FactorScorer)
     assert scorer.user_factors.shape == (len(spark.users), 32)

@@ -55,7 +55,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsvc.bundle import BundleWriter, RankedLists, fingerprint_files
+from recsvc.bundle import BundleWriter, RankedLists, fingerprint_files, utc_timestamp
 from recsvc.config import EventsConfig, TrainConfig, to_dict
 from recsvc.errors import InvalidInput
 from recsvc.events import (
@@ -604,6 +604,7 @@ class SparkLog:
     now: int
     report: LoadReport
     forgotten_users: int = 0
+    catalog_read_at: str | None = None  # when the items file was read (see train_spark)
 
 
 def _checked_events(
@@ -758,6 +759,9 @@ def load_spark_log(
             )
             kept = kept.join(F.broadcast(forget_frame), "user_id", "left_anti")
 
+    # before the items file is read (Spark reads lazily, later): item updates made after this
+    # apply to the bundle in the store; one made between this and the read applies twice, alike
+    catalog_read_at = utc_timestamp() if items_path else None
     catalog = _read_catalog(spark, items_path, report, cache) if items_path else None
     users, n_users = dense_index(kept.select("user_id"), "user_id", "user", cache)
     item_ids = kept.select("item_id")
@@ -789,6 +793,7 @@ def load_spark_log(
         now=int(summary["now"] or 0),
         report=report,
         forgotten_users=forgotten_users,
+        catalog_read_at=catalog_read_at,
     )
     return spark_log, catalog
 
@@ -2165,6 +2170,7 @@ def train_spark(
                     "trained_until": now,
                     "timings": timings,
                     "forgotten_users": spark_log.forgotten_users,
+                    "catalog_read_at": spark_log.catalog_read_at,
                     "engine": {
                         "name": "spark",
                         "spark_version": session.version,
