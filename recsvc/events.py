@@ -256,6 +256,14 @@ TIME_OUT_OF_RANGE = "timestamp out of range (before 1970 or after 2099)"
 # Quantities, prices and ratings are kept as float32, where a larger number is infinite.
 NUMBER_OUT_OF_RANGE = "{} out of range (above 3.4e38 or below -3.4e38)"
 
+
+def as_float32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Finite float64 values as they are stored (float32), and where that would be infinite
+    (counted as NUMBER_OUT_OF_RANGE by the loaders and the store's item updates alike)."""
+    with np.errstate(over="ignore"):
+        kept = values.astype(np.float32)
+    return kept, np.isfinite(values) & ~np.isfinite(kept)
+
 # (reason, record number) of lines no parser could split. Records are numbered from 1 in file
 # order, malformed ones included; the CSV header and blank lines (empty, or spaces and tabs
 # only, outside quotes) are not records: pandas and Spark skip them. Rows of every reason are
@@ -876,11 +884,9 @@ class _Chunk:
             return np.full(self.n, default, dtype=np.float32)
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", copy=True)
         given = series.notna().to_numpy()
-        finite = np.isfinite(values)
-        self.reject(given & ~finite, f"unparsable {canonical}")
-        with np.errstate(over="ignore"):
-            kept = values.astype(np.float32)
-        self.reject(given & finite & ~np.isfinite(kept), NUMBER_OUT_OF_RANGE.format(canonical))
+        self.reject(given & ~np.isfinite(values), f"unparsable {canonical}")
+        kept, beyond = as_float32(values)
+        self.reject(given & beyond, NUMBER_OUT_OF_RANGE.format(canonical))
         kept[~given] = default
         return kept
 
@@ -1163,9 +1169,8 @@ def load_catalog(
         price = pd.to_numeric(frame["price"], errors="coerce").to_numpy(dtype="float64", copy=True)
         bad = frame["price"].notna().to_numpy() & (~np.isfinite(price) | (price < 0))
         report.add_bad(CATALOG + "unparsable or negative price", rows[bad])
-        with np.errstate(over="ignore"):
-            kept = price.astype(np.float32)
-        beyond = ~bad & np.isinf(kept)  # kept as float32, where it would be infinite
+        kept, beyond = as_float32(price)
+        beyond &= ~bad
         report.add_bad(CATALOG + NUMBER_OUT_OF_RANGE.format("price"), rows[beyond])
         kept[bad | beyond] = np.nan
         catalog.price[index[known]] = kept[known]

@@ -42,7 +42,7 @@ class ServeConfig:
     max_filter_values: int = 1000  # categories and excluded ids per filter
 
     # Real time.
-    recent_events: int = 20  # real-time events read per Recommend
+    recent_events: int = 20  # newest real-time events read per Recommend (plus older purchases)
     realtime_similar_items: int = 3  # newest event items whose neighbours join the pool
     # Follow the store's real-time event channel (Redis, single node) so that Recommend for a
     # cached user with no real-time events makes no store round trip at all. Trade-off: when

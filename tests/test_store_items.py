@@ -21,12 +21,14 @@ from training.pipeline import train
 def test_a_price_too_large_to_store_is_a_bad_row(store: Any, bundles: Path) -> None:  # noqa: F811
     store.publish(make_bundle(bundles, "v1"), progress=False)
     report = store.update_items(pd.DataFrame({
-        "item_id": ["i0001", "i0002", "i0003"],
-        "price": ["1e39", "123456789.99", "-1e39"],
-        "in_stock": ["1", "0", "0"],
+        "item_id": ["i0001", "i0002", "i0003", "i0004"],
+        "price": ["1e39", "123456789.99", "-1e39", "3.4028235e38"],  # the last: float32's max
+        "in_stock": ["1", "0", "0", "1"],
     }))
-    assert report.bad == {"price too large (above 3.4e38)": 1, "unparsable or negative price": 1}
-    assert (report.rows, report.updated) == (3, 3)  # the rows' other fields still apply
+    # the same reason and limit as the loaders' (recsvc.events.as_float32)
+    assert report.bad == {"price out of range (above 3.4e38 or below -3.4e38)": 1,
+                          "unparsable or negative price": 1}
+    assert (report.rows, report.updated) == (4, 4)  # the rows' other fields still apply
     catalog = store.item_catalog("v1")
     assert catalog.price[1] == 1.5 and catalog.in_stock[1]  # the bundle's price kept
     assert abs(catalog.price[2] - 123456789.99) < 16 and not catalog.in_stock[2]  # float32

@@ -209,7 +209,8 @@ class FeatureStore(Protocol):
     def user_features(self, version: str, user_id: str, recent: int = 0) -> UserFeatures | None:
         """A user's features in `version`, read in one round trip.
 
-        recent: also read up to this many real-time events (newest first).
+        recent: also read the newest this many real-time events, followed by the user's
+        purchases older than those that the store still keeps (so more than `recent` may come).
         Returns None when the version holds nothing for the user (unknown, forgotten, or the
         version does not exist) and no real-time events were asked for or found; a user with
         only real-time events comes back with `known=False` and empty arrays.
@@ -269,7 +270,8 @@ class FeatureStore(Protocol):
         ...
 
     def recent_events(self, user_id: str, limit: int = 50) -> list[RecentEvent]:
-        """The user's recent events, newest first."""
+        """The user's newest `limit` events, then their older purchases the store still keeps
+        (a purchase stays excluded however many views follow it); newest first each."""
         ...
 
     # -- admin ------------------------------------------------------------------------------

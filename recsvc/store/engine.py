@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsvc.errors import InvalidInput, NotFound, StoreUnavailable
+from recsvc.events import NUMBER_OUT_OF_RANGE, as_float32
 from recsvc.ids import IdMap
 from recsvc.privacy import PLAIN, IdHasher
 from recsvc.store import codec
@@ -64,7 +65,6 @@ RECENT_MAX = 50  # real-time events kept per user
 RECENT_TTL = 7 * 86_400  # seconds a user's real-time list lives after its last event
 ITEM_UPDATE_ATTEMPTS = 20  # update_items re-merges when another update wrote first
 _CACHED_VERSIONS = 4  # per-version immutable data (factors, rules, popularity) kept in process
-_PRICE_MAX = float(np.finfo(np.float32).max)  # item prices are stored as float32
 
 
 class StoreEngine(ABC):
@@ -594,8 +594,8 @@ class StoreEngine(ABC):
             given = frame["price"].notna().to_numpy()
             wrong = given & (~np.isfinite(parsed) | (parsed < 0))
             count("unparsable or negative price", int((wrong & ~missing).sum()))
-            huge = given & ~wrong & (parsed > _PRICE_MAX)  # prices are stored as float32
-            count("price too large (above 3.4e38)", int((huge & ~missing).sum()))
+            huge = given & ~wrong & as_float32(parsed)[1]  # prices are stored as float32
+            count(NUMBER_OUT_OF_RANGE.format("price"), int((huge & ~missing).sum()))
             wrong |= huge
             columns["price"] = [
                 None if (w or not g) else float(p) for p, g, w in zip(parsed.tolist(), given, wrong, strict=True)
