@@ -118,6 +118,18 @@ def _load(args: argparse.Namespace, config: TrainConfig) -> Any:
     return log
 
 
+def _check_splits(args: argparse.Namespace, log: Any, config: Any, seeds: list[int]) -> None:
+    """InvalidInput naming --split when a seed's split leaves nobody to evaluate, before any
+    model is fitted (metrics averaged over nobody would read as a model scoring 0)."""
+    from training.evaluation.evaluate import eval_users
+    from training.evaluation.splits import split_log
+
+    for seed in seeds:
+        split = split_log(log, args.split, args.test_ratio, seed, config.events)
+        if not len(eval_users(split).rows):
+            raise _nobody_to_evaluate(args.split, seed)
+
+
 def _nobody_to_evaluate(split: str, seed: int) -> InvalidInput:
     return InvalidInput(
         "--split",
@@ -150,10 +162,8 @@ def run_eval(args: argparse.Namespace) -> int:
     model_specs(models, config)  # unknown names fail before the log is read
     seeds = _parse_seeds(args.seeds, args.seed)
     log = _load(args, config)
+    _check_splits(args, log, config, seeds)
     report = evaluate(log, models, config, args.split, args.test_ratio, seeds, args.k)
-    for run in report.runs:  # metrics averaged over nobody would read as a model scoring 0
-        if not run["users_evaluated"]:
-            raise _nobody_to_evaluate(args.split, run["seed"])
     protocol = report.protocol
     print(
         f"{protocol['split']} split, test ratio {protocol['test_ratio']}, seeds "
@@ -177,8 +187,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from recsvc.config import load_train_config
-    from training.evaluation.evaluate import eval_users
-    from training.evaluation.splits import split_log
     from training.tune import Trial, tune, write_tuned
 
     _check_common(args)
@@ -188,10 +196,7 @@ def run_tune(args: argparse.Namespace) -> int:
     models = _models(args.models)
     seeds = _parse_seeds(args.seeds, 1)
     log = _load(args, config)
-    for seed in seeds:  # checked before the trials, which may take hours, as the tuner splits
-        split = split_log(log, args.split, args.test_ratio, seed, config.events)
-        if not len(eval_users(split).rows):
-            raise _nobody_to_evaluate(args.split, seed)
+    _check_splits(args, log, config, seeds)  # before the trials, which may take hours
 
     def show(trial: Trial) -> None:
         params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
