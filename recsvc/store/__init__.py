@@ -100,8 +100,9 @@ def check_userinfo(url: str) -> None:
             "the URL has an '@' after its host part, most likely a password holding '/', '?', "
             "'#' or '@': percent-encode these characters in the password ('/' as %2F, '?' as "
             "%3F, '#' as %23, '@' as %40; Python: urllib.parse.quote(password, safe='')), or "
-            "pass the password in RECSVC_REDIS_PASSWORD instead (the URL is not shown, to keep the "
-            "password out of logs)",
+            "pass the password in RECSVC_REDIS_PASSWORD instead; an '@' in a setting's value (a "
+            "certificate path) is written %40 as well (the URL is not shown, to keep the password "
+            "out of logs)",
         )
 
 
