@@ -61,10 +61,19 @@ def verdict(result: dict[str, Any], target_label: str = "20M") -> dict[str, Any]
         "failed": failed,
     }
     spark = {r["label"]: r["spark_als"] for r in runs if "ratio_vs_local_als" in r.get("spark_als", {})}
-    if spark:
+    # Spark that ran and failed at a size is a miss there (e.g. out of memory at 20M), never
+    # left out of the judgement
+    spark_failed = [r["label"] for r in runs if "error" in (r.get("spark_als") or {})]
+    if spark or spark_failed:
         out["spark_ratio_by_size"] = {label: s["ratio_vs_local_als"] for label, s in spark.items()}
         java = sorted(label for label, s in spark.items() if s.get("spark_blas") != "native")
-        if java:
+        if spark_failed:
+            out["spark_failed"] = spark_failed
+            out["spark_target_met"] = False
+        elif target_label not in spark:
+            out["spark_target_met"] = False
+            out["spark_target_note"] = f"no Spark run at {target_label}"
+        elif java:
             out["spark_target_met"] = None
             out["spark_target_note"] = f"not judged: Spark ran on Java BLAS at {', '.join(java)}"
         else:

@@ -442,6 +442,7 @@ class PhaseResult:
     ok_by_rpc: dict[str, int] = field(default_factory=dict)
     arrived_by_rpc: dict[str, int] = field(default_factory=dict)
     max_send_lag: float = 0.0  # open loop: how late the generator sent (seconds)
+    send_lag: LatencyHistogram | None = None  # open loop: each send's lag (in every latency)
     not_sent: int = 0  # open loop: intended sends skipped at the outstanding-call cap
     sources: dict[str, int] = field(default_factory=dict)  # answers by source name
     round_rps: list[float] = field(default_factory=list)  # requests/s of each round (rounds > 1)
@@ -471,6 +472,8 @@ class PhaseResult:
         if self.server_cpu_seconds is not None and other.server_cpu_seconds is not None:
             self.server_cpu_seconds += other.server_cpu_seconds
         self.max_send_lag = max(self.max_send_lag, other.max_send_lag)
+        if self.send_lag is not None and other.send_lag is not None:
+            self.send_lag.merge(other.send_lag)
         self.not_sent += other.not_sent
 
     @property
@@ -511,6 +514,9 @@ class PhaseResult:
             }
         if self.mode == "open":
             out["generator"]["max_send_lag_ms"] = round(self.max_send_lag * 1e3, 3)
+            if self.send_lag is not None and self.send_lag.count:
+                lag = self.send_lag.summary_ms()
+                out["generator"]["send_lag_ms"] = {q: lag[q] for q in ("p50", "p99")}
             out["generator"]["not_sent"] = self.not_sent
         if len(self.per_rpc) > 1:
             out["per_rpc"] = {
@@ -653,11 +659,15 @@ async def run_phase(
     on_tick: Progress | None = None,
     precision: float = 0.01,
     observer: Observer | None = None,
+    timeout: float = 2.0,
 ) -> PhaseResult:
     """Apply load for `warmup + duration` seconds; measure the last `duration` seconds.
 
     rate: None for closed loop with `concurrency` workers; else open loop at `rate` requests/s
-    (at most `max_outstanding` calls in flight; sends beyond that are counted as not sent).
+    (at most `max_outstanding` calls in flight; a send beyond that is counted as failed, NOT_SENT,
+    with the latency of the calls' deadline `timeout`: the least a caller would have waited).
+    The open loop also keeps how late each send left (`send_lag`): timers wake up to about a
+    millisecond late, and latency counts from the intended time, so that lag is in it.
     observer: called with every finished call, warm-up included (see `Observer`).
     """
     started = time.perf_counter()
@@ -665,6 +675,7 @@ async def run_phase(
     recorder = _Recorder(window_start, window_end, precision)
     marks: dict[str, tuple[float, float | None]] = {}
     lag = 0.0
+    send_lag = LatencyHistogram(precision)  # open loop: how late each send in the window left
     not_sent = 0
 
     def _server_cpu() -> float | None:
@@ -708,11 +719,12 @@ async def run_phase(
                 now = time.perf_counter()
             if intended >= window_start:
                 lag = max(lag, now - intended)
+                send_lag.record(max(0.0, now - intended))
             if len(in_flight) >= max_outstanding:
                 if intended >= window_start:
                     not_sent += 1
-                    # an error, not a missing sample: the queueing it stands for shows
-                    recorder.add(pool.next()[0], intended, now, NOT_SENT)
+                    # an error at the deadline, not a missing sample: the queueing shows
+                    recorder.add(pool.next()[0], intended, intended + timeout, NOT_SENT)
             else:
                 task = asyncio.create_task(_invoke(pool, recorder, intended, observer))
                 in_flight.add(task)
@@ -756,6 +768,7 @@ async def run_phase(
         generator_cpu_seconds=end_cpu - start_cpu,
         server_cpu_seconds=server_cpu,
         max_send_lag=lag,
+        send_lag=send_lag,
         not_sent=not_sent,
     )
 
@@ -923,6 +936,7 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
                     rate=config.rate,
                     server_pids=config.server_pids,
                     on_tick=tick if config.progress else None,
+                    timeout=config.timeout,
                 )
                 if config.progress:
                     sys.stderr.write("\r" + " " * 78 + "\r")
@@ -937,7 +951,9 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
     floor = next((p for p in phases if p.name == FLOOR), None)
     out_phases = [p.to_dict() for p in phases]
     ratios: dict[str, float] = {}
-    if floor is not None and floor.rps > 0:
+    # Open loop offers every phase the same rate: a server that keeps up answers it in each,
+    # so a throughput ratio would say nothing of capacity (compare latencies instead).
+    if floor is not None and floor.rps > 0 and config.rate is None:
         for phase, result in zip(out_phases, phases, strict=True):
             if phase["name"] != FLOOR:
                 phase["rps_vs_floor"] = round(phase["rps"] / floor.rps, 4)

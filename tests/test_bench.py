@@ -127,7 +127,7 @@ def test_failed_calls_count_in_latency_and_skipped_sends_are_errors() -> None:
         failing = await run_phase("failing", CallPool(["Flaky"], [sometimes_late_and_failing]),
                                   duration=1.0, warmup=0.0, concurrency=4)
         capped = await run_phase("capped", CallPool(["Stalled"], [stalled]), duration=0.5,
-                                 warmup=0.0, rate=200.0, max_outstanding=10)
+                                 warmup=0.0, rate=200.0, max_outstanding=10, timeout=0.3)
         return failing, capped
 
     failing, capped = asyncio.run(both())
@@ -136,6 +136,9 @@ def test_failed_calls_count_in_latency_and_skipped_sends_are_errors() -> None:
     assert failing.latency.percentile(99) >= 0.19  # the timeouts, not only the 1 ms answers
     assert capped.not_sent > 50 and capped.errors["NOT_SENT"] == capped.not_sent
     assert capped.to_dict()["error_rate"] > 0.5 and set(capped.per_rpc) == {"Stalled"}
+    # a call not sent counts at the deadline (0.3 s), never as a quick answer: no sample
+    # in the histogram is below what a sent call took (0.5 s) or a skipped one stands for
+    assert capped.latency.percentile(1) >= 0.29
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -249,8 +252,23 @@ def test_bench_serve_open_loop_without_ids(memory_server: Any) -> None:  # noqa:
     for phase in result["phases"]:
         assert phase["requests_ok"] > 100 and phase["errors"] == {}
         assert phase["generator"]["not_sent"] == 0
+        lag = phase["generator"]["send_lag_ms"]  # the generator's own share of each latency
+        assert 0 <= lag["p50"] <= lag["p99"] <= phase["generator"]["max_send_lag_ms"] + 0.1
     summary = "\n".join(serve_summary(result))
     assert summary.count("0 not sent (outstanding-call cap") == 2
+    assert summary.count("sends late by p50") == 2
+
+
+def test_open_loop_gives_no_throughput_ratio_to_the_floor(memory_server: Any) -> None:  # noqa: F811
+    # Every phase is offered the same rate: a server that keeps up answers it in each, so
+    # "Recommend at 100% of Check" would say nothing about capacity.
+    config = loadgen.LoadConfig(target=memory_server.target, rpcs=("Popular",), rate=100.0,
+                                duration=0.5, warmup=0.1)
+    result = loadgen.run(config)
+    assert [p["name"] for p in result["phases"]] == ["Check", "Popular"]
+    assert result["rps_vs_floor"] == {} and "rps_vs_floor" not in result["phases"][1]
+    popular_line = next(line for line in serve_summary(result) if line.strip().startswith("Popular"))
+    assert " n/a " in popular_line
 
 
 @pytest.mark.slow
@@ -337,3 +355,9 @@ def test_train_verdict_judges_the_target_size_and_only_fair_spark_runs() -> None
     java = verdict({"runs": [small, _train_run("20M", 320.0, 15.0, "java (no libblas.so.3)")]})
     assert java["time_target_met"] is False
     assert java["spark_target_met"] is None and "20M" in java["spark_target_note"]
+
+    # Spark failing at the target size (e.g. out of memory) is a miss, not left out
+    spark_oom = {**_train_run("20M", 250.0, 0.0, "native"), "spark_als": {"error": "OutOfMemoryError"}}
+    oom = verdict({"runs": [small, spark_oom]})
+    assert oom["spark_target_met"] is False and oom["spark_failed"] == ["20M"]
+    assert oom["spark_ratio_by_size"] == {"5M": 12.0}

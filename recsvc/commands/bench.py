@@ -282,8 +282,10 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
 
         if "rps_vs_floor" in phase:
             ratio = f"{phase['rps_vs_floor']:9.0%}"
-        else:
-            ratio = "    floor" if phase["name"] == "Check" else "        -"
+        elif phase["name"] == "Check":
+            ratio = "    floor"
+        else:  # open loop: every phase is offered the same rate; compare latencies
+            ratio = "      n/a" if cfg["mode"] == "open" else "        -"
         errors = ",".join(f"{k}:{v}" for k, v in phase["errors"].items()) or "0"
         line = (
             f"  {phase['name']:<13}{phase['rps']:9,.0f} {ratio}{ms('p50')} {ms('p90')} {ms('p99')} "
@@ -297,8 +299,11 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
             lines.append(f"  {'':<13}vs floor per round: {min(spread):.0%} .. {max(spread):.0%}")
         gen = phase["generator"]
         if "max_send_lag_ms" in gen:  # open loop: how far the generator fell behind its schedule
-            lines.append(f"  {'':<13}sends up to {gen['max_send_lag_ms']:.1f} ms late; "
-                         f"{gen['not_sent']} not sent (outstanding-call cap; counted as errors)")
+            lag = gen.get("send_lag_ms") or {}
+            typical = (f"p50 {lag['p50']:.2f} / p99 {lag['p99']:.2f} ms (in every latency), "
+                       if lag else "")
+            lines.append(f"  {'':<13}sends late by {typical}at most {gen['max_send_lag_ms']:.1f} ms; "
+                         f"{gen['not_sent']} not sent (outstanding-call cap; errors at the deadline)")
     lines.append("  req/s = answers that arrived in the window; latency (every call sent in the window, "
                  "failed ones included) in ms;\n"
                  "  gen CPU = load generator CPU time / wall time (100% = one core)"
