@@ -319,8 +319,9 @@ def verdict(run: dict[str, Any]) -> dict[str, Any]:
                     "mix_p99_ms": mix["latency_ms"]["p99"]})
     if "round_rps_vs_floor" in recommend:
         out["recommend_vs_check_per_round"] = recommend["round_rps_vs_floor"]
-    # CPU per answered call does not depend on how busy the machine was: what each RPC costs
-    # the server, and so what a server-bound run would reach.
+    # CPU per call (no call fails in a judged run) does not depend on how busy the machine was:
+    # what each RPC costs the server process tree, and so what a server-bound run would reach.
+    # Redis runs apart and is not in it: Recommend's store reads cost more than this says.
     cpu = {name: phase.get("server", {}).get("cpu_us_per_request") for name, phase in phases.items()}
     out["server_cpu_us_per_request"] = cpu
     if cpu.get("Check") and cpu.get("Recommend"):

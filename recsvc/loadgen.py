@@ -80,6 +80,7 @@ FLOOR = "Check"
 # follow). Used by `--rpc mix`; the result also breaks the mix down per RPC.
 MIX_WEIGHTS = {"Recommend": 0.30, "SimilarItems": 0.30, "CrossSell": 0.15, "BuyAgain": 0.10, "Popular": 0.15}
 REQUEST_POOL = 20_000  # prebuilt requests per RPC, cycled through
+MAX_OUTSTANDING = 10_000  # open loop: calls in flight at most; a send beyond it is NOT_SENT
 MAX_CART = 3  # CrossSell carts hold 1..MAX_CART items
 
 
@@ -654,7 +655,7 @@ async def run_phase(
     warmup: float,
     concurrency: int = 16,
     rate: float | None = None,
-    max_outstanding: int = 10_000,
+    max_outstanding: int = MAX_OUTSTANDING,
     server_pids: Sequence[int] = (),
     on_tick: Progress | None = None,
     precision: float = 0.01,
@@ -980,14 +981,16 @@ async def run_load(config: LoadConfig, ids: Ids | None = None) -> dict[str, Any]
             "retries": config.retries,
             "rpcs": list(config.rpcs),
             "mix_weights": MIX_WEIGHTS if "mix" in config.rpcs else None,
-            "request_pool": REQUEST_POOL,
+            "request_pool": REQUEST_POOL,  # prebuilt requests per RPC, cycled through
+            "max_outstanding": MAX_OUTSTANDING if config.rate is not None else None,
         },
         "ids": {
             "source": ids.source if ids else None,
             "users": len(ids.users) if ids else 0,
             "items": len(ids.items) if ids else 0,
             "users_known": ids.users_known if ids else None,
-            "choice": "uniform at random",
+            # drawn with replacement into the request pool, which is then cycled through
+            "choice": f"uniform at random, {REQUEST_POOL:,} requests per RPC cycled",
         },
         "model": _model_info(info),
         "phases": out_phases,

@@ -307,7 +307,8 @@ def serve_summary(result: dict[str, Any]) -> list[str]:
     lines.append("  req/s = answers that arrived in the window; latency (every call sent in the window, "
                  "failed ones included) in ms;\n"
                  "  gen CPU = load generator CPU time / wall time (100% = one core)"
-                 + ("; srv CPU/req = server process tree CPU per answered call" if with_server else ""))
+                 + ("; srv CPU/req = server process tree CPU per call (Redis not included)"
+                    if with_server else ""))
     return lines
 
 
