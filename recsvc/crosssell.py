@@ -24,9 +24,11 @@ Scoring. A candidate item c is scored by the best rule that fires for it:
 
 Ties go to the higher confidence, then the lower item index. Cart items and `exclude` are never
 returned. When rules give fewer than k items, the answer is topped up from item-item
-similarity (rows of `similar_indices` / `similar_scores` for the cart items): a neighbour
-scores `floor * s / (1 + s)` for its best similarity s >= 0, where `floor` is the lowest rule
-score in the index, so every similarity-based score is below every rule-based score.
+similarity (rows of `similar_indices` / `similar_scores` for the newest `CROSS_SELL_SOURCES`
+cart items, as the server reads them; `ranked_neighbours`): a neighbour scores
+`floor * s / (1 + s)` for its best similarity s >= 0, where `floor` is the lowest rule score in
+the index, so every similarity-based score is below every rule-based score, and the merged
+neighbour lists come best first.
 
 Must not import `training` or `serving`.
 """
@@ -126,6 +128,47 @@ def _clean_cart(cart: Iterable[int] | np.ndarray, limit: int) -> np.ndarray:
     return items[(items >= 0) & (items < limit)]
 
 
+CROSS_SELL_SOURCES = 3  # the newest cart items whose similar items top an answer up
+
+
+def similar_sources(cart: Iterable[int]) -> list[int]:
+    """The newest `CROSS_SELL_SOURCES` distinct known items of a cart (in the order the shopper
+    added them), newest first: whose similar items top a cross-sell answer up."""
+    known = list(dict.fromkeys(int(i) for i in cart if int(i) >= 0))
+    return known[-CROSS_SELL_SOURCES:][::-1]
+
+
+def ranked_neighbours(
+    sources: Sequence[int],
+    indices: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    banned: np.ndarray | None = None,
+) -> list[tuple[int, float, int]]:
+    """(neighbour, similarity, source) from the similar-items rows of `sources`, best first
+    (similarity descending, then neighbour and source ascending), each neighbour once at its
+    best, without padding (-1), non-finite similarities or `banned` items."""
+    if not len(sources):
+        return []
+    neighbour = np.concatenate([np.asarray(row, dtype=np.int64) for row in indices])
+    similarity = np.concatenate([np.asarray(row, dtype=np.float64) for row in scores])
+    source = np.repeat(np.asarray(sources, dtype=np.int64), [len(row) for row in indices])
+    usable = (neighbour >= 0) & np.isfinite(similarity)
+    if banned is not None and len(banned):
+        usable &= ~np.isin(neighbour, banned)
+    neighbour, similarity, source = neighbour[usable], similarity[usable], source[usable]
+    order = np.lexsort((source, neighbour, -similarity))
+    _, first = np.unique(neighbour[order], return_index=True)
+    chosen = order[np.sort(first)]
+    return list(zip(neighbour[chosen].tolist(), similarity[chosen].tolist(), source[chosen].tolist(),
+                    strict=True))
+
+
+def neighbour_score(floor: float, similarity: float) -> float:
+    """A similar item's cross-sell score: below `floor`, the lowest rule score."""
+    positive = max(similarity, 0.0)
+    return floor * positive / (1.0 + positive)
+
+
 def _name(item: int, item_ids: Sequence[str] | None) -> str:
     return str(item_ids[item]) if item_ids is not None else f"#{item}"
 
@@ -159,7 +202,8 @@ def cross_sell(
                 f"indices {similar_indices.shape} and scores {similar_scores.shape} must be "
                 "matching n_items x S arrays",
             )
-    cart_items = _clean_cart(cart, np.iinfo(np.int64).max)
+    ordered = list(cart) if not isinstance(cart, np.ndarray) else cart.tolist()
+    cart_items = _clean_cart(ordered, np.iinfo(np.int64).max)
     excluded = _clean_cart(() if exclude is None else exclude, np.iinfo(np.int64).max)
     banned = np.union1d(cart_items, excluded)
     if k == 0:
@@ -190,7 +234,7 @@ def cross_sell(
 
     if len(answer) < k and similar_indices is not None and similar_scores is not None:
         answer += _similar_top_up(
-            cart_items,
+            similar_sources(ordered),
             np.union1d(banned, [s.item for s in answer]),
             k - len(answer),
             index.similarity_floor,
@@ -202,7 +246,7 @@ def cross_sell(
 
 
 def _similar_top_up(
-    cart_items: np.ndarray,
+    sources: list[int],
     banned: np.ndarray,
     wanted: int,
     floor: float,
@@ -210,31 +254,12 @@ def _similar_top_up(
     similar_scores: np.ndarray,
     item_ids: Sequence[str] | None,
 ) -> list[ScoredItem]:
-    """The cart items' nearest neighbours not yet in the answer, scored below `floor`."""
-    sources = cart_items[cart_items < similar_indices.shape[0]]
-    if len(sources) == 0:
-        return []
-    width = similar_indices.shape[1]
-    neighbour = np.asarray(similar_indices[sources], dtype=np.int64).ravel()
-    similarity = np.asarray(similar_scores[sources], dtype=np.float64).ravel()
-    source = np.repeat(sources, width)
-    usable = (neighbour >= 0) & np.isfinite(similarity) & ~np.isin(neighbour, banned)
-    neighbour, similarity, source = neighbour[usable], similarity[usable], source[usable]
-    if len(neighbour) == 0:
-        return []
-    order = np.lexsort((source, neighbour, -similarity))
-    _, first = np.unique(neighbour[order], return_index=True)
-    chosen = order[np.sort(first)[:wanted]]
-    out = []
-    for item, value, origin in zip(
-        neighbour[chosen], similarity[chosen], source[chosen], strict=True
-    ):
-        positive = max(float(value), 0.0)
-        out.append(
-            ScoredItem(
-                item=int(item),
-                score=floor * positive / (1.0 + positive),
-                reason=f"similar to {_name(int(origin), item_ids)}",
-            )
-        )
-    return out
+    """The sources' nearest neighbours not yet in the answer, scored below `floor`."""
+    sources = [s for s in sources if s < similar_indices.shape[0]]
+    ranked = ranked_neighbours(
+        sources, [similar_indices[s] for s in sources], [similar_scores[s] for s in sources], banned
+    )
+    return [
+        ScoredItem(item, neighbour_score(floor, value), f"similar to {_name(origin, item_ids)}")
+        for item, value, origin in ranked[:wanted]
+    ]

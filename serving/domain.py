@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from recsvc.crosssell import cross_sell
+from recsvc.crosssell import cross_sell, neighbour_score, ranked_neighbours, similar_sources
 from recsvc.errors import NotFound, StoreUnavailable
 from recsvc.ranking import Answer, ScoredItem, finalize, scored
 from recsvc.store import ALL, FeatureStore, RecentEvent, UserFeatures
@@ -49,7 +49,6 @@ from serving.warmup import UserWarmer
 # between 5 and 25 ms (a thread waiting for the GIL on a busy server can lose a 5 ms switch
 # interval or more; a store gets most of a long deadline)
 DEADLINE_MARGIN = (0.005, 0.1, 0.025)
-CROSS_SELL_SOURCES = 3  # cart items whose similar lists top cross-sell up
 MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
 EVENT_TYPES = ("view", "cart", "purchase")
 
@@ -346,20 +345,20 @@ class RecommendationService:
                 exclude=exclude,
                 item_ids=model.catalog.ids.ids,
             )
-        # Similar items of the newest cart items, read only if the rules leave room; scored
-        # below every rule as in `recsvc.crosssell` (floor * s / (1 + s)).
+        # Similar items of the newest cart items, read only if the rules leave room, merged
+        # best first and scored below every rule, as `recsvc.crosssell` tops up.
         floor = model.rules.similarity_floor if model.rules is not None else 1.0
         failed: list[bool] = []
 
-        def neighbours(item: int) -> Iterator[ScoredItem]:
-            items, scores = self._similar_or_empty(model, item, deadline, failed)
-            reason = f"similar to {model.catalog.item_id(item)}"
-            for other, value in zip(items.tolist(), scores.tolist(), strict=False):
-                if other >= 0:
-                    yield ScoredItem(other, floor * max(value, 0.0) / (1.0 + max(value, 0.0)), reason)
+        def neighbours() -> Iterator[ScoredItem]:
+            sources = similar_sources(cart)
+            rows = [self._similar_or_empty(model, item, deadline, failed) for item in sources]
+            ranked = ranked_neighbours(sources, [r[0] for r in rows], [r[1] for r in rows])
+            for other, value, origin in ranked:
+                yield ScoredItem(other, neighbour_score(floor, value),
+                                 f"similar to {model.catalog.item_id(origin)}")
 
-        newest = cart[-CROSS_SELL_SOURCES:][::-1]
-        primary = itertools.chain(rules, *(neighbours(item) for item in newest))
+        primary = itertools.chain(rules, neighbours())
         categories = frozenset(str(model.catalog.category[i]) for i in cart) - {""}
         topups = self._item_topups(model, categories, query.filter, allowed)
         answer = finalize(primary, query.k, allowed, exclude, topups)

@@ -180,6 +180,33 @@ def test_cross_sell_ranks_planted_rules_first(stub: object) -> None:
     assert reply.source == pb.POPULAR and len(reply.items) == 2
 
 
+def test_cross_sell_of_a_cart_is_the_batch_answer_best_first(
+    memory_server: RunningServer, bundle_dir: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from recsvc.cli import main
+
+    cart = [item_id(i) for i in (0, 11, 22, 35)]  # similar items of the newest three top up
+    channel, client = stub_for(memory_server.target)
+    try:
+        reply = client.CrossSell(pb.CrossSellRequest(item_ids=cart, k=12), timeout=5)
+    finally:
+        channel.close()
+    scores = [item.score for item in reply.items]
+    assert len(scores) == 12 and scores == sorted(scores, reverse=True)
+    assert {item.reason for item in reply.items[2:]} == {
+        f"similar to {item_id(i)}" for i in (11, 22, 35)}
+    capsys.readouterr()
+    assert main(["crosssell", "--bundle", str(bundle_dir), "--items", ",".join(cart), "--k", "12"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    # the same answer; the store keeps similarity scores compressed, so near-ties may swap
+    batch = {r[1]: (r[3], float(r[2])) for r in rows}
+    assert [r[1] for r in rows[:2]] == ids(reply)[:2]  # the rules, in order
+    assert set(batch) == set(ids(reply))
+    for item in reply.items:
+        assert batch[item.item_id][0] == item.reason
+        assert batch[item.item_id][1] == pytest.approx(item.score, abs=1e-3)
+
+
 def test_buy_again_and_purchase_events(stub: object) -> None:
     reply = stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)
     assert ids(reply) == [item_id(7)]  # sku-08 was bought two days ago on a monthly cycle
