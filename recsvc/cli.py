@@ -14,6 +14,7 @@ UTF-8: exit 2, naming the flag whose path it is). Nothing else is caught: a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -47,6 +48,22 @@ class OneLineParser(argparse.ArgumentParser):
 def _one_line(text: str) -> str:
     """One printable line, whatever a library put in the message."""
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+# Writing failed for want of room: disk full, quota, file-size limit (ulimit -f), read-only.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _path_error(args: argparse.Namespace, exc: OSError) -> int:
+    """One stderr line naming the flag of the path that failed, exit 2."""
+    # a rename names its target second: that is the path the caller gave
+    named = exc.filename2 if isinstance(exc.filename2, str) else exc.filename
+    path = named if isinstance(named, str) else None
+    flag = _path_flag(args, path)
+    where = f"{flag}: {path}" if flag else str(path or "a file")
+    reason = exc.strerror or type(exc).__name__
+    print(f"recsvc {args.command}: error: {_one_line(f'{where}: {reason}')}", file=sys.stderr)
+    return 2
 
 
 def _path_flag(args: argparse.Namespace, path: str | None) -> str | None:
@@ -96,14 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError,
             FileExistsError) as exc:
-        # a rename names its target second: that is the path the caller gave
-        named = exc.filename2 if isinstance(exc.filename2, str) else exc.filename
-        path = named if isinstance(named, str) else None
-        flag = _path_flag(args, path)
-        where = f"{flag}: {path}" if flag else str(path or "a file")
-        reason = exc.strerror or type(exc).__name__
-        print(f"recsvc {args.command}: error: {_one_line(f'{where}: {reason}')}", file=sys.stderr)
-        return 2
+        return _path_error(args, exc)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        if exc.filename is None and getattr(args, "out", None):  # a write: the output
+            exc.filename = str(args.out)
+        return _path_error(args, exc)  # an output that no longer fits: say so in one line
     except UnicodeDecodeError as exc:
         print(f"recsvc {args.command}: error: input is not UTF-8 text ({_one_line(str(exc))})",
               file=sys.stderr)

@@ -92,3 +92,20 @@ def test_recommend_export_honours_the_forget_list_and_never_leaves_half_a_file(
     assert main(["recommend", "--bundle", str(bundle), "--users", str(users), "--k", "2",
                  "--out", str(tmp_path / "two.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "two.csv")["user_id"]) == {"user_id", user_id(1)}
+
+
+def test_an_output_that_does_not_fit_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import resource
+
+    def small_files() -> None:  # as a full disk or `ulimit -f` would
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", "synth", "--users", "300", "--items", "50",
+         "--out", str(tmp_path / "data")],
+        capture_output=True, text=True, preexec_fn=small_files, timeout=120,
+    )
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(err) == 1 and err[0].startswith("recsvc synth: error: --out: "), err
+    assert "File too large" in err[0]
