@@ -104,11 +104,13 @@ def export_frames(
                 rows_score.append(item.score)
         summary.users += len(chunk)
         summary.rows += len(rows_user)
+        # typed even when empty: a batch in which every list came out empty is still a batch
+        # of string ids (pandas would take empty columns for floats)
         yield pd.DataFrame(
             {
-                "user_id": rows_user,
+                "user_id": pd.Series(rows_user, dtype="str"),
                 "rank": np.asarray(rows_rank, dtype=np.int32),
-                "item_id": item_ids[np.asarray(rows_item, dtype=np.int64)] if rows_item else [],
+                "item_id": pd.Series(item_ids[np.asarray(rows_item, dtype=np.int64)], dtype="str"),
                 "score": np.asarray(rows_score, dtype=np.float32),
             }
         )

@@ -42,10 +42,10 @@ def read_user_file(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from recsvc.batch import ExportSummary, export_frames
     from recsvc.bundle import Bundle
+    from recsvc.commands.exports import frame_appender
     from recsvc.errors import InvalidInput
     from recsvc.progress import progress
     from recsvc.ranking import ItemFilter
@@ -79,35 +79,18 @@ def run(args: argparse.Namespace) -> int:
         in_stock_only=args.in_stock_only,
         exclude_seen=args.exclude_seen,
     )
+    # Fixed before the first batch, which may hold no row (every list in it empty) or be the
+    # only one; large_string is what pandas 3's str columns convert to.
+    schema = pa.schema([("user_id", pa.large_string()), ("rank", pa.int32()),
+                        ("item_id", pa.large_string()), ("score", pa.float32())])
     summary = ExportSummary()
     out.parent.mkdir(parents=True, exist_ok=True)
     total = len(bundle.users) if users is None else len(users)
     bar = progress(total=total, desc="recommend", unit="users")
-    # Written beside the target and renamed at the end: a failed export leaves the previous
-    # file (or none), never a truncated one a campaign tool would pick up.
-    partial = out.with_name(f".{out.name}.partial")
-    writer: Any = None
-    try:
-        with open(partial, "w", newline="", encoding="utf-8") if suffix == ".csv" else _null() as handle:
-            first = True
-            for frame in export_frames(bundle, users, args.k, args.model, flt, summary=summary):
-                bar.update(summary.users - bar.n)
-                if suffix == ".csv":
-                    frame.to_csv(handle, header=first, index=False)
-                else:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(partial, table.schema)
-                    writer.write_table(table)
-                first = False
-        if writer is not None:
-            writer.close()
-            writer = None
-        partial.replace(out)
-    finally:
-        if writer is not None:
-            writer.close()
-        partial.unlink(missing_ok=True)
+    with frame_appender(out, schema) as append:
+        for frame in export_frames(bundle, users, args.k, args.model, flt, summary=summary):
+            bar.update(summary.users - bar.n)
+            append(frame)
     bar.close()
     print(
         f"wrote {summary.rows} rows for {summary.users} users to {out} "
@@ -120,11 +103,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stdout,
     )
     return 0
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -1,0 +1,69 @@
+"""Export files of the offline commands, in one place.
+
+- Written whole or not at all: a file is written beside its target and renamed into place when
+  complete, so a failed export (a full disk, a file-size limit, an error half-way) leaves the
+  previous file, or none, never a truncated one that a campaign tool would pick up.
+- An export with no rows is still a valid file: a CSV header, a Parquet schema.
+
+Imports nothing from training or serving; pandas and pyarrow are imported inside the functions
+(the CLI imports command modules whenever it builds its parser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether an output file name asks for Parquet (else CSV)."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+@contextlib.contextmanager
+def replaced_when_complete(target: str | Path) -> Iterator[Path]:
+    """Yield a path beside `target` to write to; rename it onto `target` when the block ends
+    without an error, and delete it otherwise (the previous `target`, if any, is kept)."""
+    target = Path(target)
+    # the process id keeps two exports to one target from writing into each other's file
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def frame_appender(target: str | Path, schema: pa.Schema) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """Yield a function that appends frames with `schema`'s columns to `target` (Parquet or
+    CSV by its extension), which is renamed into place when the block completes.
+
+    The schema is fixed before the first frame: a CSV header or a Parquet schema is written
+    even when no frame comes, and a frame whose column is empty (read as floats) or of
+    another type is cast to it. Raises pyarrow's ArrowInvalid when a value does not fit.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with replaced_when_complete(target) as partial:
+        if is_parquet(target):
+            with pq.ParquetWriter(partial, schema) as writer:
+                yield lambda frame: writer.write_table(
+                    pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+                )
+        else:
+            with open(partial, "w", newline="", encoding="utf-8") as handle:
+                handle.write(",".join(schema.names) + "\n")
+                yield lambda frame: frame.to_csv(
+                    handle, columns=schema.names, header=False, index=False
+                )
