@@ -3,6 +3,10 @@ valid file even with no rows, whole or not at all, and leave forgotten customers
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -10,9 +14,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recsvc.bundle import BundleWriter
 from recsvc.cli import main
+from recsvc.config import BuyAgainConfig, SegmentsConfig
+from recsvc.events import Catalog, load_events
 from recsvc.store import open_store
 from tests.fixtures_grpc import make_bundle, user_id
+from training.buyagain import fit_buyagain
+from training.segments import fit_segments
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = 86_400
+START = 1_767_225_600  # 2026-01-01T00:00:00Z
+CUSTOMERS = [f"c{c:02d}" for c in range(12)]
 
 RECOMMEND_SCHEMA = {"user_id": "large_string", "rank": "int32", "item_id": "large_string",
                     "score": "float"}
@@ -26,6 +40,27 @@ def read_export(path: Path) -> pd.DataFrame:
 
 def parquet_types(path: Path) -> dict[str, str]:
     return {field.name: str(field.type) for field in pq.read_schema(path)}
+
+
+@pytest.fixture(scope="module")
+def commerce(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with buy-again lists and segments: customer c<n> buys milk every 7 + n days
+    (five times) and tea once; 2026-02-10 is after every purchase."""
+    root = tmp_path_factory.mktemp("commerce")
+    lines = ["user_id,item_id,event_type,timestamp,order_id,price"]
+    for n, customer in enumerate(CUSTOMERS):
+        for trip in range(5):
+            day = trip * (7 + n)
+            lines.append(f"{customer},milk,purchase,{START + day * DAY},{customer}-{trip},1.5")
+        lines.append(f"{customer},tea,purchase,{START + DAY},{customer}-tea,4.0")
+    (root / "events.csv").write_text("\n".join(lines) + "\n")
+    log, _ = load_events(root / "events.csv")
+    now = START + 40 * DAY
+    writer = BundleWriter(root / "bundles")
+    writer.ids(log.users, log.items, Catalog.empty(len(log.items)))
+    fit_buyagain(log, BuyAgainConfig(), now).write(writer)
+    fit_segments(log, now, None, SegmentsConfig()).write(writer)
+    return writer.commit({})
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +106,37 @@ def test_recommend_with_every_customer_left_out_writes_an_empty_file_with_its_co
     else:
         assert out.read_text() == "user_id,rank,item_id,score\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "users.txt"])
+
+
+def limit_file_size() -> None:
+    """In the child: files may grow to 100 bytes, as `ulimit -f` or a full disk would stop
+    them (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize(
+    ("command", "suffix"),
+    [("buyagain", ".csv"), ("buyagain", ".parquet"), ("segments", ".csv"), ("rules", ".csv")],
+)
+def test_an_export_that_fails_half_way_keeps_the_previous_file_whole(
+    commerce: Path, planted: Path, tmp_path: Path, command: str, suffix: str
+) -> None:
+    out = tmp_path / f"export{suffix}"
+    args = {
+        "buyagain": ["buyagain", "--bundle", str(commerce), "--users", "all",
+                     "--now", "2026-02-10"],
+        "segments": ["segments", "--bundle", str(commerce)],
+        "rules": ["rules", "--bundle", str(planted)],
+    }[command] + ["--out", str(out)]
+    assert main(args) == 0
+    assert out.stat().st_size > 100  # bigger than the limit below
+    previous = b"yesterday's export\n"
+    out.write_bytes(previous)
+    done = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", *args], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit_file_size,
+    )
+    assert done.returncode != 0
+    assert "File too large" in done.stderr
+    assert out.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsvc.commands.exports import write_frame
+
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
@@ -74,13 +76,6 @@ def output_path(out: str) -> Path:
     if not path.parent.exists():
         raise InvalidInput("--out", f"directory {path.parent} does not exist")
     return path
-
-
-def write_frame(frame: Any, path: Path) -> None:
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
 
 
 def run_buyagain(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsvc.commands.common import add_event_flags, load_options
+from recsvc.commands.exports import write_frame
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,14 +88,11 @@ def _output_format(out: str) -> str:
     return OUTPUT_FORMATS[suffix]
 
 
-def _write_frame(frame: pd.DataFrame, out: str, fmt: str) -> None:
+def _write_frame(frame: pd.DataFrame, out: str) -> None:
     path = Path(out)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
+    write_frame(frame, path)  # whole or not at all
 
 
 @dataclass(frozen=True)
@@ -148,18 +146,18 @@ def run_rules(args: argparse.Namespace) -> int:
 
     if bool(args.events) == bool(args.bundle):
         raise InvalidInput("--events", "give exactly one of --events (mine) or --bundle (export)")
-    fmt = _output_format(args.out)
+    _output_format(args.out)  # a wrong name fails before the work
     if args.bundle:
         source = open_bundle_rules(args.bundle)
         frame = source.rules.to_frame(source.item_ids)
-        _write_frame(frame, args.out, fmt)
+        _write_frame(frame, args.out)
         print(f"{len(frame)} rules from bundle {args.bundle} over {source.rules.n_orders} baskets "
               f"-> {args.out}")
         return 0
-    return _mine_from_events(args, fmt)
+    return _mine_from_events(args)
 
 
-def _mine_from_events(args: argparse.Namespace, fmt: str) -> int:
+def _mine_from_events(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.events import load_events
     from training.baskets import baskets_from_events
@@ -194,7 +192,7 @@ def _mine_from_events(args: argparse.Namespace, fmt: str) -> int:
         max_len=args.max_len,
         max_rules=args.max_rules,
     )
-    _write_frame(rules.to_frame(log.items.ids), args.out, fmt)
+    _write_frame(rules.to_frame(log.items.ids), args.out)
     floor = min_count_for(args.min_support, baskets.n_baskets) if baskets.n_baskets else 0
     print(
         f"{len(rules)} rules from {baskets.n_baskets} baskets ({baskets.baskets_from_orders} "

@@ -1,4 +1,4 @@
-"""Export files of the offline commands, in one place.
+"""Export files of the offline commands (recommend, buyagain, segments, rules), in one place.
 
 - Written whole or not at all: a file is written beside its target and renamed into place when
   complete, so a failed export (a full disk, a file-size limit, an error half-way) leaves the
@@ -41,6 +41,15 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_frame(frame: pd.DataFrame, target: str | Path) -> None:
+    """Write a whole frame to `target`, Parquet or CSV by its extension, whole or not at all."""
+    with replaced_when_complete(target) as partial:
+        if is_parquet(target):
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False)
 
 
 @contextlib.contextmanager
