@@ -140,3 +140,61 @@ def test_an_export_that_fails_half_way_keeps_the_previous_file_whole(
     assert "File too large" in done.stderr
     assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left
+
+
+def forgetting(*customers: str) -> str:
+    """A fresh in-process store whose forget list holds `customers`; its URL."""
+    url = f"memory://exports-{uuid.uuid4().hex[:6]}"
+    store = open_store(url)
+    for customer in customers:
+        store.forget_user(customer)
+    return url
+
+
+def test_buyagain_and_segments_leave_out_the_customers_on_the_stores_forget_list(
+    commerce: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RECSVC_STORE", raising=False)
+    url = forgetting("c03", "c07")
+    due = tmp_path / "due.csv"
+    buyagain = ["buyagain", "--bundle", str(commerce), "--users", "all", "--now", "2026-02-10",
+                "--out", str(due)]
+    assert main(buyagain) == 0
+    assert set(read_export(due)["user_id"]) == set(CUSTOMERS)
+    assert "customers forgotten after training are not checked" in capsys.readouterr().out
+    assert main([*buyagain, "--store", url]) == 0
+    assert set(read_export(due)["user_id"]) == set(CUSTOMERS) - {"c03", "c07"}
+    assert "2 forgotten customers left out" in capsys.readouterr().out
+    # a file of ids: only the forgotten customers among them are counted
+    listed = tmp_path / "listed.txt"
+    listed.write_text("c03\nc04\n")
+    assert main([*buyagain[:4], str(listed), *buyagain[5:], "--store", url]) == 0
+    assert set(read_export(due)["user_id"]) == {"c04"}
+    assert "1 forgotten customers left out" in capsys.readouterr().out
+    # one forgotten customer's list is not shown either
+    assert main(["buyagain", "--bundle", str(commerce), "--user", "c03", "--store", url]) == 3
+    assert "on the forget list" in capsys.readouterr().err
+
+    segments = tmp_path / "segments.parquet"
+    assert main(["segments", "--bundle", str(commerce), "--store", url,
+                 "--out", str(segments)]) == 0
+    assert set(read_export(segments)["user_id"]) == set(CUSTOMERS) - {"c03", "c07"}
+    assert "wrote 10 customers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["recommend", "buyagain", "segments"])
+def test_exports_read_the_forget_list_of_recsvc_store_by_default(
+    commerce: Path, planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    forgotten = user_id(3) if command == "recommend" else "c03"
+    monkeypatch.setenv("RECSVC_STORE", forgetting(forgotten))
+    out = tmp_path / "export.csv"
+    args = {
+        "recommend": ["recommend", "--bundle", str(planted)],
+        "buyagain": ["buyagain", "--bundle", str(commerce), "--users", "all"],
+        "segments": ["segments", "--bundle", str(commerce)],
+    }[command]
+    assert main([*args, "--out", str(out)]) == 0
+    exported = set(read_export(out)["user_id"])
+    assert forgotten not in exported and len(exported) > 10

@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recsvc.commands.exports import write_frame
+from recsvc.commands.exports import (
+    add_store_flag,
+    forgotten_customers,
+    forgotten_note,
+    write_frame,
+)
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -31,16 +36,19 @@ def register(subparsers: Any) -> None:
         "--min-score", type=float, default=0.0, help="leave out items scoring below this"
     )
     buyagain.add_argument("--out", help="output file for --users: .csv or .parquet")
+    add_store_flag(buyagain)
     buyagain.set_defaults(func=run_buyagain)
 
     segments = subparsers.add_parser(
         "segments",
         help="export customer segments (RFM scores, segment, taste cluster)",
-        description="Print the number of customers per segment; with --out, export one row "
-        "per customer: user_id, segment, cluster, r, f, m, recency_days, frequency, monetary.",
+        description="Print the number of customers per segment (of the bundle); with --out, "
+        "export one row per customer: user_id, segment, cluster, r, f, m, recency_days, "
+        "frequency, monetary (without the customers on the --store's forget list).",
     )
     segments.add_argument("--bundle", required=True, help="bundle directory (or a bundles/ root)")
     segments.add_argument("--out", help="output file: .csv or .parquet")
+    add_store_flag(segments)
     segments.set_defaults(func=run_segments)
 
 
@@ -101,6 +109,8 @@ def run_buyagain(args: argparse.Namespace) -> int:
         index = bundle.users.get(args.user)
         if index < 0:
             raise NotFound(f"--user: no customer '{args.user}' in bundle {bundle.version}")
+        if args.store and forgotten_customers(args.store, [args.user]):
+            raise NotFound(f"--user: customer '{args.user}' is on the forget list of --store")
         answer = lists.for_user(index, now, k=args.k, min_score=args.min_score)
         rows = [
             {
@@ -127,12 +137,19 @@ def run_buyagain(args: argparse.Namespace) -> int:
     user_of = rescored.row_users()
     rank = np.arange(len(user_of)) - rescored.indptr[user_of] + 1
     keep = (rank <= args.k) & (rescored.due_score >= args.min_score)
+    listed: list[str] | None = None
     if args.users != "all":
         from recsvc.commands.recommend import read_user_file
 
-        wanted = bundle.users.encode(np.asarray(read_user_file(args.users), dtype=object),
-                                     grow=False)
+        listed = read_user_file(args.users)
+        wanted = bundle.users.encode(np.asarray(listed, dtype=object), grow=False)
         keep &= np.isin(user_of, wanted[wanted >= 0])
+    forgotten: set[str] = set()
+    if args.store:
+        forgotten = forgotten_customers(args.store, list(bundle.users.ids) if listed is None
+                                        else listed)
+        gone = bundle.users.encode(np.asarray(sorted(forgotten), dtype=object), grow=False)
+        keep &= ~np.isin(user_of, gone[gone >= 0])
     chosen = np.flatnonzero(keep)
     user_ids = bundle.users.to_array()
     item_ids = bundle.items.to_array()
@@ -158,7 +175,8 @@ def run_buyagain(args: argparse.Namespace) -> int:
     assert out is not None
     write_frame(frame, out)
     customers = frame["user_id"].nunique()
-    print(f"wrote {len(frame)} items for {customers} customers to {out}")
+    print(f"wrote {len(frame)} items for {customers} customers to {out} "
+          f"({forgotten_note(args.store, len(forgotten))})")
     return 0
 
 
@@ -175,10 +193,15 @@ def run_segments(args: argparse.Namespace) -> int:
         frame = segments.to_frame()
         frame.insert(0, "user_id", pd.array(bundle.users.to_array()[frame["user_index"]],
                                            dtype="string"))
+        forgotten: set[str] = set()
+        if args.store:
+            forgotten = forgotten_customers(args.store, list(bundle.users.ids))
+            frame = frame[~frame["user_id"].isin(forgotten)]
         columns = ["user_id", "segment", "cluster", "r", "f", "m", "recency_days", "frequency",
                    "monetary"]
         write_frame(frame[columns], out)
-        print(f"wrote {len(frame)} customers to {out}", file=sys.stderr)
+        print(f"wrote {len(frame)} customers to {out} "
+              f"({forgotten_note(args.store, len(forgotten))})", file=sys.stderr)
     counts = segments.counts()
     width = max((len(name) for name in counts), default=7)
     print(f"{'segment':<{width}}  customers")

@@ -4,6 +4,8 @@
   complete, so a failed export (a full disk, a file-size limit, an error half-way) leaves the
   previous file, or none, never a truncated one that a campaign tool would pick up.
 - An export with no rows is still a valid file: a CSV header, a Parquet schema.
+- `--store URL` (default `$RECSVC_STORE`): the store whose forget list an export of customers
+  honours, read by one function for every such command.
 
 Imports nothing from training or serving; pandas and pyarrow are imported inside the functions
 (the CLI imports command modules whenever it builds its parser).
@@ -11,11 +13,14 @@ Imports nothing from training or serving; pandas and pyarrow are imported inside
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from recsvc.commands.store import STORE_ENV
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,3 +81,33 @@ def frame_appender(target: str | Path, schema: pa.Schema) -> Iterator[Callable[[
                 yield lambda frame: frame.to_csv(
                     handle, columns=schema.names, header=False, index=False
                 )
+
+
+def add_store_flag(parser: argparse.ArgumentParser) -> None:
+    """The `--store URL` of a command that exports customers (default `$RECSVC_STORE`)."""
+    parser.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV) or None,
+        help="feature store URL whose forget list to honour: customers forgotten after the "
+        "bundle was trained are left out of the export (same ?hash_ids= and secret as the "
+        f"store; default ${STORE_ENV})",
+    )
+
+
+def forgotten_customers(store_url: str, user_ids: Sequence[str]) -> set[str]:
+    """The ids among `user_ids` on the forget list of the store at `store_url` (plain or
+    hashed entries). Raises StoreUnavailable when the store cannot be read."""
+    from recsvc.store import open_store
+
+    store = open_store(store_url)
+    try:
+        return {u for u, gone in zip(user_ids, store.is_forgotten(user_ids), strict=True) if gone}
+    finally:
+        store.close()
+
+
+def forgotten_note(store_url: str | None, left_out: int) -> str:
+    """The summary's words on the forget list: how many were left out, or that it was not read."""
+    if store_url:
+        return f"{left_out} forgotten customers left out"
+    return "no --store: customers forgotten after training are not checked"

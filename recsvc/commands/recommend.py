@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recsvc.commands.exports import (
+    add_store_flag,
+    forgotten_customers,
+    forgotten_note,
+    frame_appender,
+)
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -22,12 +29,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--in-stock-only", action="store_true")
     parser.add_argument("--category", action="append", default=[], help="restrict to a category")
     parser.add_argument("--out", required=True, help="output file: .csv or .parquet")
-    parser.add_argument(
-        "--store",
-        default=None,
-        help="feature store URL whose forget list to honour: customers forgotten after the "
-        "bundle was trained are left out of the export (same ?hash_ids= and secret as the store)",
-    )
+    add_store_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     from recsvc.batch import ExportSummary, export_frames
     from recsvc.bundle import Bundle
-    from recsvc.commands.exports import frame_appender
     from recsvc.errors import InvalidInput
     from recsvc.progress import progress
     from recsvc.ranking import ItemFilter
@@ -61,19 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if unknown:  # a typo would export an empty file
         raise InvalidInput("--category", f"no item of the bundle has category {', '.join(unknown)}")
     users = None if args.users == "all" else read_user_file(args.users)
-    forgotten: list[str] = []
+    forgotten: set[str] = set()
     if args.store:
-        from recsvc.store import open_store
-
-        store = open_store(args.store)
-        try:
-            wanted = list(bundle.users.ids) if users is None else users
-            forgotten = [u for u, gone in zip(wanted, store.is_forgotten(wanted), strict=True) if gone]
-        finally:
-            store.close()
+        wanted = list(bundle.users.ids) if users is None else users
+        forgotten = forgotten_customers(args.store, wanted)
         if forgotten:
-            gone = set(forgotten)
-            users = [u for u in wanted if u not in gone]
+            users = [u for u in wanted if u not in forgotten]
     flt = ItemFilter(
         categories=frozenset(args.category),
         in_stock_only=args.in_stock_only,
@@ -96,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {summary.rows} rows for {summary.users} users to {out} "
         f"(model {args.model or bundle.default_recommender}, bundle {bundle.version}; "
         f"{summary.unknown_users} unknown users got popular items; "
-        f"{summary.short_lists} lists shorter than k"
-        + (f"; {len(forgotten)} forgotten customers left out" if args.store else
-           "; no --store: customers forgotten after training are not checked")
-        + ")",
+        f"{summary.short_lists} lists shorter than k; "
+        f"{forgotten_note(args.store, len(forgotten))})",
         file=sys.stdout,
     )
     return 0
