@@ -136,8 +136,10 @@ def test_an_export_that_fails_half_way_keeps_the_previous_file_whole(
         [sys.executable, "-m", "recsvc.cli", *args], capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit_file_size,
     )
-    assert done.returncode != 0
-    assert "File too large" in done.stderr
+    # one line naming the output (recsvc.cli), and the previous file untouched
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"recsvc {command}: error: --out: {out}: ")
+    assert "File too large" in done.stderr and done.stderr.count("\n") == 1
     assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left
 
@@ -198,3 +200,16 @@ def test_exports_read_the_forget_list_of_recsvc_store_by_default(
     assert main([*args, "--out", str(out)]) == 0
     exported = set(read_export(out)["user_id"])
     assert forgotten not in exported and len(exported) > 10
+
+
+@pytest.mark.parametrize("who", [["--users", "all"], ["--user", "c01"]])
+def test_a_buyagain_export_with_no_row_keeps_its_column_types(
+    commerce: Path, tmp_path: Path, who: list[str]
+) -> None:
+    out = tmp_path / "due.parquet"
+    common = ["buyagain", "--bundle", str(commerce), *who, "--now", "2026-02-10", "--out", str(out)]
+    assert main(common) == 0
+    full = parquet_types(out)
+    assert main([*common, "--min-score", "2"]) == 0  # scores are at most 1: no row
+    assert pd.read_parquet(out).empty and parquet_types(out) == full
+    assert full["user_id"] == full["item_id"] == full["reason"] == "large_string"

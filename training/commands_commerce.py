@@ -124,7 +124,9 @@ def run_buyagain(args: argparse.Namespace) -> int:
         ]
         frame = pd.DataFrame(rows, columns=["rank", "item_id", "score", "next_due", "reason"])
         if out is not None:
-            frame.insert(0, "user_id", args.user)
+            frame = frame.astype({"rank": "int64", "item_id": "string", "score": "float64",
+                                  "next_due": "string", "reason": "string"})
+            frame.insert(0, "user_id", pd.array([args.user] * len(frame), dtype="string"))
             write_frame(frame, out)
             print(f"wrote {len(frame)} items to {out}")
         elif frame.empty:
@@ -156,20 +158,21 @@ def run_buyagain(args: argparse.Namespace) -> int:
     count = np.asarray(rescored.count)[chosen]
     interval = np.asarray(rescored.interval_days)[chosen]
     next_due = np.asarray(rescored.next_due)[chosen]
+    # text columns typed even when empty: a Parquet export with no row still has their types
     frame = pd.DataFrame(
         {
-            "user_id": user_ids[user_of[chosen]],
+            "user_id": pd.array(user_ids[user_of[chosen]], dtype="string"),
             "rank": rank[chosen],
-            "item_id": item_ids[np.asarray(rescored.items)[chosen]],
+            "item_id": pd.array(item_ids[np.asarray(rescored.items)[chosen]], dtype="string"),
             "score": rescored.due_score[chosen],
             "next_due": iso_date(next_due),
             "interval_days": interval,
             "count": count,
             "last_purchase": iso_date(np.asarray(rescored.last)[chosen]),
-            "reason": [
+            "reason": pd.array([
                 reason_text(c, i, d, now)
                 for c, i, d in zip(count.tolist(), interval.tolist(), next_due.tolist(), strict=True)
-            ],
+            ], dtype="string"),
         }
     )
     assert out is not None
