@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 SECONDS_PER_DAY = 86_400
 HORIZON_DAYS = 7.0  # the due score is the chance of a re-buy within this many days of now
 MIN_SD_DAYS = 1.0  # purchase dates are known to the day at best
+# Items less likely than this to be re-bought now are not offered (server and export alike):
+# a reminder for an item due in two months, or long overdue, is noise.
+MIN_DUE_SCORE = 0.01
 PREFIX = "buyagain"
 ARRAYS = ("indptr", "items", "due_score", "next_due", "interval_days", "count", "last",
           "sd_days", "confidence")

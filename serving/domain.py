@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from recsvc.buyagain import MIN_DUE_SCORE
 from recsvc.crosssell import cross_sell, neighbour_score, ranked_neighbours, similar_sources
 from recsvc.errors import NotFound, StoreUnavailable
 from recsvc.ranking import Answer, ScoredItem, finalize, scored
@@ -49,7 +50,6 @@ from serving.warmup import UserWarmer
 # between 5 and 25 ms (a thread waiting for the GIL on a busy server can lose a 5 ms switch
 # interval or more; a store gets most of a long deadline)
 DEADLINE_MARGIN = (0.005, 0.1, 0.025)
-MIN_DUE_SCORE = 0.01  # buy-again items less likely than this to be re-bought now are left out
 EVENT_TYPES = ("view", "cart", "purchase")
 
 # Reasons double as the record of which list an item came from (see `_source`).

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsvc.bundle import BundleWriter
+from recsvc.buyagain import MIN_DUE_SCORE
 from recsvc.cli import main
 from recsvc.config import BuyAgainConfig, SegmentsConfig
 from recsvc.events import Catalog, load_events
@@ -161,9 +162,14 @@ def test_buyagain_and_segments_leave_out_the_customers_on_the_stores_forget_list
     url = forgetting("c03", "c07")
     due = tmp_path / "due.csv"
     buyagain = ["buyagain", "--bundle", str(commerce), "--users", "all", "--now", "2026-02-10",
-                "--out", str(due)]
+                "--min-score", "0", "--out", str(due)]  # every customer has a list
     assert main(buyagain) == 0
-    assert set(read_export(due)["user_id"]) == set(CUSTOMERS)
+    everyone = read_export(due)
+    assert set(everyone["user_id"]) == set(CUSTOMERS)
+    # by default the export offers what the server would: nothing below MIN_DUE_SCORE
+    assert main([arg for arg in buyagain if arg not in ("--min-score", "0")]) == 0
+    offered = read_export(due)
+    assert offered["score"].min() >= MIN_DUE_SCORE and len(offered) < len(everyone)
     assert "customers forgotten after training are not checked" in capsys.readouterr().out
     assert main([*buyagain, "--store", url]) == 0
     assert set(read_export(due)["user_id"]) == set(CUSTOMERS) - {"c03", "c07"}
@@ -194,7 +200,7 @@ def test_exports_read_the_forget_list_of_recsvc_store_by_default(
     out = tmp_path / "export.csv"
     args = {
         "recommend": ["recommend", "--bundle", str(planted)],
-        "buyagain": ["buyagain", "--bundle", str(commerce), "--users", "all"],
+        "buyagain": ["buyagain", "--bundle", str(commerce), "--users", "all", "--min-score", "0"],
         "segments": ["segments", "--bundle", str(commerce)],
     }[command]
     assert main([*args, "--out", str(out)]) == 0

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsvc.buyagain import MIN_DUE_SCORE
 from recsvc.commands.exports import (
     add_store_flag,
     forgotten_customers,
@@ -33,7 +34,8 @@ def register(subparsers: Any) -> None:
     buyagain.add_argument("--k", type=int, default=10, help="items per customer (default 10)")
     buyagain.add_argument("--now", help="score as of this time, ISO-8601 (default: now)")
     buyagain.add_argument(
-        "--min-score", type=float, default=0.0, help="leave out items scoring below this"
+        "--min-score", type=float, default=MIN_DUE_SCORE,
+        help=f"leave out items scoring below this (default {MIN_DUE_SCORE:g}, as the server; 0 keeps all)"
     )
     buyagain.add_argument("--out", help="output file for --users: .csv or .parquet")
     add_store_flag(buyagain)
