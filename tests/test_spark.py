@@ -255,7 +255,6 @@ def test_seen_matrix_and_candidates_match_local(bundles: dict[str, Bundle]) -> N
 
 def test_commerce_lists_match_local(bundles: dict[str, Bundle]) -> None:
     """Rules, buy-again, RFM segments and popularity: same definitions, same answers."""
-    from recsvc.buyagain import BuyAgainLists
     from recsvc.rules import RuleSet
     from training.segments import Segments
 
@@ -265,29 +264,10 @@ def test_commerce_lists_match_local(bundles: dict[str, Bundle]) -> None:
     }
     _assert_same_rules(rules["spark"], rules["local"])
 
-    def due(bundle: Bundle) -> pd.DataFrame:
-        lists = BuyAgainLists.read(bundle)
-        return pd.DataFrame(
-            {
-                "user_id": np.asarray(bundle.users.ids, dtype=object)[lists.row_users()],
-                "item_id": np.asarray(bundle.items.ids, dtype=object)[np.asarray(lists.items)],
-                "next_due": np.asarray(lists.next_due),
-                "count": np.asarray(lists.count),
-                "due_score": np.asarray(lists.due_score),
-            }
-        ).sort_values(["user_id", "item_id"], ignore_index=True)
-
-    spark_due, local_due = due(spark), due(local)
+    spark_due, local_due = _due(spark), _due(local)
     assert len(local_due) > 0
     pd.testing.assert_frame_equal(spark_due, local_due, rtol=1e-5)
-
-    def rfm(bundle: Bundle) -> pd.DataFrame:
-        frame = Segments.read(bundle).to_frame()
-        frame["user_id"] = np.asarray(bundle.users.ids, dtype=object)[frame["user_index"]]
-        columns = ["user_id", "segment", "frequency", "r", "f", "m"]
-        return frame[columns].sort_values("user_id", ignore_index=True)
-
-    pd.testing.assert_frame_equal(rfm(spark), rfm(local))
+    pd.testing.assert_frame_equal(_rfm(spark), _rfm(local))
     clusters = Segments.read(spark).cluster
     assert len(set(clusters.tolist()) - {-1}) == 8
 
@@ -300,6 +280,32 @@ def test_commerce_lists_match_local(bundles: dict[str, Bundle]) -> None:
             )
     assert spark.popularity("segment").names == local.popularity("segment").names
     assert len(spark.popularity("cluster").names) == 8
+
+
+def _due(bundle: Bundle) -> pd.DataFrame:
+    """The bundle's buy-again lists by customer and item id."""
+    from recsvc.buyagain import BuyAgainLists
+
+    lists = BuyAgainLists.read(bundle)
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(bundle.users.ids, dtype=object)[lists.row_users()],
+            "item_id": np.asarray(bundle.items.ids, dtype=object)[np.asarray(lists.items)],
+            "next_due": np.asarray(lists.next_due),
+            "count": np.asarray(lists.count),
+            "due_score": np.asarray(lists.due_score),
+        }
+    ).sort_values(["user_id", "item_id"], ignore_index=True)
+
+
+def _rfm(bundle: Bundle) -> pd.DataFrame:
+    """The bundle's RFM scores and segment names by customer id."""
+    from training.segments import Segments
+
+    frame = Segments.read(bundle).to_frame()
+    frame["user_id"] = np.asarray(bundle.users.ids, dtype=object)[frame["user_index"]]
+    columns = ["user_id", "segment", "frequency", "r", "f", "m"]
+    return frame[columns].sort_values("user_id", ignore_index=True)
 
 
 def _ranked(bundle: Bundle, entry: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
@@ -327,6 +333,56 @@ def _assert_same_rules(spark: pd.DataFrame, local: pd.DataFrame) -> None:
         np.testing.assert_array_equal(
             spark[metric].to_numpy(), local[metric].to_numpy(), err_msg=metric
         )
+
+
+# --- corner cases through both engines -------------------------------------------------------
+
+SMALL = {
+    "default_recommender": "popular",
+    "als.enabled": False,
+    "ease.enabled": False,
+    "itemknn.enabled": False,
+}
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from recsvc.synth import SynthConfig, generate, write
+
+    root = tmp_path_factory.mktemp("spark-small")
+    return write(generate(SynthConfig(users=120, items=30, days=30, seed=5, clusters=3)), root)
+
+
+def _train_both(
+    spark: Any, root: Path, events: Path, config: TrainConfig, **kwargs: Any
+) -> dict[str, Bundle]:
+    """The same log and config through the local engine and Spark."""
+    from training.engines.spark import train_spark
+    from training.pipeline import train
+
+    return {
+        "local": Bundle(train(events, root / "local", config, **kwargs).path),
+        "spark": Bundle(train_spark(events, root / "spark", config, spark=spark, **kwargs).path),
+    }
+
+
+@pytest.mark.parametrize("event_type", [None, "interaction"])
+def test_a_log_without_event_types_buys_again_like_local(
+    spark: Any, small_store: dict[str, Path], tmp_path: Path, event_type: str | None
+) -> None:
+    """Every row of a log without event types is a purchase: buy-again lists, no prospects."""
+    path = tmp_path / "untyped.csv"
+    events = pd.read_csv(small_store["events"], dtype=str, keep_default_na=False)
+    events.drop(columns=["event_type"]).to_csv(path, index=False)
+    bundles = _train_both(
+        spark, tmp_path, path, _config(**SMALL), load_options=LoadOptions(event_type=event_type)
+    )
+    local_due = _due(bundles["local"])
+    assert len(local_due) > 0
+    pd.testing.assert_frame_equal(_due(bundles["spark"]), local_due, rtol=1e-5)
+    local_rfm = _rfm(bundles["local"])
+    assert (local_rfm["segment"] != "prospect").all()  # everyone bought something
+    pd.testing.assert_frame_equal(_rfm(bundles["spark"]), local_rfm)
 
 
 # --- association rules on Groceries ------------------------------------------------------------

@@ -1330,12 +1330,17 @@ def mine_rules_spark(
 
 
 def _repurchase_rows(spark_log: SparkLog) -> DataFrame | None:
-    """Purchase rows as training.buyagain.purchase_mask sees them (None: there are none)."""
+    """Purchase rows as training.buyagain.purchase_mask sees them (None: there are none).
+
+    As EventLog.purchase_mask: every row of a log without an event type column (or read with
+    `--event-type interaction`) is a purchase, even though the config's weights, and so
+    `event_types`, always name "purchase".
+    """
     events = spark_log.events.where(F.col("user").isNotNull() & F.col("item").isNotNull())
+    if not spark_log.has_column.get("event_type", False):
+        return events
     if "purchase" in spark_log.event_types:
         return events.where(F.col("event") == "purchase")
-    if set(spark_log.event_types) <= {DEFAULT_EVENT_TYPE}:
-        return events
     return None
 
 
