@@ -385,6 +385,25 @@ def test_a_log_without_event_types_buys_again_like_local(
     pd.testing.assert_frame_equal(_rfm(bundles["spark"]), local_rfm)
 
 
+def test_hashed_forget_entries_are_matched_by_train_spark(
+    spark: Any, small_store: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsvc.privacy import IdHasher
+    from training.engines.spark import train_spark
+
+    secret = b"0123456789abcdef-test-secret"
+    monkeypatch.setenv("RECSVC_ID_SECRET", secret.decode())
+    user = pd.read_csv(small_store["events"], dtype=str, nrows=1)["user_id"][0]
+    forget = tmp_path / "forget.txt"
+    forget.write_text(IdHasher(secret).forget_entry(user) + "\n")  # as a hash_ids store lists it
+    result = train_spark(
+        small_store["events"], tmp_path / "b", _config(**SMALL), forget_list=forget, spark=spark
+    )
+    bundle = Bundle(result.path)
+    assert user not in bundle.users and len(bundle.users) > 0
+    assert bundle.manifest["forgotten_users"] == 1
+
+
 # --- association rules on Groceries ------------------------------------------------------------
 
 GROCERIES = LoadOptions(columns={"user_id": "order_id", "order_id": "order_id"})

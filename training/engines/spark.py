@@ -1950,7 +1950,7 @@ def train_spark(
             options,
             cache,
             str(items) if items else None,
-            read_forget_list(forget_list),
+            read_forget_list(forget_list, hashed_ok=True),  # forgotten_ids matches hashed entries
         )
         report = spark_log.report
         if spark_log.n_events == 0:
