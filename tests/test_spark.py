@@ -404,6 +404,19 @@ def test_hashed_forget_entries_are_matched_by_train_spark(
     assert bundle.manifest["forgotten_users"] == 1
 
 
+def test_old_events_stay_seen_with_a_short_half_life(
+    spark: Any, small_store: dict[str, Path], tmp_path: Path
+) -> None:
+    """A month of events with a half-life of hours: old ones fade to the floor, never to zero."""
+    config = _config(**SMALL, **{"events.half_life_days": 0.2})
+    bundles = _train_both(spark, tmp_path, small_store["events"], config)
+    local, spark_bundle = bundles["local"], bundles["spark"]
+    users, items = _aligned(spark_bundle, local)
+    seen = spark_bundle.seen[users][:, items]
+    assert (seen != 0).nnz == local.seen.nnz
+    np.testing.assert_allclose(seen.toarray(), local.seen.toarray(), rtol=1e-5)
+
+
 # --- association rules on Groceries ------------------------------------------------------------
 
 GROCERIES = LoadOptions(columns={"user_id": "order_id", "order_id": "order_id"})

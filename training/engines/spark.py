@@ -79,6 +79,7 @@ from recsvc.events import (
     show_columns,
 )
 from recsvc.ids import IdMap
+from recsvc.matrix import MIN_DECAY
 from recsvc.rules import RuleSet
 from training.pipeline import TrainResult, effective_load_options, read_forget_list
 from training.rules import save_rules
@@ -958,7 +959,9 @@ def weight_column(
     weight = weight.cast("float").cast("double")
     if config.half_life_days > 0 and has.get("timestamp", False):
         age_days = F.greatest(F.lit(now) - F.col("ts"), F.lit(0)).cast("double") / SECONDS_PER_DAY
-        weight = weight * F.pow(F.lit(2.0), -age_days / config.half_life_days).cast("float")
+        decay = F.pow(F.lit(2.0), -age_days / config.half_life_days)
+        # floored as in event_weights: an old event fades but stays an interaction (seen)
+        weight = weight * F.greatest(decay, F.lit(MIN_DECAY)).cast("float")
     if config.use_quantity:
         weight = weight * (1.0 + F.log1p(F.greatest(F.col("quantity") - 1.0, F.lit(0.0))))
     if config.rating_weight and has.get("rating", False):
