@@ -29,7 +29,6 @@ pytestmark = pytest.mark.slow
 
 SPARK_CONF = {
     "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",
     # Tiny data: the C1 compiler alone starts the JVM about twice as fast, and without adaptive
@@ -415,6 +414,11 @@ def test_old_events_stay_seen_with_a_short_half_life(
     seen = spark_bundle.seen[users][:, items]
     assert (seen != 0).nnz == local.seen.nnz
     np.testing.assert_allclose(seen.toarray(), local.seen.toarray(), rtol=1e-5)
+
+
+def test_spark_draws_no_console_progress_bars(spark: Any) -> None:
+    # SPARK_CONF leaves it unset: this is spark_session's own default (recsvc shows its steps)
+    assert spark.sparkContext.getConf().get("spark.ui.showConsoleProgress") == "false"
 
 
 # --- association rules on Groceries ------------------------------------------------------------

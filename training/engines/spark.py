@@ -111,6 +111,10 @@ SESSION_CONF = {
     "spark.sql.csv.parser.columnPruning.enabled": "false",
     "spark.sql.legacy.parquet.nanosAsLong": "true",
 }
+# Defaults for a session the engine starts itself (a caller's `conf` overrides them). No console
+# progress bars: `recsvc train` reports its own steps, and CI logs stay readable. The SparkContext
+# reads this once, at start, so it cannot go in SESSION_CONF (set on any session at run time).
+LAUNCH_CONF = {"spark.ui.showConsoleProgress": "false"}
 
 
 def spark_session(
@@ -132,7 +136,7 @@ def spark_session(
         builder = builder.master(master)
         if master.startswith("local"):
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for key, value in (conf or {}).items():
+    for key, value in {**LAUNCH_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 
