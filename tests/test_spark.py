@@ -403,6 +403,35 @@ def test_hashed_forget_entries_are_matched_by_train_spark(
     assert bundle.manifest["forgotten_users"] == 1
 
 
+def test_forgotten_customers_items_and_orders_leave_both_engines(
+    spark: Any, small_store: dict[str, Path], tmp_path: Path
+) -> None:
+    """An item or order only a forgotten customer had is in neither bundle, unless the items file
+    lists the item; the manifest counts the customers dropped, not the list's length."""
+    events = pd.read_csv(small_store["events"], dtype=str, keep_default_na=False)
+    theirs = {"user_id": "zforget", "event_type": "purchase", "timestamp": "2026-01-05T00:00:00Z"}
+    extra = pd.DataFrame(
+        [
+            {**theirs, "item_id": "secret_item", "order_id": "secret_order"},
+            {**theirs, "item_id": "listed_item", "order_id": "secret_order"},
+        ]
+    )
+    path = tmp_path / "events.csv"
+    pd.concat([events, extra]).to_csv(path, index=False)
+    items = tmp_path / "items.csv"
+    items.write_text(small_store["items"].read_text().rstrip("\n") + "\nlisted_item,,,,\n")
+    forget = tmp_path / "forget.txt"
+    forget.write_text("zforget\nnot_in_this_log\n")
+    bundles = _train_both(
+        spark, tmp_path, path, _config(**SMALL), items=items, forget_list=forget
+    )
+    local, spark_bundle = bundles["local"], bundles["spark"]
+    assert "secret_item" not in local.items and "listed_item" in local.items
+    assert set(spark_bundle.items.ids) == set(local.items.ids)
+    assert spark_bundle.manifest["counts"] == local.manifest["counts"]  # orders among them
+    assert spark_bundle.manifest["forgotten_users"] == local.manifest["forgotten_users"] == 1
+
+
 def test_old_events_stay_seen_with_a_short_half_life(
     spark: Any, small_store: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -92,6 +92,10 @@ def _read_forget_entries(path: str | Path | None) -> set[str]:
 def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport) -> EventLog:
     """Remove forgotten customers (privacy requests): their events and their ids; counted.
 
+    Items and orders that only forgotten customers had go too, as in the Spark engine (which
+    indexes after the drop): nothing of theirs survives in the bundle. An item the items file
+    lists comes back with the catalogue, which holds it whoever bought it.
+
     `user_ids` is the forget list: customer ids, or keyed hashes from a store that hashes ids
     (matched by hashing this log's ids with RECSVC_ID_SECRET; see recsvc.privacy).
     """
@@ -106,13 +110,31 @@ def drop_users(event_log: EventLog, user_ids: Iterable[str], report: LoadReport)
     drop = forgotten[event_log.user]
     report.notes.append(f"{int(drop.sum())} events of {len(indexes)} forgotten customers dropped")
     kept = event_log.mask(~drop)
-    # A forgotten id must not survive in the bundle's id map either: renumber the others.
-    remaining = np.flatnonzero(~forgotten)
-    renumber = np.full(len(event_log.users), -1, dtype=np.int32)
-    renumber[remaining] = np.arange(len(remaining), dtype=np.int32)
-    kept.users = IdMap(event_log.users.id_of(int(i)) for i in remaining)
-    kept.user = renumber[kept.user]
+    # A forgotten id must not survive in the bundle's id maps either: renumber the others.
+    kept.users, kept.user = _keep_ids(event_log.users, kept.user, ~forgotten)
+    kept.items, kept.item = _keep_ids(event_log.items, kept.item, _used(kept.item, len(kept.items)))
+    kept.orders, kept.order = _keep_ids(
+        event_log.orders, kept.order, _used(kept.order, len(kept.orders))
+    )
     return kept
+
+
+def _used(codes: np.ndarray, size: int) -> np.ndarray:
+    """Which of `size` ids the codes refer to (-1: none)."""
+    used = np.zeros(size, dtype=bool)
+    used[codes[codes >= 0]] = True
+    return used
+
+
+def _keep_ids(ids: IdMap, codes: np.ndarray, keep: np.ndarray) -> tuple[IdMap, np.ndarray]:
+    """The ids where `keep` is true, in their order, and `codes` renumbered to them.
+
+    Codes of dropped ids, and -1 (none), become -1.
+    """
+    remaining = np.flatnonzero(keep)
+    renumber = np.full(len(ids) + 1, -1, dtype=codes.dtype)  # the last slot is where -1 lands
+    renumber[remaining] = np.arange(len(remaining), dtype=codes.dtype)
+    return IdMap(ids.id_of(int(i)) for i in remaining), renumber[codes]
 
 
 def similar_from_factors(item_factors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +329,11 @@ def train(
     forgotten = read_forget_list(forget_list, hashed_ok=True)  # drop_users resolves hashes
     done = step("load")
     event_log, report = load_events(events, options)
+    # the manifest counts customers dropped from this log, as the Spark engine does: the list's
+    # length would count every customer ever forgotten, most of them not in this log
+    users_in_log = len(event_log.users)
     event_log = drop_users(event_log, forgotten, report)
+    forgotten_users = users_in_log - len(event_log.users)
     catalog_read_at = utc_timestamp()  # item updates after this apply to the bundle (store)
     catalog = (
         load_catalog(items, event_log.items, report) if items else Catalog.empty(len(event_log.items))
@@ -458,7 +484,7 @@ def train(
                 "event_types": event_log.event_types,
                 "trained_until": now,
                 "timings": timings,
-                "forgotten_users": len(forgotten),
+                "forgotten_users": forgotten_users,
                 "catalog_read_at": catalog_read_at,
             }
         )
