@@ -685,6 +685,44 @@ def test_a_time_format_reads_like_local(spark: Any, tmp_path: Path) -> None:
     assert times == [1291191960, 1291191960, 1294841100]
 
 
+# Text times in forms Spark's own parser refuses and the local loader (pandas' ISO 8601) reads,
+# among ones neither reads; a time read late must still leave the row's next reason (u9).
+TEXT_TIMES = """user_id,item_id,timestamp,quantity
+u0,i0,2026-01-01T00:00:00Z,1
+u1,i1,2026/01/01 10:00:00,1
+u2,i2,2026/1/1 10:00,1
+u3,i3,20260101T100000Z,1
+u4,i4,2026-01-01T10Z,1
+u5,i5,20260101 10:00:00,1
+u6,i6,2026.01.02,1
+u7,i7,not a time,1
+u8,i8,9999/12/31 23:59:59,1
+u9,i9,2026/01/03,-1
+u10,i10, Today ,1
+"""
+
+
+def test_text_times_read_like_local(spark: Any, tmp_path: Path) -> None:
+    from training.engines.spark import Cache, effective_load_options, load_spark_log
+
+    path = tmp_path / "times.csv"
+    path.write_text(TEXT_TIMES)
+    options = effective_load_options(LoadOptions(), TrainConfig())
+    local_log, local = load_events(path, options)
+    cache = Cache()
+    try:
+        spark_log, _ = load_spark_log(spark, str(path), options, cache)
+        rows = spark_log.events.join(spark_log.users, "user").select("user_id", "ts").collect()
+        report = spark_log.report
+    finally:
+        cache.release()
+    assert report.to_dict() == local.to_dict()
+    assert local.rows_kept == 7
+    users = local_log.users.decode(local_log.user)
+    local_times = dict(zip(users, local_log.timestamp.tolist(), strict=True))
+    assert {r["user_id"]: r["ts"] for r in rows} == local_times
+
+
 ODD_IDS = [
     {"user_id": "u1", "item_id": "i1", "event_type": "view"},
     {"user_id": "u5\x01", "item_id": "i1", "event_type": "view"},  # a control character

@@ -420,7 +420,8 @@ def _finite(column: Column) -> Column:
 def _seconds(raw: str, dtype: T.DataType, time_format: str | None = None) -> Column:
     """Epoch seconds from ISO-8601 text, epoch s / ms / µs / ns (told apart by magnitude as in
     `recsvc.events.parse_timestamps`), or a timestamp type. Text in a strftime `time_format`
-    is parsed by `parse_timestamps` itself (a pandas UDF), so both engines read it alike."""
+    is parsed by `parse_timestamps` itself (a pandas UDF), so both engines read it alike.
+    Other text Spark's parser refuses is NULL here and read again by `_reparse_text_times`."""
     if isinstance(dtype, T.TimestampType | T.TimestampNTZType):
         return F.unix_micros(F.col(f"`{raw}_typed`").cast("timestamp")) / 1e6
     if isinstance(dtype, T.DateType):
@@ -440,8 +441,9 @@ def _seconds(raw: str, dtype: T.DataType, time_format: str | None = None) -> Col
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 
 
-def _formatted_seconds(time_format: str) -> Any:
-    """A pandas UDF: epoch seconds (NULL where unparsable) of text in `time_format`."""
+def _formatted_seconds(time_format: str | None) -> Any:
+    """A pandas UDF: epoch seconds (NULL where unparsable) of text in `time_format` (None: as
+    the local loader reads text without one, ISO 8601 in pandas' wider sense, then epochs)."""
     from pyspark.sql.functions import pandas_udf
 
     from recsvc.events import parse_timestamps
@@ -452,6 +454,33 @@ def _formatted_seconds(time_format: str) -> Any:
         return pd.Series(parsed).where(~np.isnan(parsed), None)
 
     return seconds
+
+
+def _reparse_text_times(checked: DataFrame) -> DataFrame:
+    """`checked` with the rows whose timestamp text Spark's parser refused (`_ts_text`) read
+    again by `recsvc.events.parse_timestamps`, which the local loader uses: `2026/1/1 10:00`,
+    `20260101T100000Z` or `2026-01-01T10Z` parse there. Their reason is then the timestamp's,
+    if it is still unparsable or out of range, else the next one (`_later_reason`).
+
+    Only for logs with such rows (the slow path): a pass over the cached rows with a pandas
+    UDF whose input is NULL except on those rows.
+    """
+    seconds = F.col("_retried")
+    in_range = (seconds >= F.lit(TIME_RANGE[0])) & (seconds < F.lit(TIME_RANGE[1]))
+    retried = F.col("_ts_text").isNotNull()
+    reason = (
+        F.when(seconds.isNull(), F.lit("unparsable timestamp"))
+        .when(~in_range, F.lit(TIME_OUT_OF_RANGE))
+        .otherwise(F.col("_later_reason"))
+    )
+    kept = [c for c in checked.columns if c not in ("_reason", "ts", "_ts_text", "_later_reason")]
+    return checked.withColumn("_retried", _formatted_seconds(None)(F.col("_ts_text"))).select(
+        *kept,
+        F.when(retried, reason).otherwise(F.col("_reason")).alias("_reason"),
+        F.when(retried & in_range, F.bround(seconds).cast("long"))
+        .otherwise(F.col("ts"))
+        .alias("ts"),
+    )
 
 
 @dataclass
@@ -538,8 +567,10 @@ def _event_reason(
     options: LoadOptions,
     malformed: Column | None,
     json_lines: bool,
+    after_timestamp: bool = False,
 ) -> Column:
-    """The first reason a row is bad, in the local loader's order (NULL for a good row)."""
+    """The first reason a row is bad, in the local loader's order (NULL for a good row);
+    `after_timestamp`: the first of those checked after the timestamp."""
     checks: list[tuple[Column, Column]] = []
 
     def check(condition: Column, reason: str) -> None:
@@ -562,6 +593,8 @@ def _event_reason(
             (F.col("_ts") < F.lit(TIME_RANGE[0])) | (F.col("_ts") >= F.lit(TIME_RANGE[1])),
             TIME_OUT_OF_RANGE,
         )
+    if after_timestamp:
+        checks.clear()
     for name in ("quantity", "price", "rating"):
         if not has[name]:
             continue
@@ -669,13 +702,29 @@ def _checked_events(
         "order_id": F.col("order_id"),
         "event_type": F.lower(F.col("event_type")),
     }
-    reason = _event_reason(
-        columns,
-        has,
-        options,
-        F.col("_malformed") if source.malformed is not None else None,
-        json_lines=source.fmt == "jsonl",
+    malformed = F.col("_malformed") if source.malformed is not None else None
+    json_lines = source.fmt == "jsonl"
+    reason = _event_reason(columns, has, options, malformed, json_lines)
+    # Text times Spark's parser refuses are read again as the local loader reads them, after
+    # counting and only if there are any: their text (and the reason a row would have after a
+    # good time) is kept for those rows alone, so the usual log caches nothing more.
+    time_type = _dtype(source, source_of["timestamp"]) if has["timestamp"] else None
+    text_times = (
+        time_type is not None
+        and options.time_format is None
+        and not isinstance(
+            time_type, T.NumericType | T.TimestampType | T.TimestampNTZType | T.DateType
+        )
     )
+    retry: list[Column] = []
+    if text_times:
+        refused = F.col("_reason") == F.lit("unparsable timestamp")
+        later = _event_reason(columns, has, options, malformed, json_lines, after_timestamp=True)
+        retry = [
+            F.when(refused, F.col("_raw_timestamp")).alias("_ts_text"),
+            F.when(refused, later).alias("_later_reason"),
+        ]
+    parsed = parsed.withColumn("_reason", reason)
 
     def optional(name: str) -> Column:
         value = F.col(f"_{name}")
@@ -691,7 +740,8 @@ def _checked_events(
         parsed.select(
             "_pid",
             "_mid",
-            reason.alias("_reason"),
+            "_reason",
+            *retry,
             F.when(F.col("user_id") != "", F.col("user_id")).alias("user_id"),
             F.when(F.col("item_id") != "", F.col("item_id")).alias("item_id"),
             F.when(F.col("order_id") != "", F.col("order_id")).alias("order_id"),
@@ -707,6 +757,11 @@ def _checked_events(
         )
     )
     counted = count_reasons(checked, [F.col("_reason")])
+    if text_times and counted.counts.get("unparsable timestamp"):
+        retried = cache(_reparse_text_times(checked))
+        counted = count_reasons(retried, [F.col("_reason")])  # fills it before checked goes
+        cache.drop(checked)
+        checked = retried
     report.rows_read += counted.rows_read
     _add_to_report(report, counted)
     report.rows_kept += counted.rows_read - sum(counted.counts.values())
