@@ -35,6 +35,8 @@ SPARK_CONF = {
     # execution every shuffle is not a job of its own (half the jobs).
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
     "spark.sql.adaptive.enabled": "false",
+    # A dozen trainings share this one driver: Spark's default 1 GB heap runs out late in the file.
+    "spark.driver.memory": "2g",
 }
 K = 10
 
