@@ -145,6 +145,20 @@ def test_an_export_that_fails_half_way_keeps_the_previous_file_whole(
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left
 
 
+@pytest.mark.parametrize("command", ["segments", "rules"])
+def test_an_output_that_cannot_be_created_is_named_by_its_flag(
+    commerce: Path, planted: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = not_a_dir / "export.csv"  # the file written beside it cannot be created either
+    bundle = commerce if command == "segments" else planted
+    capsys.readouterr()
+    assert main([command, "--bundle", str(bundle), "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"recsvc {command}: error: --out: {out}: Not a directory"]
+
+
 def forgetting(*customers: str) -> str:
     """A fresh in-process store whose forget list holds `customers`; its URL."""
     url = f"memory://exports-{uuid.uuid4().hex[:6]}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,13 +40,22 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
     """Yield a path beside `target` to write to; rename it onto `target` when the block ends
     without an error, and delete it otherwise (the previous `target`, if any, is kept)."""
     target = Path(target)
+    if not target.parent.is_dir():  # pandas would say so without an errno: name the target
+        code = errno.ENOTDIR if target.parent.exists() else errno.ENOENT
+        raise (NotADirectoryError if code == errno.ENOTDIR else FileNotFoundError)(
+            code, os.strerror(code), str(target))
     # the process id keeps two exports to one target from writing into each other's file
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         yield partial
         partial.replace(target)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) == partial:
+            exc.filename = str(target)  # errors name the path the caller gave (--out)
+        raise
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # none was created
+            partial.unlink()
 
 
 def write_frame(frame: pd.DataFrame, target: str | Path) -> None:
