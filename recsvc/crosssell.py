@@ -238,7 +238,8 @@ def cross_sell(
 
     if len(answer) < k and similar_indices is not None and similar_scores is not None:
         answer += _similar_top_up(
-            similar_sources(ordered),
+            # items the similarity rows cover, as the server only knows its catalogue's
+            similar_sources(i for i in ordered if int(i) < similar_indices.shape[0]),
             np.union1d(banned, [s.item for s in answer]),
             k - len(answer),
             index.similarity_floor,
@@ -259,7 +260,6 @@ def _similar_top_up(
     item_ids: Sequence[str] | None,
 ) -> list[ScoredItem]:
     """The sources' nearest neighbours not yet in the answer, scored below `floor`."""
-    sources = [s for s in sources if s < similar_indices.shape[0]]
     ranked = ranked_neighbours(
         sources, [similar_indices[s] for s in sources], [similar_scores[s] for s in sources], banned
     )
