@@ -106,6 +106,16 @@ def check_userinfo(url: str) -> None:
         )
 
 
+def url_parse_failure(exc: ValueError) -> str:
+    """Why a URL could not be split, quoting nothing of it: the parser's own message may hold
+    part of the host field, and with it of a password (`'0@127.0.0.1' does not appear to be an
+    IPv4 or IPv6 address`)."""
+    if "IPv" in str(exc):
+        return ("a '[' or ']' outside an IPv6 address (in a password, percent-encode them: "
+                "%5B, %5D)")
+    return "its host part cannot be read (percent-encode reserved characters in a password)"
+
+
 def open_store(url: str, **options: Any) -> FeatureStore:
     """Open the feature store at `url` (see the module docstring for the schemes).
 
@@ -151,7 +161,7 @@ def _check_query(url: str, scheme: str) -> None:
     try:
         query = urlsplit(url).query
     except ValueError as exc:
-        raise InvalidInput("--store", f"malformed URL '{mask_url(url)}': {exc}") from None
+        raise InvalidInput("--store", f"malformed URL '{mask_url(url)}': {url_parse_failure(exc)}") from None
     known = _COMMON_QUERY + (_REDIS_QUERY if scheme.startswith("redis") else ())
     for name in parse_qs(query, keep_blank_values=True):
         if name not in known:

@@ -166,7 +166,7 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
 
     Raises InvalidInput for a malformed URL; the message never quotes the user or password.
     """
-    from recsvc.store import check_userinfo
+    from recsvc.store import check_userinfo, url_parse_failure
 
     check_userinfo(url)
     scheme, _, rest = url.partition("://")
@@ -176,7 +176,7 @@ def parse_url(url: str, **options: Any) -> dict[str, Any]:
     try:
         parts = urlsplit(f"redis://{rest}")
     except ValueError as exc:
-        raise InvalidInput("--store", f"malformed URL: {exc}") from None
+        raise InvalidInput("--store", f"malformed URL: {url_parse_failure(exc)}") from None
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     netloc = parts.netloc
     userinfo, _, hosts = netloc.rpartition("@")
