@@ -361,3 +361,21 @@ def test_train_verdict_judges_the_target_size_and_only_fair_spark_runs() -> None
     oom = verdict({"runs": [small, spark_oom]})
     assert oom["spark_target_met"] is False and oom["spark_failed"] == ["20M"]
     assert oom["spark_ratio_by_size"] == {"5M": 12.0}
+
+
+def test_measure_child_peak_is_the_childs_own_not_its_parents(tmp_path: Path) -> None:
+    """A child's peak RSS is its program's own: Linux carries the parent's resident size across
+    fork and exec into `ru_maxrss`, which made a small child look as big as a big parent."""
+    import sys
+
+    from recsvc.commands.bench import measure_child
+
+    ballast = b"x" * (600 << 20)  # written, so resident in this (the parent) process
+    small = [sys.executable, "-c", "import time; time.sleep(1.0)"]
+    grows = [sys.executable, "-c", "import time; b = b'y' * (300 << 20); time.sleep(1.0)"]
+    small_run = measure_child(small, tmp_path / "small.log", poll=0.05)
+    grows_run = measure_child(grows, tmp_path / "grows.log", poll=0.05)
+    assert len(ballast) == 600 << 20
+    assert small_run["exit_code"] == 0 and small_run["peak_rss_source"] == "VmHWM"
+    assert small_run["peak_rss_bytes"] < 200 << 20, small_run
+    assert 300 << 20 <= grows_run["peak_rss_bytes"] < 500 << 20, grows_run

@@ -372,6 +372,17 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _status_bytes(pid: int, field: str) -> int:
+    """A kB field of /proc/<pid>/status (`VmRSS:`, `VmHWM:`) in bytes; 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and its descendants now (0 when gone)."""
     total = 0
@@ -382,11 +393,8 @@ def _tree_rss(pid: int) -> int:
         if current in seen:
             continue
         seen.add(current)
+        total += _status_bytes(current, "VmRSS:")
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, ValueError):
@@ -397,8 +405,11 @@ def _tree_rss(pid: int) -> int:
 def measure_child(command: Sequence[str], log: Path, poll: float = 0.2) -> dict[str, Any]:
     """Run `command` to completion; wall and CPU seconds, peak RSS, exit code.
 
-    peak_rss_bytes: the child's own high-water mark (`ru_maxrss` from os.wait4, which covers
-    its lifetime exactly; for a process that forks it is the largest single process).
+    peak_rss_bytes: the child's own high-water mark, `VmHWM` of its program read from /proc at
+    every poll (a high-water mark, so a poll misses only growth in the run's last `poll`
+    seconds). Not `ru_maxrss` from os.wait4: Linux carries the parent's resident size across
+    fork and exec into it, so a 150 MiB parent made every child's peak at least 150 MiB. A child
+    that exits before the first poll falls back to `ru_maxrss` (`peak_rss_source` says which).
     peak_tree_rss_bytes: the largest sum over the child and its descendants seen by polling
     /proc every `poll` seconds (what a JVM plus its Python driver use together).
     """
@@ -407,12 +418,14 @@ def measure_child(command: Sequence[str], log: Path, poll: float = 0.2) -> dict[
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env())
         peak_tree = 0
+        high_water = 0
         loads = [os.getloadavg()[0]]  # 1-minute load average: how busy the machine was
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak_tree
+            nonlocal peak_tree, high_water
             while not done.wait(poll):
+                high_water = max(high_water, _status_bytes(process.pid, "VmHWM:"))
                 peak_tree = max(peak_tree, _tree_rss(process.pid))
                 loads.append(os.getloadavg()[0])
 
@@ -428,13 +441,14 @@ def measure_child(command: Sequence[str], log: Path, poll: float = 0.2) -> dict[
             sampler.join()
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    peak = int(usage.ru_maxrss) * 1024  # kilobytes on Linux
+    peak = high_water or int(usage.ru_maxrss) * 1024  # kilobytes on Linux
     return {
         "exit_code": process.returncode,
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_bytes": peak,
         "peak_rss_gib": round(peak / GIB, 3),
+        "peak_rss_source": "VmHWM" if high_water else "ru_maxrss",
         "peak_tree_rss_gib": round(max(peak_tree, peak) / GIB, 3),
         # the run's own threads count too: on 2 cores a load well above 2 means other work
         "load_average_1min": {"start": round(loads[0], 2), "max": round(max(loads), 2)},
