@@ -233,3 +233,37 @@ def test_a_buyagain_export_with_no_row_keeps_its_column_types(
     assert main([*common, "--min-score", "2"]) == 0  # scores are at most 1: no row
     assert pd.read_parquet(out).empty and parquet_types(out) == full
     assert full["user_id"] == full["item_id"] == full["reason"] == "large_string"
+
+
+def test_a_killed_exports_partial_file_is_removed_by_the_next_export(tmp_path: Path) -> None:
+    """A SIGKILLed export leaves its partial file (no `finally` runs); it holds customers' rows,
+    perhaps of customers forgotten since, so the next export to that target removes it. A
+    partial of a process that still runs (a concurrent export) and other files are kept."""
+    from recsvc.commands.exports import write_frame
+
+    out = tmp_path / "recs[1].csv"  # glob characters in the name
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys, time\n"
+         f"open({str(tmp_path)!r} + f'/.recs[1].csv.{{os.getpid()}}.partial', 'w').write('u1,7')\n"
+         "print('ready', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        writer.kill()
+        writer.wait()
+        dead = tmp_path / f".{out.name}.{writer.pid}.partial"
+        assert dead.exists()
+        alive = tmp_path / f".{out.name}.{os.getppid()}.partial"  # our parent runs
+        alive.write_text("being written")
+        other = tmp_path / ".other.csv.1.partial"
+        other.write_text("another target's")
+        write_frame(pd.DataFrame({"user_id": ["u2"], "item_id": ["9"]}), out)
+        assert not dead.exists()
+        assert alive.exists() and other.exists()
+        assert out.read_text().splitlines() == ["user_id,item_id", "u2,9"]
+    finally:
+        if writer.poll() is None:
+            writer.kill()

@@ -2,7 +2,8 @@
 
 - Written whole or not at all: a file is written beside its target and renamed into place when
   complete, so a failed export (a full disk, a file-size limit, an error half-way) leaves the
-  previous file, or none, never a truncated one that a campaign tool would pick up.
+  previous file, or none, never a truncated one that a campaign tool would pick up. A killed
+  export's partial file (customers' rows) is removed by the next export to that target.
 - An export with no rows is still a valid file: a CSV header, a Parquet schema.
 - `--store URL` (default `$RECSVC_STORE`): the store whose forget list an export of customers
   honours, read by one function for every such command.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import glob
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +48,7 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
             code, os.strerror(code), str(target))
     # the process id keeps two exports to one target from writing into each other's file
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    _remove_orphan_partials(target)
     try:
         yield partial
         partial.replace(target)
@@ -56,6 +59,24 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # none was created
             partial.unlink()
+
+
+def _remove_orphan_partials(target: Path) -> None:
+    """Delete the partial files of `target` left by exports that were killed (SIGKILL, power
+    loss: no `finally` ran). They hold customers' recommendations, possibly of customers
+    forgotten since, so they must not linger. A file whose process still runs is kept."""
+    prefix = f".{target.name}."
+    for path in target.parent.glob(f"{glob.escape(prefix)}*.partial"):  # a name may hold [ * ?
+        pid_text = path.name[len(prefix):-len(".partial")]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:  # its writer is gone
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        except (PermissionError, OverflowError):  # alive under another user; or no pid at all
+            continue
 
 
 def write_frame(frame: pd.DataFrame, target: str | Path) -> None:
