@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsvc.bundle import Bundle
-from recsvc.errors import InvalidInput
+from recsvc.errors import InvalidInput, StoreUnavailable
 from recsvc.store import open_store
 from recsvc.v1 import recommender_pb2 as pb
 from serving.config import ServeConfig
@@ -419,6 +419,10 @@ def test_metrics_count_requests_and_fallbacks(memory_server: RunningServer) -> N
 
     before = value("recsvc_requests_total", rpc="Recommend", code="OK")
     bad_before = value("recsvc_requests_total", rpc="Recommend", code="INVALID_ARGUMENT")
+    timed_before = value("recsvc_request_seconds_count", rpc="Recommend")
+    personal_before = value("recsvc_answers_total", rpc="Recommend", source="personalized")
+    lookups_before = value("recsvc_cache_lookups_total", cache="user", result="hit") + value(
+        "recsvc_cache_lookups_total", cache="user", result="miss")
     channel, client = stub_for(memory_server.target)
     with channel:
         for _ in range(3):
@@ -427,9 +431,26 @@ def test_metrics_count_requests_and_fallbacks(memory_server: RunningServer) -> N
             client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=0), timeout=5)
     assert value("recsvc_requests_total", rpc="Recommend", code="OK") == before + 3
     assert value("recsvc_requests_total", rpc="Recommend", code="INVALID_ARGUMENT") == bad_before + 1
-    assert value("recsvc_request_seconds_count", rpc="Recommend") >= 4
+    assert value("recsvc_request_seconds_count", rpc="Recommend") == timed_before + 4
+    assert value("recsvc_answers_total", rpc="Recommend", source="personalized") == personal_before + 3
+    lookups = value("recsvc_cache_lookups_total", cache="user", result="hit") + value(
+        "recsvc_cache_lookups_total", cache="user", result="miss")
+    assert lookups == lookups_before + 3  # one user-cache lookup per answered call
     version = memory_server.service.tracker.require().version
     assert value("recsvc_model_info", version=version) == 1.0
+    # a store failure: the answer comes from the fallback and is counted as one
+    fallbacks_before = value("recsvc_fallback_answers_total", rpc="Recommend")
+
+    def unavailable(*_: object) -> None:
+        raise StoreUnavailable("store down (test)")
+
+    memory_server.store.user_features = unavailable  # type: ignore[method-assign]
+    channel, client = stub_for(memory_server.target)
+    with channel:
+        reply = client.Recommend(pb.RecommendRequest(user_id="never-cached", k=3), timeout=5)
+    assert reply.source == pb.FALLBACK
+    assert value("recsvc_fallback_answers_total", rpc="Recommend") == fallbacks_before + 1
+    assert value("recsvc_answers_total", rpc="Recommend", source="fallback") >= 1
 
 
 # -- model swap ----------------------------------------------------------------------------------
@@ -865,9 +886,21 @@ def test_warmed_users_stay_cached_past_the_ttl(bundle_dir: Path) -> None:  # noq
             time.sleep(0.02)
         time.sleep(1.0)  # more than twice the TTL: refreshed in the background meanwhile
         before = misses()
+        reads: list[str] = []
+        real_read = running.store.user_features
+
+        def counted(version: str, user: str, *rest: Any) -> Any:
+            reads.append(user)
+            return real_read(version, user, *rest)
+
+        running.store.user_features = counted  # type: ignore[method-assign]
         for user in (2, 4, 6):
-            client.Recommend(pb.RecommendRequest(user_id=user_id(user), k=3), timeout=5)
-        assert misses() == before  # every one answered from the cache, no full store read
+            reply = client.Recommend(pb.RecommendRequest(user_id=user_id(user), k=3), timeout=5)
+            assert reply.source == pb.PERSONALIZED
+        assert reads == []  # every one answered from the cache, no full store read
+        assert misses() == before
+        client.Recommend(pb.RecommendRequest(user_id="not-warmed", k=3), timeout=5)
+        assert reads == ["not-warmed"] and misses() == before + 1  # the counting is live
     finally:
         channel.close()
         running.stop(0)
