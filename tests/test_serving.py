@@ -701,22 +701,49 @@ def _wait_serving(target: str, process: subprocess.Popen[str], timeout: float = 
     raise AssertionError(f"{target} never became SERVING")
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """The samples of the metrics endpoint on `port`: 'name{label="v",...}' -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_cli_serve_bundle_and_sigterm_drain(bundle_dir: Path, workers: int) -> None:  # noqa: F811
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     process = _start_cli("--bundle", str(bundle_dir), "--port", str(port), "--workers", str(workers), "--grace", "3",
-                         "--insecure-no-auth")
+                         "--insecure-no-auth", "--metrics-port", str(metrics_port))
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(target, process)
         if workers > 1:
             time.sleep(1.0)  # let every worker load its model
+        before = _scrape(metrics_port)
         for _ in range(4):  # separate channels: SO_REUSEPORT spreads them over the workers
             channel, client = stub_for(target)
             with channel:
                 reply = client.Recommend(pb.RecommendRequest(user_id=user_id(1), k=3), timeout=5)
                 assert ids(reply) == [item_id(12), item_id(13), item_id(14)]
+        # the metrics port sums every worker: requests, latency per RPC, answers, model version
+        after = _scrape(metrics_port)
+
+        def grew(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        assert grew('recsvc_requests_total{code="OK",rpc="Recommend"}') == 4
+        assert grew('recsvc_request_seconds_count{rpc="Recommend"}') == 4
+        assert grew('recsvc_answers_total{rpc="Recommend",source="personalized"}') == 4
+        assert after[f'recsvc_model_info{{version="{Bundle(bundle_dir).version}"}}'] == 1.0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
