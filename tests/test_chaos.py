@@ -8,6 +8,7 @@ flight finishes. Each case takes about ten seconds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -80,8 +81,9 @@ def test_publish_and_rollback_during_traffic(lab: Lab) -> None:
     assert result["versions_seen"] == sorted([old, new])
     assert result["switch_to_new_s"] is not None and result["switch_to_new_s"] < 3.0, result
     assert result["switch_back_s"] is not None and result["switch_back_s"] < 3.0, result
-    # back where we started for the next cases
-    assert lab.recsvc("store", "status", "--store", lab.store_url, "--json").stdout.count(old)
+    # back where we started for the next cases (the status lists both versions: ask for current)
+    status = json.loads(lab.recsvc("store", "status", "--store", lab.store_url, "--json").stdout)
+    assert status["current"] == old, status
 
 
 def test_one_worker_killed(lab: Lab) -> None:
@@ -89,6 +91,7 @@ def test_one_worker_killed(lab: Lab) -> None:
     before = lab.worker_pids()
     result = scenario_d(lab, TIMING)
     assert result["failed_total"] == 0, result
+    assert result["requests_during_fault"] > 0, result  # calls were made while it was down
     assert result["worker_respawned_s"] < 5.0
     after = lab.worker_pids()
     assert len(after) == 2 and after != before
