@@ -14,6 +14,7 @@ directory; or None (ids then come from the server's own answers).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -40,16 +41,36 @@ def _load_info(info: Any) -> dict[str, Any]:
     path = Path(info)
     if path.is_file():
         loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        items = path.with_name("items.csv")  # `recsvc synth` writes it beside the ground truth
+        if items.is_file():
+            loaded["catalog"] = _read_catalog(items)
         return loaded
     if path.is_dir():
         from recsvc.bundle import Bundle
 
         bundle = Bundle(path)
+        catalog = bundle.catalog
         return {
             "bundle_users": list(bundle.users.ids[:50]),
-            "bundle_categories": sorted(set(bundle.catalog.category.tolist()) - {""})[:5],
+            "catalog": {
+                str(item): (str(category), float(price), bool(stock))
+                for item, category, price, stock in zip(
+                    bundle.items.ids, catalog.category, catalog.price, catalog.in_stock, strict=True
+                )
+            },
         }
     return {}
+
+
+def _read_catalog(path: Path) -> dict[str, tuple[str, float, bool]]:
+    """item id -> (category, price, in stock) of a synthetic store's items.csv."""
+    catalog: dict[str, tuple[str, float, bool]] = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            price = float(row.get("price") or "nan")
+            stock = (row.get("in_stock") or "true").strip().lower() in ("true", "1", "yes")
+            catalog[row["item_id"]] = (row.get("category") or "", price, stock)
+    return catalog
 
 
 def _epoch_ms(iso: str) -> int:
@@ -105,6 +126,7 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
              f"{', '.join(info.segments) or '-'}")
 
     cycles = truth.get("cycles") or []
+    catalog: dict[str, tuple[str, float, bool]] = truth.get("catalog") or {}
     user_cluster: dict[str, int] = truth.get("user_cluster") or {}
     item_cluster: dict[str, int] = truth.get("item_cluster") or {}
     shopper = (
@@ -140,14 +162,17 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
                     stub.SimilarItems(pb.SimilarItemsRequest(item_id=product, k=5), timeout=TIMEOUT))
 
     pairs: list[list[str]] = truth.get("pairs") or []
-    cart = [pairs[0][0]] if pairs else ([product] if product else [])
-    if cart:
+    carts = [[pairs[0][0]], [pairs[1][0], pairs[0][0]]] if len(pairs) > 1 else (
+        [[product]] if product else [])
+    for cart in carts:  # one item (product page), then a cart of two
         page.title(f"Cart holding {', '.join(cart)}")
         reply = stub.CrossSell(pb.CrossSellRequest(item_ids=cart, k=5), timeout=TIMEOUT)
         page.answer("CrossSell(k=5)", reply)
-        if pairs:
-            found = pairs[0][1] in [i.item_id for i in reply.items]
-            page.say(f"planted partner {pairs[0][1]} {'is' if found else 'is NOT'} in the answer")
+        answered = [i.item_id for i in reply.items]
+        for first, partner in pairs:
+            if first in cart:
+                found = "is" if partner in answered else "is NOT"
+                page.say(f"planted partner of {first}, {partner}, {found} in the answer")
 
     page.title(f"Buy-again reminders for {shopper}")
     as_of = 0
@@ -166,7 +191,7 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
     if info.segments:
         page.answer(f"Popular(segment={info.segments[0]!r}, k=3)",
                     stub.Popular(pb.PopularRequest(k=3, segment=info.segments[0]), timeout=TIMEOUT))
-    categories = truth.get("bundle_categories") or []
+    categories = sorted({category for category, _, _ in catalog.values()} - {""})
     if categories:
         page.answer(f"Popular(category={categories[0]!r}, k=3)",
                     stub.Popular(pb.PopularRequest(k=3, category=categories[0]), timeout=TIMEOUT))
@@ -195,11 +220,27 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
         gone = bought not in [i.item_id for i in reply.items]
         page.say(f"{bought} {'is no longer recommended' if gone else 'is STILL recommended'}")
 
-    page.title("Filters: in stock, at most 20.00, without the first home-page item")
+    plain = stub.Recommend(pb.RecommendRequest(user_id=shopper, k=5), timeout=TIMEOUT)
+    excluded = plain.items[0].item_id if plain.items else None
+    page.title(f"Filters: in stock, at most 20.00, without {excluded or 'any item'}")
     flt = pb.Filter(in_stock_only=True, max_price=20.0,
-                    exclude_item_ids=[home.items[0].item_id] if home.items else [])
-    page.answer("Recommend(k=5, filter)",
-                stub.Recommend(pb.RecommendRequest(user_id=shopper, k=5, filter=flt), timeout=TIMEOUT))
+                    exclude_item_ids=[excluded] if excluded else [])
+    filtered = stub.Recommend(pb.RecommendRequest(user_id=shopper, k=5, filter=flt), timeout=TIMEOUT)
+    page.answer("Recommend(k=5, filter)", filtered)
+    if catalog:
+
+        def refused(item: str) -> str:
+            """Why the filter refuses `item` ('' when it allows it)."""
+            _, price, stock = catalog.get(item, ("", float("nan"), True))
+            return ("excluded" if item == excluded else "out of stock" if not stock
+                    else f"price {price:.2f}" if price > 20.0 else "")
+
+        for item in plain.items:
+            if refused(item.item_id):
+                page.say(f"{item.item_id} of the unfiltered answer left: {refused(item.item_id)}")
+        broken = [i.item_id for i in filtered.items if refused(i.item_id)]
+        page.say("every item in stock, at most 20.00, not excluded" if not broken
+                 else f"FILTER BROKEN by {', '.join(broken)}")
 
     page.title("A bad request")
     try:
