@@ -293,8 +293,8 @@ def test_a_rollback_racing_a_deletion_never_points_current_at_a_deleted_version(
 
         store.client.hdel = hdel
     store.delete_version("v1")
-    if raced:
-        assert isinstance(raced[0], NotFound), raced  # v1 was no longer a complete version
+    if store.url.startswith("redis"):  # the race ran: v1 was no longer a complete version
+        assert len(raced) >= 1 and isinstance(raced[0], NotFound), raced
     assert store.current_version() == "v2" and [v.id for v in store.versions()] == ["v2"]
     assert store.user_features("v2", "u00005") is not None
     other.close()
@@ -1008,8 +1008,6 @@ def test_cli_through_the_real_entry_point(redis_url: str, bundles: Path) -> None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSVC_STORE": url}
     done = subprocess.run([sys.executable, "-m", "recsvc.cli", "publish", "--bundle", str(bundles / "v1")],
                           capture_output=True, text=True, env=env)
-    if "invalid choice: 'publish'" in done.stderr:
-        pytest.skip("recsvc.commands.store is not registered in recsvc.cli yet")
     assert done.returncode == 0, done.stderr
     status = subprocess.run([sys.executable, "-m", "recsvc.cli", "store", "status", "--json"],
                             capture_output=True, text=True, env=env)
