@@ -1,0 +1,134 @@
+"""Real-time re-scoring (serving/realtime.py) on a trained and published synthetic store.
+
+The reference for "what the model would say with the new events" is implicit's ALS user step
+(`FactorScorer.fold_in`) over the user's full training strengths (the bundle's weighted `seen`
+matrix: event-type weights summed per item) plus the new events, weighted as training does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recsvc.bundle import Bundle
+from recsvc.config import load_train_config
+from recsvc.store import FeatureStore, RecentEvent, open_store
+from recsvc.synth import SynthConfig, generate, write
+from serving.model import LoadedModel, load_model
+from serving.realtime import rescore, session_of
+from training.pipeline import train
+
+FAST = {"bpr.enabled": False, "itemknn.enabled": False, "rules.enabled": False}
+
+
+@dataclass
+class Served:
+    bundle: Bundle
+    store: FeatureStore
+    model: LoadedModel
+    truth: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    directory = tmp_path_factory.mktemp("realtime")
+    write(generate(SynthConfig(seed=3, users=1_500, items=250, days=60, clusters=5)), directory)
+    result = train(directory / "events.csv", directory / "bundles", load_train_config(None, FAST),
+                   items=directory / "items.csv")
+    bundle = Bundle(result.path)
+    store = open_store(f"memory://realtime-{id(directory)}")
+    version = store.publish(bundle, progress=False).version
+    truth = json.loads((directory / "ground_truth.json").read_text())
+    return Served(bundle, store, load_model(store, version), truth)
+
+
+def no_neighbours(item: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+
+
+def reference_vector(served: Served, user: int, new: dict[int, float]) -> np.ndarray:
+    """The ALS user step over the user's training strengths plus `new` (item -> weight)."""
+    seen = served.bundle.seen
+    start, end = seen.indptr[user], seen.indptr[user + 1]
+    strengths = dict(zip(seen.indices[start:end].tolist(), seen.data[start:end].tolist(), strict=True))
+    for item, weight in new.items():
+        strengths[item] = strengths.get(item, 0.0) + weight
+    scorer = served.model.fold_in
+    assert scorer is not None
+    return scorer.fold_in(np.fromiter(strengths, dtype=np.int32),
+                          np.fromiter(strengths.values(), dtype=np.float32))
+
+
+def test_a_new_event_moves_the_trained_vector_as_a_retrain_would(served: Served) -> None:
+    """After one event, the re-scored ranking is the one the user's full history plus that
+    event gives, not one of a history whose every item counts the same."""
+    model = served.model
+    scorer = model.fold_in
+    assert scorer is not None
+    rng = np.random.default_rng(0)
+    after = model.trained_until + 60
+    overlaps = []
+    for user in range(0, len(served.bundle.users), 15):
+        user_id = served.bundle.users.id_of(user)
+        features = served.store.user_features(model.version, user_id)
+        assert features is not None and features.factors is not None
+        item = int(rng.integers(model.n_items))
+        kind = str(rng.choice(["view", "cart", "purchase"]))
+        recent = (RecentEvent(model.catalog.item_id(item), kind, after),)
+        answer = rescore(model, features, session_of(model, recent), no_neighbours,
+                         model.popular("global"))
+        pool = np.array([s.item for s in answer], dtype=np.int64)
+        expected = scorer.item_factors[pool] @ reference_vector(
+            served, user, {item: model.event_weights[kind]})
+        best = set(pool[np.argsort(-expected, kind="stable")[:10]].tolist())
+        overlaps.append(len(best & {s.item for s in answer[:10]}) / 10)
+    assert len(overlaps) >= 90
+    assert float(np.mean(overlaps)) >= 0.9
+
+
+def test_a_new_visitor_gets_their_taste_after_three_views(served: Served) -> None:
+    """Three views of one planted taste cluster's items turn the popular answer into that
+    cluster's items."""
+    model, store = served.model, served.store
+    item_cluster = {model.catalog.index_of(i): c for i, c in served.truth["item_cluster"].items()}
+    popular = model.popular("global")[0].tolist()
+    for cluster in range(served.truth["clusters"]):
+        viewed = [i for i in popular if item_cluster.get(i) == cluster][:3]
+        visitor = f"visitor-{cluster}"
+        for n, item in enumerate(viewed):
+            store.record_event(visitor, model.catalog.item_id(item), "view",
+                               model.trained_until + 60 + n)
+        features = store.user_features(model.version, visitor, recent=50)
+        assert features is not None and not features.known
+        session = session_of(model, features.recent)
+        answer = [s.item for s in rescore(
+            model, features, session,
+            lambda item: store.similar_items(model.version, item), model.popular("global"),
+        ) if s.item not in session.interacted][:10]
+        in_cluster = sum(item_cluster.get(i) == cluster for i in answer)
+        before = sum(item_cluster.get(i) == cluster for i in popular[:10])
+        assert len(answer) == 10 and in_cluster >= 6 and in_cluster >= before + 3, (cluster, in_cluster)
+
+
+def test_bpr_events_add_their_items_to_the_trained_vector() -> None:
+    """BPR folds in by a scaled sum of item vectors: an event on an item the user already has
+    leaves their trained vector as it is, a new item adds its scaled vector."""
+    from recsvc.scorers import FactorScorer
+    from recsvc.store import UserFeatures
+    from serving.realtime import user_vector
+
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(6, 4)).astype(np.float32)
+    items[:, -1] = rng.normal(size=6)  # the item bias column
+    scorer = FactorScorer(np.zeros((0, 4), np.float32), items, bias_column=True, fold_in_scale=0.5)
+    trained = np.array([0.3, -1.0, 2.0, 1.0], dtype=np.float32)
+    features = UserFeatures("u", np.zeros(0, np.int32), np.zeros(0, np.float32),
+                            np.array([0, 2], dtype=np.int32), factors=trained)
+    assert np.allclose(user_vector(scorer, features, {2: 8.0}), trained)
+    expected = trained.copy()
+    expected[:-1] += 0.5 * items[5, :-1]
+    assert np.allclose(user_vector(scorer, features, {5: 1.0, 0: 1.0}), expected, atol=1e-6)
