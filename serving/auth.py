@@ -34,6 +34,8 @@ import logging
 import os
 import re
 import secrets
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -98,14 +100,24 @@ def hash_token(token: str) -> str:
     return f"{HASH_SCHEME}:{hashlib.sha256(token.encode('utf-8')).hexdigest()}"
 
 
+def _looks_like_a_token(value: str) -> bool:
+    return value.startswith(TOKEN_PREFIX)
+
+
+def read_tokens_file(path: Path) -> str:
+    """The text of a tokens file (a UTF-8 byte-order mark, as Windows editors write, skipped)."""
+    return path.read_text(encoding="utf-8-sig")
+
+
 def parse_tokens(text: str, source: str) -> list[Client]:
     """Clients from tokens-file lines (see the module docstring). Raises InvalidInput naming
-    the source and line of the first malformed one."""
+    the source and line of the first malformed one, never quoting a field (a token pasted
+    into any column must not reach the logs)."""
     clients: list[Client] = []
     names: set[str] = set()
     entries = [
         (number, part.strip())
-        for number, line in enumerate(text.splitlines(), start=1)
+        for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1)
         for part in line.split("#", 1)[0].split(";")
     ]
     for index, (number, line) in enumerate((e for e in entries if e[1]), start=1):
@@ -117,6 +129,9 @@ def parse_tokens(text: str, source: str) -> list[Client]:
         # The values are not repeated: a token pasted into the wrong column would reach the logs.
         if not _NAME.match(name):
             raise InvalidInput(where, "the name must be 1-64 of A-Z a-z 0-9 _ . @ - (value not shown)")
+        if _looks_like_a_token(name):  # it would be shown in logs, metrics and `token list`
+            raise InvalidInput(where, f"the name must not start with {TOKEN_PREFIX} as tokens do "
+                               "(value not shown)")
         if role not in ROLES:
             raise InvalidInput(where, f"the role must be one of {', '.join(ROLES)} (value not shown)")
         scheme, _, digest = hashed.partition(":")
@@ -130,7 +145,8 @@ def parse_tokens(text: str, source: str) -> list[Client]:
             except ValueError:
                 rate = -1.0
             if key != "rate" or not rate >= 0:
-                raise InvalidInput(where, f"'{fields[3][:30]}' is not rate=<requests per second>")
+                raise InvalidInput(where, "the 4th field must be rate=<requests per second, 0 or "
+                                   "more> (value not shown)")
         if name in names:
             raise InvalidInput(where, f"name '{name}' appears twice")
         names.add(name)
@@ -147,10 +163,12 @@ def add_token(path: str | Path, name: str, role: str = "client", rate: float | N
         raise InvalidInput("--role", f"must be one of {', '.join(ROLES)}")
     if not _NAME.match(name):
         raise InvalidInput("--name", "must be 1-64 of A-Z a-z 0-9 _ . @ -")
+    if _looks_like_a_token(name):
+        raise InvalidInput("--name", f"must not start with {TOKEN_PREFIX}, as tokens do")
     if rate is not None and not rate >= 0:
         raise InvalidInput("--rate", f"must be 0 or more, got {rate}")
     path = Path(path)
-    existing = parse_tokens(path.read_text(encoding="utf-8"), str(path)) if path.exists() else []
+    existing = parse_tokens(read_tokens_file(path), str(path)) if path.exists() else []
     if any(c.name == name for c in existing):
         raise InvalidInput("--name", f"'{name}' already has a token in {path} (revoke it first)")
     token = new_token()
@@ -158,27 +176,60 @@ def add_token(path: str | Path, name: str, role: str = "client", rate: float | N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        if not existing and path.stat().st_size == 0:
+        size = os.fstat(handle.fileno()).st_size
+        if not existing and size == 0:
             handle.write("# recsvc tokens: name role sha256:<hash of the token> [rate=RPS]\n")
+        elif size and not _ends_with_newline(path):  # a hand-edited last line without one
+            handle.write("\n")
         handle.write(line + "\n")
     return token
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) in (b"\n", b"\r")
+
+
 def remove_token(path: str | Path, name: str) -> bool:
-    """Drop `name`'s line from the tokens file; False when it had none."""
+    """Drop `name`'s line from the tokens file; False when it had none.
+
+    The file is replaced whole (a server never reads half of it), keeping its mode and owner:
+    a revoke run as root must leave a file the server's user can still read, or the server
+    would keep the previous tokens, the revoked one included.
+    """
     path = Path(path)
     if not path.exists():
         return False
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = read_tokens_file(path).splitlines(keepends=True)
     kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [name]]
     if len(kept) == len(lines):
         return False
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines(kept)
-    os.replace(temporary, path)
+    before = path.stat()
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), stat.S_IMODE(before.st_mode))
+            if (before.st_uid, before.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(handle.fileno(), before.st_uid, before.st_gid)
+                except PermissionError:
+                    pass  # not root: the file can only be ours, as it was replaceable
+            handle.writelines(kept)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return True
+
+
+# What tells a changed tokens file: a rewrite (new inode), an edit (time, size), and a change
+# of mode or owner (ctime), which can make an unreadable file readable with the same content.
+_GONE = (-1, -1, -1, -1)
+
+
+def _stamp_of(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
 
 
 class TokenRegistry:
@@ -190,7 +241,7 @@ class TokenRegistry:
         env = os.environ if environ is None else environ
         self._from_env = parse_tokens(env.get(TOKENS_ENV, ""), TOKENS_ENV)
         self._from_file: list[Client] = []
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
         if self.path is not None:
@@ -205,20 +256,22 @@ class TokenRegistry:
         by_name.update({c.name: c for c in self._from_file})  # the file wins
         return tuple(by_name.values())
 
-    def _load_file(self, strict: bool) -> None:
+    def _load_file(self, strict: bool) -> bool:
+        """Read the file; False (error logged, previous clients kept) when it is unusable."""
         assert self.path is not None
         try:
-            stat = self.path.stat()
-            clients = parse_tokens(self.path.read_text(encoding="utf-8"), str(self.path))
+            stamp = _stamp_of(self.path.stat())
+            clients = parse_tokens(read_tokens_file(self.path), str(self.path))
         except (OSError, UnicodeDecodeError, InvalidInput) as exc:
             if strict:
                 if isinstance(exc, InvalidInput):
                     raise
                 raise InvalidInput("--tokens-file", f"cannot read {self.path}: {exc}") from None
             log.error("tokens file unreadable; keeping the previous tokens", extra={"error": str(exc)})
-            return
+            return False
         self._from_file = clients
-        self._stamp = (stat.st_mtime_ns, stat.st_size)
+        self._stamp = stamp
+        return True
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
@@ -229,17 +282,19 @@ class TokenRegistry:
                 return
             self._next_check = now + RELOAD_CHECK_SECONDS
             try:
-                stat = self.path.stat()
+                stamp = _stamp_of(self.path.stat())
             except OSError as exc:
-                if self._stamp != (-1, -1):  # once per disappearance
-                    self._stamp = (-1, -1)
+                if self._stamp != _GONE:  # once per disappearance
+                    self._stamp = _GONE
                     log.error("tokens file gone; keeping the previous tokens (empty it to revoke "
                               "every token)", extra={"error": str(exc)})
                 return
-            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
-                self._load_file(strict=False)
-                self.clients = self._merge()
-                log.info("tokens file reloaded", extra={"clients": len(self.clients)})
+            if stamp != self._stamp:
+                if self._load_file(strict=False):
+                    self.clients = self._merge()
+                    log.info("tokens file reloaded", extra={"clients": len(self.clients)})
+                else:
+                    self._stamp = stamp  # logged once; read again when the file changes
 
     def __len__(self) -> int:
         return len(self.clients)

@@ -74,12 +74,12 @@ def run_list(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recsvc.errors import InvalidInput
-    from serving.auth import parse_tokens
+    from serving.auth import parse_tokens, read_tokens_file
 
     path = Path(args.tokens_file)
     if not path.exists():
         raise InvalidInput("--tokens-file", f"{path} does not exist")
-    for client in parse_tokens(path.read_text(encoding="utf-8"), str(path)):
+    for client in parse_tokens(read_tokens_file(path), str(path)):
         rate = f"{client.rate:g}/s" if client.rate is not None else "default"
         print(f"{client.name:<24} {client.role:<7} rate {rate}")
     return 0

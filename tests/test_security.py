@@ -151,6 +151,71 @@ def test_a_deleted_tokens_file_keeps_the_tokens_and_says_so(
     assert registry.authenticate(token) is None
 
 
+def test_a_tokens_file_written_by_hand(tmp_path: Path) -> None:
+    """A Windows editor's byte-order mark and line ends, comments, blank lines, and a last line
+    without a line break: the server reads it, and `token create` / `revoke` keep it whole."""
+    path = tmp_path / "tokens.txt"
+    path.write_bytes(
+        b"\xef\xbb\xbfshop client " + hash_token("rsv_shop").encode() + b"\r\n\r\n"
+        b"# the privacy desk\r\nops admin " + hash_token("rsv_ops").encode() + b"  # since May"
+    )
+    assert [(c.name, c.role) for c in TokenRegistry(str(path), environ={}).clients] == [
+        ("shop", "client"), ("ops", "admin")]
+    token = add_token(path, "batch", rate=5)  # appended on a line of its own
+    registry = TokenRegistry(str(path), environ={})
+    assert [c.name for c in registry.clients] == ["shop", "ops", "batch"]
+    assert registry.authenticate(token).rate == 5.0  # type: ignore[union-attr]
+    assert remove_token(path, "shop")  # the first line, behind the byte-order mark
+    assert [c.name for c in TokenRegistry(str(path), environ={}).clients] == ["ops", "batch"]
+
+
+def test_a_token_pasted_into_any_column_is_refused_and_never_quoted(tmp_path: Path) -> None:
+    token = "rsv_" + "Zq3" * 14 + "x"
+    for line in (f"{token} client {hash_token(token)}",  # would show in logs, metrics, `list`
+                 f"shop client {hash_token(token)} {token}"):
+        with pytest.raises(InvalidInput) as refused:
+            parse_tokens(line, "tokens.txt")
+        assert "line 1" in str(refused.value) and token[:8] not in str(refused.value)
+    with pytest.raises(InvalidInput, match="--name"):
+        add_token(tmp_path / "tokens.txt", token)
+
+
+def test_a_revoke_keeps_the_files_mode_and_owner(tmp_path: Path) -> None:
+    """`sudo recsvc token revoke` on the server user's file: a file the server could no longer
+    read would leave the revoked token in force (it keeps the previous tokens)."""
+    path = tmp_path / "tokens.txt"
+    add_token(path, "shop")
+    add_token(path, "gone")
+    path.chmod(0o640)
+    owner = (1000, 1000) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(path, *owner)
+    assert remove_token(path, "gone")
+    info = path.stat()
+    assert (oct(info.st_mode & 0o777), info.st_uid, info.st_gid) == ("0o640", *owner)
+    assert [c.name for c in parse_tokens(path.read_text(), str(path))] == ["shop"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.txt"]  # no temporary left
+
+
+def test_a_broken_tokens_file_is_reported_once_and_reread_when_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.txt"
+    old = add_token(path, "shop")
+    registry = TokenRegistry(str(path), environ={})
+    good = path.read_text()
+    path.write_text(good + "half a line\n")
+    with caplog.at_level("INFO", logger="serving.auth"):
+        for _ in range(3):
+            registry._next_check = 0.0  # as a second later
+            assert registry.authenticate(old) is not None  # the previous tokens stay
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == ["tokens file unreadable; keeping the previous tokens"]
+        path.write_text(good.replace("shop", "shop2"))
+        registry._next_check = 0.0
+        assert registry.authenticate(old).name == "shop2"  # type: ignore[union-attr]
+    assert [r.getMessage() for r in caplog.records][-1] == "tokens file reloaded"
+
+
 def test_forget_user_needs_an_admin_token(auth_server: RunningServer, tokens: dict[str, Any]) -> None:
     target, user = auth_server.target, user_id(4)
     request = pb.ForgetUserRequest(user_id=user)
