@@ -2,8 +2,9 @@
 
 Each authenticated client (token name, see `serving.auth`) gets a bucket that refills at its
 rate (the token's `rate=` in the tokens file, else `--rate-limit`, requests/s) and holds at
-most `burst` calls (`--rate-burst`, default one second's worth). A call that finds the bucket
-empty fails at once with RESOURCE_EXHAUSTED, before any work is done. Rate 0 means unlimited.
+most `burst` calls (`--rate-burst`, default one second's worth; never less than one). A call
+that finds the bucket empty fails at once with RESOURCE_EXHAUSTED, before any work is done.
+Rate 0 means unlimited.
 The health service is never limited. Without authentication (`--insecure-no-auth`) callers
 cannot be told apart, so no limit applies.
 
@@ -42,21 +43,25 @@ class RateLimiter:
         return self.default_rate if rate is None else rate
 
     def capacity(self, rate: float) -> float:
-        return self.burst if self.burst > 0 else max(1.0, rate)
+        # At least one call: a bucket smaller than one would refuse every call for ever.
+        return max(1.0, self.burst if self.burst > 0 else rate)
 
     def allow(self, name: str, rate: float | None = None, now: float | None = None) -> bool:
         """Take one call from `name`'s bucket; False when it is empty (rate 0: always True)."""
         rate = self.rate_of(rate)
         if rate <= 0:
             return True
-        now = time.monotonic() if now is None else now
         capacity = self.capacity(rate)
         with self._lock:
+            # Read the clock under the lock: a thread that read it before waiting for the lock
+            # would otherwise move the bucket back in time and take away what it had earned.
+            now = time.monotonic() if now is None else now
             bucket = self._buckets.get(name)
             if bucket is None:
                 bucket = self._buckets[name] = _Bucket(capacity, now)
-            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.stamp) * rate)
-            bucket.stamp = now
+            if now > bucket.stamp:
+                bucket.tokens = min(capacity, bucket.tokens + (now - bucket.stamp) * rate)
+                bucket.stamp = now
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return True

@@ -283,6 +283,27 @@ def test_token_bucket() -> None:
     assert all(limiter.allow("c", rate=0, now=0.0) for _ in range(1000))  # rate 0: unlimited
 
 
+def test_a_burst_below_one_call_still_lets_calls_through() -> None:
+    """--rate-burst 0.5 used to make a bucket that never held a whole call: every call of
+    every client refused, for ever."""
+    limiter = RateLimiter(default_rate=10, burst=0.5)
+    assert limiter.allow("a", now=0.0) and not limiter.allow("a", now=0.0)
+    assert limiter.allow("a", now=0.1)  # 10/s
+    slow = RateLimiter(default_rate=0.5)  # one call every 2 s, a bucket of one
+    assert slow.allow("b", now=0.0) and not slow.allow("b", now=1.0) and slow.allow("b", now=2.0)
+
+
+def test_a_call_that_read_the_clock_before_another_is_not_refused_a_token_it_has() -> None:
+    """Concurrent calls read the clock, then wait for the bucket's lock, so a call may reach
+    the bucket with an older time than the last one's: it must not take back what the bucket
+    had earned since."""
+    limiter = RateLimiter(default_rate=10, burst=2)
+    assert limiter.allow("a", now=0.0) and limiter.allow("a", now=0.0)  # empty
+    assert limiter.allow("a", now=0.25)  # refilled 2 (capped), took 1: one left
+    assert limiter.allow("a", now=0.2)  # the one left, whatever the stale time says
+    assert not limiter.allow("a", now=0.25)
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
