@@ -1061,3 +1061,32 @@ def test_event_watch_is_rebuilt_after_redis_restarts(tmp_path: Path, bundle_dir:
         running.stop(0)
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- `make demo` (recsvc demo) -------------------------------------------------------------------
+@pytest.mark.slow
+def test_recsvc_demo_trains_serves_and_calls_every_rpc(tmp_path: Path) -> None:
+    """What `make demo` runs: synth, train, `serve --bundle` on a free port as processes, then
+    every RPC as a storefront; the walk's own checks (planted partners, filter, purchase) hold."""
+    import re
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", "demo", "--dir", str(tmp_path / "demo"),
+         "--users", "400", "--items", "80", "--days", "60"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert re.search(r"version \S+ \(trained .*\), recommender \w+, 400 users, 80 items", out)  # GetModelInfo
+    answered = set(re.findall(r"^   (\w+)\(.*\) -> \d+ items, source \w+$", out, flags=re.M))
+    assert answered == {"Recommend", "SimilarItems", "CrossSell", "BuyAgain", "Popular"}, out
+    sources = re.findall(r"-> (\d+) items, source (\w+)$", out, flags=re.M)
+    assert all(int(n) > 0 for n, _ in sources), out  # every call answered something
+    assert {"PERSONALIZED", "POPULAR", "SEGMENT", "REALTIME"} <= {s for _, s in sources}
+    assert re.search(r"RecordEvent\(VIEW\) x\d+", out)
+    assert "is no longer recommended" in out  # RecordEvent(PURCHASE) reached the next answer
+    assert "planted partner of" in out and "every item in stock, at most 20.00, not excluded" in out
+    assert "BROKEN" not in out and "is NOT" not in out and "STILL" not in out, out
+    assert "Recommend(k=0) -> INVALID_ARGUMENT: k:" in out
+    assert "demo finished" in out
