@@ -388,6 +388,36 @@ def test_tls_and_mutual_tls(bundle_dir: Path, tls_files: TlsFiles, tokens: dict[
         mutual.stop(0)
 
 
+def test_unusable_tls_files_are_refused_naming_the_flag(
+    tmp_path: Path, tls_files: TlsFiles  # noqa: F811
+) -> None:
+    """A key that is not the certificate's, files given the wrong way round, an encrypted key
+    or a key as the client CA: one line naming the flag, before the port is bound (gRPC only
+    failed to bind, and the error blamed --port)."""
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(tls_files.server_key.read_bytes(), None)
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
+    cert, key_path, ca = str(tls_files.server_cert), str(tls_files.server_key), str(tls_files.ca)
+    cases = [
+        ((cert, str(tls_files.client_key), ""), "--tls-key", "not the private key"),
+        ((key_path, cert, ""), "--tls-cert", "holds no certificate"),
+        ((cert, str(encrypted), ""), "--tls-key", "encrypted"),
+        ((cert, key_path, key_path), "--tls-client-ca", "holds no certificate"),
+    ]
+    for (tls_cert, tls_key, client_ca), flag, reason in cases:
+        with pytest.raises(InvalidInput) as refused:
+            serve(f"memory://badtls-{uuid.uuid4().hex[:6]}", None, tls_cert=tls_cert,
+                  tls_key=tls_key, tls_client_ca=client_ca)
+        assert refused.value.field == flag and reason in refused.value.reason, refused.value
+    running = serve(f"memory://oktls-{uuid.uuid4().hex[:6]}", None, tls_cert=cert, tls_key=key_path,
+                    tls_client_ca=ca)
+    running.stop(0)
+
+
 @pytest.mark.redis
 def test_serving_from_a_tls_redis(tmp_path: Path, bundle_dir: Path, tls_files: TlsFiles) -> None:  # noqa: F811
     port = free_port()
