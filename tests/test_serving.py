@@ -363,6 +363,21 @@ BAD_REQUESTS = [
     ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="sku-01", event_type=9), "event_type"),
     ("RecordEvent", pb.RecordEventRequest(user_id="", item_id="sku-01", event_type=pb.VIEW), "user_id"),
     ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="sku-01", event_type=pb.VIEW, timestamp_ms=(int(time.time()) + 3600) * 1000), "timestamp_ms"),
+    # oversized strings in every RPC that takes ids
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="i" * 300, k=3), "item_id"),
+    ("CrossSell", pb.CrossSellRequest(item_ids=["sku-01", "i" * 300], k=3), "item_ids[1]"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="u", item_id="i" * 300, event_type=pb.VIEW), "item_id"),
+    ("RecordEvent", pb.RecordEventRequest(user_id="u" * 300, item_id="sku-01", event_type=pb.VIEW), "user_id"),
+    ("BuyAgain", pb.BuyAgainRequest(user_id="u" * 300, k=3), "user_id"),
+    ("BuyAgain", pb.BuyAgainRequest(user_id="", k=3), "user_id"),
+    ("BuyAgain", pb.BuyAgainRequest(user_id="u", k=3, as_of_ms=-1), "as_of_ms"),
+    ("Popular", pb.PopularRequest(k=3, category="c" * 300), "category"),
+    ("Popular", pb.PopularRequest(k=3, segment="s" * 300), "segment"),
+    ("Popular", pb.PopularRequest(k=3, user_id="u" * 300), "user_id"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, segment="s" * 300), "segment"),
+    ("Recommend", pb.RecommendRequest(user_id="u", k=3, filter=pb.Filter(exclude_item_ids=["x"] * 1001)), "filter.exclude_item_ids"),
+    ("CrossSell", pb.CrossSellRequest(item_ids=["sku-01"], k=3, filter=pb.Filter(exclude_purchased=True)), "user_id"),
+    ("Popular", pb.PopularRequest(k=3, filter=pb.Filter(exclude_purchased=True)), "user_id"),
 ]
 
 
