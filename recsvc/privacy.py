@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,14 @@ def hasher_from_env(
     return IdHasher(load_id_secret(secret_file, environ))
 
 
+# A hashed forget-list entry exactly: tag, 8 hex of fingerprint, 22 base64url of key. Anything
+# else is a plain customer id, which may well start with "hmac-sha256:" (shops choose ids).
+_HASHED_ENTRY = re.compile(rf"{HASH_TAG}:[0-9a-f]{{8}}:[A-Za-z0-9_-]{{22}}")
+
+
 def is_hashed_entry(entry: str) -> bool:
-    return entry.startswith(HASH_TAG + ":")
+    """Whether a forget-list entry is a keyed hash (`IdHasher.entry_of_key`), not a plain id."""
+    return _HASHED_ENTRY.fullmatch(entry) is not None
 
 
 def resolve_forgotten(
@@ -137,7 +144,7 @@ def resolve_forgotten(
     fingerprints: set[str] = set()
     for entry in entries:
         if is_hashed_entry(entry):
-            _, fingerprint, key = entry.split(":", 2)
+            _, fingerprint, key = entry.split(":")
             fingerprints.add(fingerprint)
             hashed.add(key)
         else:

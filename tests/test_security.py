@@ -537,6 +537,31 @@ def test_a_forget_list_written_plain_is_honoured_by_a_hashing_publisher(
     assert hashed.user_features(report.version, user_id(4)) is not None
 
 
+def test_a_customer_id_that_starts_like_a_hashed_entry_is_forgotten_as_a_plain_id(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Shops choose their ids (user names, e-mails): forgetting one that starts with
+    'hmac-sha256:' used to make every later publish, is_forgotten and training run fail
+    (ValueError, or 'no secret is set' on a store that does not hash ids)."""
+    from tests.fixtures_grpc import make_bundle
+    from training.pipeline import read_forget_list
+
+    monkeypatch.delenv("RECSVC_ID_SECRET", raising=False)
+    monkeypatch.delenv("RECSVC_ID_SECRET_FILE", raising=False)
+    store = open_store(f"memory://lookalike-{uuid.uuid4().hex[:6]}")
+    store.publish(Bundle(bundle_dir), progress=False)
+    odd = ["hmac-sha256:x", "hmac-sha256:shop:42", "hmac-sha256:0123abcd:short"]
+    for customer in odd:
+        assert store.forget_user(customer) == 0
+    assert store.forget_user(user_id(3)) == 1
+    assert store.is_forgotten([*odd, user_id(3), user_id(4)]) == [True] * 4 + [False]
+    assert resolve_forgotten(store.forgotten_users(), ["bob", odd[1]]) == [odd[1]]
+    assert read_forget_list(store.url) == {*odd, user_id(3)}
+    report = store.publish(Bundle(make_bundle(tmp_path, variant=1)), progress=False)
+    assert store.user_features(report.version, user_id(3)) is None
+    assert store.user_features(report.version, user_id(4)) is not None
+
+
 def test_hashed_store_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RECSVC_ID_SECRET", raising=False)
     monkeypatch.delenv("RECSVC_ID_SECRET_FILE", raising=False)
