@@ -228,3 +228,51 @@ def test_reading_a_bundle_without_segments_is_a_clear_error(tmp_path: Path) -> N
     path = writer.commit({})
     with pytest.raises(BundleFormatError, match="segments"):
         Segments.read(Bundle(path))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, dict[str, object]]:
+    """A trained synthetic store (5 planted taste clusters) and what the generator planted."""
+    import json
+
+    from recsvc.config import load_train_config
+    from recsvc.synth import SynthConfig, generate, write
+    from training.pipeline import train
+
+    directory = tmp_path_factory.mktemp("synth-segments")
+    write(generate(SynthConfig(seed=5, users=1_500, items=250, days=90, clusters=5)), directory)
+    config = load_train_config(None, {"segments.clusters": 5, "itemknn.enabled": False,
+                                      "rules.enabled": False})
+    bundle = Bundle(train(directory / "events.csv", directory / "bundles", config).path)
+    return bundle, json.loads((directory / "ground_truth.json").read_text())
+
+
+def test_taste_clusters_recover_the_planted_ones(synthetic: tuple[Bundle, dict[str, object]]) -> None:
+    bundle, truth = synthetic
+    planted = truth["user_cluster"]
+    assert isinstance(planted, dict)
+    segments = Segments.read(bundle)
+    found = segments.cluster
+    expected = np.array([planted[bundle.users.id_of(u)] for u in range(len(bundle.users))])
+    table = pd.crosstab(expected, found)
+    assert table.shape == (5, 5)
+    # each planted cluster lands in a cluster of its own, and each found cluster is one planted
+    assert (table.max(axis=1) / table.sum(axis=1)).min() >= 0.85
+    assert (table.max(axis=0) / table.sum(axis=0)).min() >= 0.85
+    assert len(set(table.idxmax(axis=1).tolist())) == 5
+
+
+def test_planted_repeat_buyers_score_high_on_frequency(
+    synthetic: tuple[Bundle, dict[str, object]],
+) -> None:
+    bundle, truth = synthetic
+    cycles = truth["cycles"]
+    assert isinstance(cycles, list)
+    repeat = {c["user_id"] for c in cycles}
+    segments = Segments.read(bundle)
+    is_repeat = np.array([bundle.users.id_of(u) in repeat for u in range(len(bundle.users))])
+    buyers = segments.frequency > 0
+    assert is_repeat.sum() >= 100 and buyers[is_repeat].all()
+    assert segments.f[is_repeat].mean() >= segments.f[buyers & ~is_repeat].mean() + 1.5
+    best = np.isin(segments.segment, ["champions", "loyal"])
+    assert best[is_repeat].mean() >= 2 * best[buyers & ~is_repeat].mean()
