@@ -62,7 +62,11 @@ class ForgetWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            self.poll()
+            try:
+                self.poll()
+            except Exception as exc:  # never let the watcher die: the next poll retries
+                # The type only: a message could quote a forget-list entry (a customer id).
+                log.error("forget list poll failed", extra={"error": type(exc).__name__})
 
     def poll(self) -> int:
         """Read the forget list once; drop newly listed customers. Returns how many dropped."""
@@ -71,9 +75,10 @@ class ForgetWatcher:
             entries = set(store.forgotten_users())
         except STORE_FAILURES:
             return 0  # the store is down: nothing new can be read; try again next time
-        known, self._known = self._known, entries
+        known = self._known
         fresh = entries - known if known is not None else entries
         if not fresh:
+            self._known = entries
             return 0
         self.service.forgets_changed()  # a cache warm-up reading now may hold them
         cache = self.service.user_cache
@@ -82,6 +87,7 @@ class ForgetWatcher:
             if store.forget_entry(user_id) in fresh:
                 self.service.drop_user(user_id)
                 dropped += 1
+        self._known = entries  # only now: a poll that failed midway sees them as new again
         if dropped:
             log.info("dropped forgotten customers from the caches", extra={"customers": dropped})
         return dropped

@@ -637,6 +637,82 @@ def test_forget_reaches_other_server_processes(redis_url: str, bundle_dir: Path,
         second.stop(0)
 
 
+def test_the_forget_watcher_survives_an_unexpected_error(
+    bundle_dir: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """One unexpected error from the store (a reply redis-py does not map to a connection
+    error, a malformed entry) used to end the watcher's thread: customers forgotten through
+    other processes then stayed in this one's cache for up to hot_user_ttl_seconds."""
+    from serving.config import ServeConfig
+    from serving.domain import RecommendationService, RecommendQuery
+    from serving.privacy import ForgetWatcher
+
+    url = f"memory://watcher{uuid.uuid4().hex[:6]}"
+    store = open_store(url)
+    store.publish(Bundle(bundle_dir), progress=False)
+    service = RecommendationService(store, ServeConfig(warm_users=False, realtime_watch=False))
+    service.start()
+    user = user_id(2)
+    service.recommend(RecommendQuery(user, 3))
+    assert service.user_cache.get(user) is not None
+    real_read, polls = store.forgotten_users, [0]
+
+    def flaky_read() -> list[str]:
+        polls[0] += 1
+        if polls[0] == 2:
+            raise RuntimeError(f"unexpected reply about {user}")
+        return real_read()
+
+    store.forgotten_users = flaky_read  # type: ignore[method-assign]
+    watcher = ForgetWatcher(service, 0.02)
+    watcher.poll()
+    caplog.set_level(logging.ERROR, logger="serving.privacy")
+    try:
+        watcher.start()
+        deadline = time.monotonic() + 10
+        while polls[0] < 3:
+            assert time.monotonic() < deadline, "the watcher stopped polling after the error"
+            time.sleep(0.01)
+        open_store(url).forget_user(user)  # another server process
+        while service.user_cache.get(user) is not None:
+            assert time.monotonic() < deadline, "the forgotten customer is still cached"
+            time.sleep(0.01)
+    finally:
+        watcher.stop()
+        service.stop()
+    assert [r.getMessage() for r in caplog.records] == ["forget list poll failed"]
+    assert not any(user in KeyValueFormatter().format(r) for r in caplog.records)
+
+
+def test_a_forget_poll_that_failed_midway_is_done_again(bundle_dir: Path) -> None:  # noqa: F811
+    from serving.config import ServeConfig
+    from serving.domain import RecommendationService, RecommendQuery
+    from serving.privacy import ForgetWatcher
+
+    store = open_store(f"memory://midway{uuid.uuid4().hex[:6]}")
+    store.publish(Bundle(bundle_dir), progress=False)
+    service = RecommendationService(store, ServeConfig(warm_users=False, realtime_watch=False))
+    service.start()
+    try:
+        watcher = ForgetWatcher(service, 5.0)
+        watcher.poll()
+        user = user_id(2)
+        service.recommend(RecommendQuery(user, 3))
+        store.forget_user(user)
+        real_drop = service.drop_user
+
+        def failing_drop(_user: str) -> None:
+            raise RuntimeError("interrupted")
+
+        service.drop_user = failing_drop  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            watcher.poll()
+        service.drop_user = real_drop  # type: ignore[method-assign]
+        assert watcher.poll() == 1 and service.user_cache.get(user) is None
+    finally:
+        service.stop()
+
+
 def test_a_read_racing_a_forget_does_not_cache_the_forgotten_customer(bundle_dir: Path) -> None:  # noqa: F811
     """A Recommend reads the customer; ForgetUser lands while the read is on the wire; the
     read's answer must not re-cache them (for up to hot_user_ttl). A real store cannot pause
