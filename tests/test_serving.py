@@ -143,6 +143,30 @@ def test_similar_items(stub: object) -> None:
     assert "item_id" in caught.value.details()
 
 
+def test_item_rpcs_respect_exclusions_purchases_stock_and_price(stub: object) -> None:
+    # user-00 has seen sku-00 and sku-01 and buys sku-04 now; sku-03 and sku-10 are out of
+    # stock; prices are 5 + index.
+    stub.RecordEvent(pb.RecordEventRequest(user_id=user_id(0), item_id=item_id(4), event_type=pb.PURCHASE),
+                     timeout=5)
+    flt = pb.Filter(in_stock_only=True, max_price=20.0, exclude_purchased=True,
+                    exclude_item_ids=[item_id(5), item_id(25)])
+    forbidden = {item_id(i) for i in (0, 1, 4, 5, 25, 3, 10)} | {item_id(i) for i in range(16, 40)}
+    similar = stub.SimilarItems(
+        pb.SimilarItemsRequest(item_id=item_id(2), k=6, user_id=user_id(0), filter=flt), timeout=5)
+    got = ids(similar)
+    assert not forbidden & set(got) and item_id(2) not in got, got
+    # the neighbours 1, 3, 0, 4, 5 are all refused: the books list tops up, then the global one
+    assert got == [item_id(i) for i in (6, 7, 8, 9, 15, 14)], got
+    cart = [item_id(0), item_id(2)]  # the rule {sku-00} -> sku-25 is excluded by the filter
+    cross = stub.CrossSell(pb.CrossSellRequest(item_ids=cart, k=6, user_id=user_id(0), filter=flt), timeout=5)
+    got = ids(cross)
+    assert len(got) == 6 and len(set(got)) == 6
+    assert not forbidden & set(got) and not set(cart) & set(got), got
+    popular = stub.Popular(pb.PopularRequest(k=6, user_id=user_id(0), filter=flt), timeout=5)
+    got = ids(popular)
+    assert got == [item_id(i) for i in (15, 14, 13, 12, 11, 9)], got
+
+
 def test_every_list_rpc_fills_k_from_the_catalogue_when_the_lists_run_dry(tmp_path: Path) -> None:
     # Popularity lists hold only the top items (popularity.top_n): a category filter can leave
     # fewer than k of them, yet every RPC answers k items while the catalogue has them.
