@@ -1,8 +1,8 @@
 """Association rules: the RuleSet value, exact mining, baskets from logs, and the CLI.
 
 Metrics are checked against hand-computed values and a brute-force reference computed with
-exact fractions; the Groceries test compares with mlxtend (skipped when data or mlxtend is
-absent).
+exact fractions; the Groceries test compares with mlxtend (a test dependency; skipped when
+../shared data is absent).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def test_chunked_and_sorted_counting_paths_agree(monkeypatch, path) -> None:
 
 
 def test_groceries_equals_mlxtend(groceries_path: Path) -> None:
-    frequent_patterns = pytest.importorskip("mlxtend.frequent_patterns")
+    from mlxtend import frequent_patterns  # a test dependency: missing is a failure, not a skip
     frame = pd.read_csv(groceries_path, dtype=str)
     order, _ = pd.factorize(frame["order_id"])
     item, names = pd.factorize(frame["item_id"])
@@ -408,3 +408,43 @@ def test_mining_stops_at_shorter_itemsets_when_work_explodes(monkeypatch: pytest
     monkeypatch.setattr(rules_module, "MAX_WORK", 2000)  # pairs: 20 x 66, triples: 20 x 220
     lengths = [items.shape[1] for items, _ in rules_module.frequent_itemsets(full, 0.5, 3)[0]]
     assert lengths == [1, 2]
+
+
+# --- the rules benchmark (benchmarks/rules.py), small ------------------------------------------
+def test_rules_benchmark_smoke_writes_well_formed_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import benchmarks.rules as bench
+
+    monkeypatch.setattr(bench, "GROCERIES", tmp_path / "absent.csv")  # its own test below
+    out = tmp_path / "rules.json"
+    assert bench.main(["--repeats", "1", "--orders", "3000", "--items", "300", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "rules" and result["groceries"] is None
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["memory_gb"] > 0 and machine["date"] and machine["numpy"]
+    synthetic = result["synthetic"]
+    assert (synthetic["orders"], synthetic["items"], synthetic["repeats"]) == (3000, 300, 1)
+    assert synthetic["seconds"] > 0 and synthetic["peak_traced_mb"] > 0
+    by_length = synthetic["frequent_itemsets_by_length"]
+    assert len(by_length) == synthetic["max_len"] == 3 and all(n > 0 for n in by_length)
+    # the figures are the mining's own: the same seeded baskets mined here give the same counts
+    baskets = bench.synthetic_baskets(3000, 300)
+    rules = mine_rules(baskets, synthetic["min_support"], synthetic["min_confidence"], max_len=3)
+    assert synthetic["rules"] == len(rules) > 0
+    assert synthetic["items_per_order"] == round(baskets.nnz / 3000, 2)
+    printed = capsys.readouterr().out
+    assert "groceries: skipped" in printed and f"{synthetic['rules']} rules" in printed
+
+
+def test_rules_benchmark_groceries_part_matches_mlxtend(groceries_path: Path) -> None:
+    import benchmarks.rules as bench
+
+    result = bench.groceries(1)
+    assert result is not None
+    assert result["same_rules"] is True
+    assert result["ours_rules"] == result["mlxtend_rules_single_consequent"] > 5000
+    assert result["speedup"] == pytest.approx(result["mlxtend_seconds"] / result["ours_seconds"], abs=0.1)
+    assert result["ours_max_len_3_rules"] < result["ours_rules"]
