@@ -1012,3 +1012,38 @@ def test_cli_through_the_real_entry_point(redis_url: str, bundles: Path) -> None
     status = subprocess.run([sys.executable, "-m", "recsvc.cli", "store", "status", "--json"],
                             capture_output=True, text=True, env=env)
     assert json.loads(status.stdout)["current"] == "v1"
+
+
+# -- the publish benchmark (benchmarks/publish.py), small ----------------------------------------
+
+
+@pytest.mark.redis
+def test_publish_benchmark_smoke_writes_well_formed_results(tmp_path: Path) -> None:
+    from benchmarks import publish as bench
+    from tests.fixtures_redis import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (run `make redis-server`)")
+    out = tmp_path / "publish.json"
+    users, items, candidates = 3000, 2000, 50
+    assert bench.main(["--users", str(users), "--items", str(items), "--candidates", str(candidates),
+                       "--similar", "10", "--output", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "publish" and result["date"]
+    assert result["machine"]["cores"] >= 1 and result["versions"]["redis_server"]
+    assert result["params"]["users"] == users and result["params"]["candidates"] == candidates
+    published = result["publish"]
+    assert published["seconds"] > 0 and published["redis_keys"] > 0 and published["encoded_bytes"] > 0
+    assert published["users_per_s"] == pytest.approx(users / published["seconds"], rel=0.02)
+    memory = result["memory"]
+    assert memory["used_memory_after"] > memory["used_memory_before"]
+    assert memory["sampled_users"] > 0
+    # a candidate list costs its bit-packed indexes plus one byte of score per candidate
+    packed = candidates * (codec.index_bits(items) / 8 + 1)
+    assert packed <= memory["candidate_list_bytes_mean"] < packed + 32
+    assert memory["candidate_list_bytes_mean"] < memory["record_bytes_mean"] <= memory["record_bytes_p99"]
+    assert 0 < memory["bytes_per_user_memory_usage_sampled"] < 1024
+    latency = result["read_latency_ms"]
+    assert 0 < latency["user_features_recent10_p50"] <= latency["user_features_recent10_p99"]
+    targets = result["targets"]
+    assert targets["seconds_ok"] == (published["seconds"] < targets["seconds"])
