@@ -234,13 +234,18 @@ def _stamp_of(info: os.stat_result) -> tuple[int, int, int, int]:
 
 class TokenRegistry:
     """The known clients, from a tokens file and/or `$RECSVC_TOKENS`; the file is re-read when
-    it changes (a broken edit keeps the previous clients and logs an error)."""
+    it changes (a broken edit keeps the previous clients and logs an error).
+
+    The file wins for a name in both, and keeps winning once the name leaves the file: a
+    `token revoke` of that name must not bring back the environment's older token for it.
+    """
 
     def __init__(self, path: str | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.path = Path(path) if path else None
         env = os.environ if environ is None else environ
         self._from_env = parse_tokens(env.get(TOKENS_ENV, ""), TOKENS_ENV)
         self._from_file: list[Client] = []
+        self._shadowed: set[str] = set()  # names the file has held: their env entries are void
         self._stamp: tuple[int, int, int, int] | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
@@ -250,9 +255,17 @@ class TokenRegistry:
                 raise InvalidInput("--tokens-file", f"{self.path} {what}")
             self._load_file(strict=True)
         self.clients: tuple[Client, ...] = self._merge()
+        both = sorted({c.name for c in self._from_env} & self._shadowed)
+        if both:
+            log.warning(
+                f"{TOKENS_ENV} and the tokens file both name a client: the file's token is used; "
+                f"remove the others from {TOKENS_ENV}, which would be in force again after a "
+                "restart if the file's line went", extra={"clients": ",".join(both)},
+            )
 
     def _merge(self) -> tuple[Client, ...]:
-        by_name = {c.name: c for c in self._from_env}
+        self._shadowed.update(c.name for c in self._from_file)
+        by_name = {c.name: c for c in self._from_env if c.name not in self._shadowed}
         by_name.update({c.name: c for c in self._from_file})  # the file wins
         return tuple(by_name.values())
 

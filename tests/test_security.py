@@ -133,6 +133,22 @@ def test_tokens_are_stored_only_as_hashes(tokens: dict[str, Any]) -> None:
         add_token(tokens["path"], "storefront")
 
 
+def test_revoking_a_name_does_not_bring_back_its_token_from_the_environment(tmp_path: Path) -> None:
+    """A client first configured in $RECSVC_TOKENS, then given a new token in the file (which
+    wins): revoking it in the file used to put the environment's old token back in force."""
+    path = tmp_path / "tokens.txt"
+    new = add_token(path, "shop")
+    old = "rsv_old-bootstrap-token"
+    env = {"RECSVC_TOKENS": f"shop client {hash_token(old)}; ops admin {hash_token('rsv_ops')}"}
+    registry = TokenRegistry(str(path), environ=env)
+    assert registry.authenticate(old) is None and registry.authenticate(new) is not None
+    assert remove_token(path, "shop")
+    registry._next_check = 0.0  # as a second later
+    assert registry.authenticate(new) is None
+    assert registry.authenticate(old) is None
+    assert registry.authenticate("rsv_ops") is not None  # the environment's other clients stay
+
+
 def test_a_deleted_tokens_file_keeps_the_tokens_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
