@@ -115,6 +115,7 @@ def parse_tokens(text: str, source: str) -> list[Client]:
     into any column must not reach the logs)."""
     clients: list[Client] = []
     names: set[str] = set()
+    digests: dict[str, str] = {}  # hex digest -> the name that holds it
     entries = [
         (number, part.strip())
         for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1)
@@ -149,7 +150,11 @@ def parse_tokens(text: str, source: str) -> list[Client]:
                                    "more> (value not shown)")
         if name in names:
             raise InvalidInput(where, f"name '{name}' appears twice")
+        if digest in digests:  # a copied line: one token would act as two clients, one admin?
+            raise InvalidInput(where, f"the same hash as the line of '{digests[digest]}': "
+                               "one token per client (recsvc token create makes a new one)")
         names.add(name)
+        digests[digest] = name
         clients.append(Client(name, role, bytes.fromhex(digest), rate))
     return clients
 
@@ -317,11 +322,13 @@ class TokenRegistry:
         time, so timing reveals neither which hash nor how much of one matched."""
         self._maybe_reload()
         presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found: Client | None = None
+        found: list[Client] = []
         for client in self.clients:
             if hmac.compare_digest(presented, client.digest):
-                found = client
-        return found
+                found.append(client)
+        # One hash under two names (the file's and $RECSVC_TOKENS'): which client, which
+        # role, is unknowable, so neither.
+        return found[0] if len(found) == 1 else None
 
 
 def bearer_token(metadata: Iterable[Any] | None) -> str | None:

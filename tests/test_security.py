@@ -149,6 +149,18 @@ def test_revoking_a_name_does_not_bring_back_its_token_from_the_environment(tmp_
     assert registry.authenticate("rsv_ops") is not None  # the environment's other clients stay
 
 
+def test_one_token_cannot_be_two_clients(tmp_path: Path) -> None:
+    """A line copied to make an admin, its hash left unchanged: the storefront's token used to
+    authenticate as the last matching client, here the admin."""
+    shop, ops = f"shop client {hash_token('rsv_shop')}", f"ops admin {hash_token('rsv_shop')}"
+    with pytest.raises(InvalidInput, match="line 2: the same hash as the line of 'shop'"):
+        parse_tokens(f"{shop}\n{ops}\n", "tokens.txt")
+    path = tmp_path / "tokens.txt"
+    path.write_text(shop + "\n")
+    registry = TokenRegistry(str(path), environ={"RECSVC_TOKENS": ops})
+    assert registry.authenticate("rsv_shop") is None  # ambiguous: neither
+
+
 def test_a_deleted_tokens_file_keeps_the_tokens_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
