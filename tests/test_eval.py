@@ -217,3 +217,53 @@ def test_local_ease_for_large_catalogues_ranks_close_to_the_dense_solve(tmp_path
     ], k=5)  # fmt: skip
     assert dense.params["solver"] == "dense" and local.params["solver"] == "local"
     assert local.metrics["ndcg"] > 0.9 * dense.metrics["ndcg"]
+
+
+# -- the quality benchmark (benchmarks/quality.py), small --------------------------------------
+def test_quality_benchmark_smoke_writes_well_formed_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.quality as bench
+
+    real_synthetic_log = bench.synthetic_log
+    monkeypatch.setattr(bench, "DATA", tmp_path / "no-shared-data")  # the synthetic store only
+    monkeypatch.setattr(bench, "synthetic_log",
+                        lambda directory, users, items, seed: real_synthetic_log(directory, 400, 150, seed))
+    out, png = tmp_path / "quality.json", tmp_path / "quality.png"
+    assert bench.main(["--skip-scale", "--out", str(out), "--png", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["date"]
+    assert list(result["datasets"]) == ["synthetic store"] and "scale" not in result
+    synthetic = result["datasets"]["synthetic store"]
+    default = result["default_model"]
+    assert set(synthetic["summary"]) == set(bench.model_list(load_train_config(environ={})))
+    for model, metrics in synthetic["summary"].items():
+        for name in ("precision", "recall", "ndcg", "map", "hit_rate"):
+            assert 0.0 <= metrics[name] <= 1.0, (model, name)
+    assert synthetic["summary"][default]["ndcg"] > 0
+    ratio = synthetic["default_vs_baselines"]["ndcg_vs_popular"]
+    expected = synthetic["summary"][default]["ndcg"] / synthetic["summary"]["popular"]["ndcg"]
+    assert ratio == pytest.approx(expected, abs=1e-3)
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_quality_benchmark_cli_path_scores_the_exported_recommendations(tmp_path: Path) -> None:
+    """The 'via the CLI' figure: `recsvc train` + `recsvc recommend` as processes, scored on
+    the harness's own split and users."""
+    import benchmarks.quality as bench
+
+    events = taste_store(tmp_path / "events.csv")
+    result = bench.cli_path(events, [1], k=5)
+    run = result["runs"][0]
+    log, _ = load_events(events, LoadOptions())
+    config = load_train_config(environ={})
+    default = config.default_recommender
+    harness = evaluate(log, [default, "popular"], config, "random", 0.25, (1,), 5)
+    assert run["seed"] == 1 and run["users"] == harness.runs[0]["users_evaluated"] == 120
+    # the product path scores as the harness's default does (only ALS's random start differs),
+    # far above popularity on the planted taste groups
+    for metric in ("precision", "ndcg"):
+        assert run[metric] == pytest.approx(harness.summary[default][metric], abs=0.05), metric
+        assert run[metric] > 3 * harness.summary["popular"][metric], metric
+    assert result["summary"]["precision"] == pytest.approx(run["precision"])
