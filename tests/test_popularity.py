@@ -155,3 +155,18 @@ def test_lists_round_trip_through_the_bundle(tmp_path: Path) -> None:
         assert loaded.names == lists[name].names
         assert np.array_equal(loaded.items, lists[name].items)
         assert np.allclose(loaded.scores, lists[name].scores)
+
+
+def test_one_fresh_sale_of_an_obscure_item_is_not_a_trend() -> None:
+    """Steady sellers over 90 days and one purchase of a new item yesterday: the new item runs
+    far ahead of its long-run share (its only sale is recent), yet one sale is no trend; a
+    rising item with a handful of fresh buyers is."""
+    rows = [(f"s{k}-{n}", f"steady{k}", "purchase", 3 * n + k / 10) for k in range(10)
+            for n in range(30)]
+    rows += [("once", "obscure", "purchase", 89)]
+    rows += [(f"r{n}", "rising", "purchase", 86 + n / 2) for n in range(6)]
+    log = make_log(rows)
+    lists = fit(log, 90, PopularityConfig(trending_half_life_days=7))
+    trending = ranked(log, lists, "trending")
+    assert trending[0] == "rising"
+    assert trending.index("obscure") == len(trending) - 1
