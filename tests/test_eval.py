@@ -145,6 +145,11 @@ def test_tune_cli_with_a_blend(tmp_path: Path, capsys: pytest.CaptureFixture[str
     config = load_train_config(out, environ={})
     assert config.default_recommender in ("ease", "itemknn", "blend")
     assert "best:" in capsys.readouterr().out
+    # the blend was tuned over the parts --config names (not the shipped ease + als), with
+    # weights from the search space
+    tuned = tomllib.loads(out.read_text())["blend"]
+    assert set(tuned) == {"ease", "itemknn"} and all(0.0 <= w <= 1.0 for w in tuned.values())
+    assert config.blend == pytest.approx(tuned)
     model = build_model(config.default_recommender, config)
     assert model is not None
 
