@@ -547,6 +547,22 @@ def test_hashed_ids_keep_customer_ids_out_of_the_store(hashed_url: str, bundle_d
         assert store.is_forgotten([user_id(5)]) == [False]
 
 
+def test_a_forget_with_hashing_on_removes_events_recorded_before_it_was_turned_on(
+    hashed_url: str,
+) -> None:
+    """Real-time events recorded before `hash_ids` was turned on sit under the plain id (for up
+    to a week): a forget must delete them too, not only the hashed-key lists."""
+    plain = open_store(hashed_url.replace("hash_ids=1", "hash_ids=0"))
+    hashed = open_store(hashed_url)
+    plain.record_event("alice", "i1", "purchase")
+    plain.record_event("alice", "i2", "view")
+    hashed.record_event("alice", "i3", "view")
+    assert [e.item_id for e in plain.recent_events("alice")] == ["i2", "i1"]
+    hashed.forget_user("alice")
+    assert plain.recent_events("alice") == [] and hashed.recent_events("alice") == []
+    assert b"alice" not in _everything_stored(plain)
+
+
 def test_a_forget_list_written_plain_is_honoured_by_a_hashing_publisher(
     bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

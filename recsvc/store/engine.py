@@ -560,6 +560,8 @@ class StoreEngine(ABC):
         for version in self.version_table():  # re-read: a publish may have finished meanwhile
             held += self.delete_users(version, [key]) > 0
         self.delete_events(key)
+        if key != user_id:  # events recorded before hashing was turned on (kept up to a week)
+            self.delete_events(user_id)
         log.info("forgot a user", extra={"versions": held})
         return held
 
