@@ -94,6 +94,13 @@ class FactorScorer:
                 vectors[row] = self.fold_in(history.indices[start:end], history.data[start:end])
         return vectors
 
+    def gram(self) -> np.ndarray:
+        """The item factors' Gram matrix (V^T V, float64), computed once and kept."""
+        if self._gram is None:
+            factors = np.asarray(self.item_factors, dtype=np.float64)
+            self._gram = factors.T @ factors
+        return self._gram
+
     def fold_in(self, items: np.ndarray, strengths: np.ndarray) -> np.ndarray:
         """User vector for one history: one ALS least-squares user step, or for BPR factors
         (`bias_column`) the scaled sum of the item vectors of the items it holds, bias 1."""
@@ -103,12 +110,9 @@ class FactorScorer:
             vector[:-1] = self.fold_in_scale * self.item_factors[held, :-1].sum(axis=0, dtype=np.float64)
             vector[-1] = 1.0
             return vector.astype(np.float32)
-        factors = np.asarray(self.item_factors, dtype=np.float64)
-        if self._gram is None:
-            self._gram = factors.T @ factors
-        y = factors[items]
-        confidence = self.alpha * np.asarray(strengths, dtype=np.float64)
-        a = self._gram + (y.T * (confidence - 1.0)) @ y
+        y = np.asarray(self.item_factors[items], dtype=np.float64)  # the rows it needs, not a
+        confidence = self.alpha * np.asarray(strengths, dtype=np.float64)  # whole-matrix copy
+        a = self.gram() + (y.T * (confidence - 1.0)) @ y
         a[np.diag_indices_from(a)] += self.regularization
         b = y.T @ confidence
         return np.linalg.solve(a, b).astype(np.float32)

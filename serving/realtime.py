@@ -137,7 +137,7 @@ def user_vector(scorer: FactorScorer, features: UserFeatures, new: dict[int, flo
     delta_a = (y_new.T * hessian_weight) @ y_new
     delta_b = y_new.T @ added_confidence
     y_seen = np.asarray(scorer.item_factors[seen], dtype=np.float64)
-    a = gram(scorer) + (y_seen.T * (scorer.alpha - 1.0)) @ y_seen + delta_a
+    a = scorer.gram() + (y_seen.T * (scorer.alpha - 1.0)) @ y_seen + delta_a
     a[np.diag_indices_from(a)] += scorer.regularization
     step = np.linalg.solve(a, delta_b - delta_a @ anchor)
     return (anchor + step).astype(np.float32)
@@ -152,15 +152,6 @@ def held(seen: np.ndarray, items: np.ndarray) -> np.ndarray:
         seen = np.sort(seen)
     position = np.minimum(np.searchsorted(seen, items), len(seen) - 1)
     return np.asarray(seen[position] == items)
-
-
-def gram(scorer: FactorScorer) -> np.ndarray:
-    """V^T V of the item factors, float64 (the scorer computes and keeps it on its first fold-in,
-    which `serving.model.load_model` runs when a version loads)."""
-    if scorer._gram is None:
-        scorer.fold_in(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
-    assert scorer._gram is not None
-    return scorer._gram
 
 
 def rescore(
