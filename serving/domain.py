@@ -274,7 +274,8 @@ class RecommendationService:
         features = view.features
         allowed = model.filters.allowed(query.filter)
         exclude = model.filters.indexes(query.filter.exclude_item_ids)
-        session = session_of(model, features.recent) if features is not None else NO_SESSION
+        session = (session_of(model, features.recent, features.known) if features is not None
+                   else NO_SESSION)
         if features is not None:
             exclude.update(np.asarray(features.seen).tolist())
             exclude.update(session.interacted)
@@ -372,7 +373,7 @@ class RecommendationService:
         due: list[ScoredItem] = []
         if features is not None:
             # Bought again since training: not due any more.
-            session = session_of(model, features.recent)
+            session = session_of(model, features.recent, features.known)
             exclude.update(e.item for e in session.new_events if e.event_type == "purchase")
             now = query.as_of if query.as_of is not None else time.time()
             if features.buyagain is not None and len(features.buyagain):
@@ -538,7 +539,7 @@ class RecommendationService:
         view = self._user(model, user_id, deadline)
         if view.features is not None:
             exclude.update(np.asarray(view.features.seen).tolist())
-            exclude.update(session_of(model, view.features.recent).interacted)
+            exclude.update(session_of(model, view.features.recent, view.features.known).interacted)
         return exclude, view.fallback
 
     def _segment_lists(

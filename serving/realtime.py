@@ -58,13 +58,15 @@ class Session:
 NO_SESSION = Session((), frozenset(), frozenset())
 
 
-def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
+def session_of(model: LoadedModel, recent: Sequence[RecentEvent], known: bool = True) -> Session:
     """Split recent events into what is new to `model` and what must be excluded.
 
     Events name items by id; `model`'s catalogue maps them to its indexes (events of items
     it does not know are left out), so a model swap never shifts what an event refers to.
     Repeats of one event (same item, type and timestamp: a RecordEvent retried after a timeout
-    whose write had landed) count once.
+    whose write had landed) count once. Events up to the model's training cut-off are taken
+    for trained on when the model knows the user (`known`); for one it does not know (training
+    read orders only, or dropped them) every event is new.
     """
     if not recent:
         return NO_SESSION
@@ -76,7 +78,7 @@ def session_of(model: LoadedModel, recent: Sequence[RecentEvent]) -> Session:
         if (item := index_of(item_id)) >= 0
     ]
     return Session(
-        new_events=tuple(e for e in usable if e.ts > model.trained_until),
+        new_events=tuple(e for e in usable if e.ts > model.trained_until or not known),
         purchased=frozenset(e.item for e in usable if e.event_type == PURCHASE),
         interacted=frozenset(e.item for e in usable),
     )

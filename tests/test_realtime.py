@@ -172,3 +172,24 @@ def test_folding_in_reads_only_the_rows_it_needs() -> None:
         finally:
             tracemalloc.stop()
         assert peak < whole / 50, (features.user_id, peak)
+
+
+def test_a_visitor_the_model_does_not_know_counts_every_event_as_new(served: Served) -> None:
+    """Events older than the model's training cut-off are in the model for a customer it knows;
+    for a visitor it does not know (training read orders only, or dropped them) they are not,
+    and must personalise the answer instead of being ignored as "already trained on"."""
+    model, store = served.model, served.store
+    items = model.popular("global")[0].tolist()[:3]
+    for n, item in enumerate(items):
+        store.record_event("old-visitor", model.catalog.item_id(item), "view",
+                           model.trained_until - 3600 + n)
+    features = store.user_features(model.version, "old-visitor", recent=50)
+    assert features is not None and not features.known and len(features.recent) == 3
+    session = session_of(model, features.recent, known=features.known)
+    assert sorted(e.item for e in session.new_events) == sorted(items)
+    known_user = served.bundle.users.ids[0]
+    store.record_event(known_user, model.catalog.item_id(items[0]), "view",
+                       model.trained_until - 60)
+    known = store.user_features(model.version, known_user, recent=50)
+    assert known is not None and known.known
+    assert session_of(model, known.recent, known=known.known).new_events == ()

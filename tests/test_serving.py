@@ -309,6 +309,22 @@ def test_new_visitor_gets_personal_answers_after_a_few_events(stub: object) -> N
     assert not unknown.item_known
 
 
+def test_a_visitor_unknown_to_the_model_is_personalised_by_events_older_than_its_training(
+    server: RunningServer, stub: object
+) -> None:
+    """Events before the training cut-off count as trained on only for customers the model
+    knows: a visitor it does not know (training read orders only) is personalised by them."""
+    visitor = f"visitor-{time.monotonic_ns()}"
+    trained_until = server.service.tracker.require().trained_until
+    for n, (index, kind) in enumerate(((21, pb.VIEW), (22, pb.VIEW), (23, pb.CART))):
+        stub.RecordEvent(pb.RecordEventRequest(
+            user_id=visitor, item_id=item_id(index), event_type=kind,
+            timestamp_ms=int((trained_until - 3600) * 1000) + n), timeout=5)
+    reply = stub.Recommend(pb.RecommendRequest(user_id=visitor, k=4), timeout=5)
+    assert reply.source == pb.REALTIME
+    assert all(category_of(i) == "garden" for i in ids(reply)), ids(reply)
+
+
 def test_events_keep_their_items_across_a_swap_that_renumbers_items(
     server: RunningServer, stub: object, tmp_path: Path
 ) -> None:
