@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -66,3 +67,10 @@ def setup_logging(level: str | None = None) -> None:
     handler.setFormatter(KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def error_frames(error: BaseException, depth: int = 6) -> str:
+    """Where an error happened (`file:line:function`, innermost last), without its message,
+    which may quote customer ids or request data: what logs say of an unexpected error."""
+    frames = traceback.extract_tb(error.__traceback__)[-depth:]
+    return " > ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in frames)

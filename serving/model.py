@@ -25,6 +25,7 @@ import numpy as np
 
 from recsvc.crosssell import RuleIndex
 from recsvc.errors import StoreUnavailable
+from recsvc.logs import error_frames
 from recsvc.scorers import FactorScorer
 from recsvc.store import ALL, POPULARITY_LISTS, FeatureStore, ItemCatalog, StoreState
 from serving.fallback import STORE_FAILURES, StoreGuard
@@ -209,8 +210,10 @@ class ModelTracker:
                 self.refresh()
                 if self.on_tick is not None:
                     self.on_tick()
-            except Exception:  # never let the poller die; the next tick retries
-                log.exception("model refresh failed")
+            except Exception as error:  # never let the poller die; the next tick retries
+                # type and frames only: a message may quote customer ids (docs/security.md)
+                log.error("model refresh failed",
+                          extra={"error": type(error).__name__, "at": error_frames(error)})
 
     def stop(self) -> None:
         self._stop.set()

@@ -14,9 +14,7 @@ happened (file:line frames), not its message, which could quote a customer id.
 from __future__ import annotations
 
 import logging
-import os
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +27,7 @@ from recsvc.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from recsvc.logs import error_frames
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving import metrics
@@ -64,12 +63,6 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-def _frames(error: BaseException, depth: int = 6) -> str:
-    """Where an error happened, innermost last, without its message (which may quote ids)."""
-    frames = traceback.extract_tb(error.__traceback__)[-depth:]
-    return " > ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in frames)
-
-
 def _deadline(context: grpc.ServicerContext) -> float | None:
     """The client's deadline as a time.monotonic() instant (None: no deadline)."""
     remaining: float | None = context.time_remaining()
@@ -102,7 +95,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return answer()
         except Exception as error:
             code, details = _status_of(error)
-            kind, where = type(error).__name__, _frames(error)
+            kind, where = type(error).__name__, error_frames(error)
         # Outside the except block, so that neither the log call (should a handler fail and
         # print what is being handled) nor the abort carries the error, whose message may
         # quote request data, as context.

@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING
 
 from recsvc.errors import InvalidInput
+from recsvc.logs import error_frames
 from serving import metrics
 from serving.fallback import STORE_FAILURES
 
@@ -95,8 +96,10 @@ class UserWarmer:
                 continue  # the same version again (e.g. an item-metadata update)
             try:
                 self._warm(version, self.refresh_seconds if refresh else None)
-            except Exception:  # never let the thread die; the next version tries again
-                log.exception("user cache warm-up failed", extra={"version": version})
+            except Exception as error:  # never let the thread die; the next version tries again
+                # type and frames only: a message may quote customer ids (docs/security.md)
+                log.error("user cache warm-up failed", extra={
+                    "version": version, "error": type(error).__name__, "at": error_frames(error)})
             if self.refresh_seconds > 0:
                 refresh_at = time.monotonic() + self.refresh_seconds
 

@@ -866,3 +866,37 @@ def test_logs_and_metrics_never_hold_customer_ids_or_tokens(
     for secret in (secret_shopper, known, bogus, tokens["client"], tokens["admin"], tokens["slow"]):
         leaks = [line for line in text.splitlines() if secret in line]
         assert not leaks, leaks[:5]
+
+
+def test_background_errors_log_their_type_and_place_but_not_their_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The model poller and the user-cache warm-up log an unexpected error as its type and
+    frames, not its message (which may quote a customer id), as docs/security.md promises."""
+    from types import SimpleNamespace
+
+    from serving.model import ModelTracker
+    from serving.warmup import UserWarmer
+
+    def fail(*_: Any) -> Any:
+        raise KeyError("customer-4711")
+
+    tracker = ModelTracker(store=None, guard=None, poll_seconds=0.01)  # type: ignore[arg-type]
+    tracker.refresh = fail  # type: ignore[method-assign]
+    warmer = UserWarmer(service=None, batch=10, cpu_share=0.5)  # type: ignore[arg-type]
+    warmer._warm = fail  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO):
+        tracker.start()
+        warmer.model_loaded(SimpleNamespace(version="v1"))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while not {"model refresh failed", "user cache warm-up failed"} <= {
+                r.getMessage() for r in caplog.records}:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+        tracker.stop()
+        warmer.stop()
+    failures = [r for r in caplog.records if r.getMessage().endswith("failed")]
+    assert failures and all(getattr(r, "error", None) == "KeyError" for r in failures)
+    assert all("test_security.py" in getattr(r, "at", "") for r in failures)
+    assert all(r.exc_info is None for r in failures)
+    assert "customer-4711" not in caplog.text
