@@ -231,6 +231,21 @@ def test_cross_sell_of_a_cart_is_the_batch_answer_best_first(
         assert batch[item.item_id][1] == pytest.approx(item.score, abs=1e-3)
 
 
+def test_buy_again_applies_the_filter(stub: object) -> None:
+    """BuyAgain takes the same filter as every list: user-00's due sku-07 (books, price 12, in
+    stock) is kept or dropped by it."""
+    def buy_again(**fields: Any) -> list[str]:
+        request = pb.BuyAgainRequest(user_id=user_id(0), k=5, filter=pb.Filter(**fields))
+        return ids(stub.BuyAgain(request, timeout=5))
+
+    assert buy_again() == [item_id(7)]
+    assert buy_again(exclude_item_ids=[item_id(7)]) == []
+    assert buy_again(max_price=11.5) == [] and buy_again(max_price=12.5) == [item_id(7)]
+    assert buy_again(min_price=12.5) == []
+    assert buy_again(categories=["music"]) == []
+    assert buy_again(categories=["books"], in_stock_only=True) == [item_id(7)]
+
+
 def test_buy_again_and_purchase_events(stub: object) -> None:
     reply = stub.BuyAgain(pb.BuyAgainRequest(user_id=user_id(0), k=5), timeout=5)
     assert ids(reply) == [item_id(7)]  # sku-08 was bought two days ago on a monthly cycle
