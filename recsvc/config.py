@@ -1,7 +1,7 @@
 """Configuration: one dataclass tree, loaded from TOML, overridden by RECSVC_* variables and flags.
 
 Order of precedence (last wins): the defaults shipped in `recsvc/defaults/train.toml` (tuned),
-a user's `--config FILE`, `RECSVC_SECTION__KEY=value` environment variables, then CLI flags.
+a user's `--config FILE`, `RECSVC_TRAIN__SECTION__KEY=value` environment variables, then CLI flags.
 Unknown keys and wrong types raise InvalidInput naming the key.
 """
 
@@ -148,12 +148,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation in (int, float):
         if isinstance(value, bool):  # TOML true is no number (int(True) would be 1)
             raise InvalidInput(key, f"expected a number, got {value!r}")
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise InvalidInput(key, f"expected a whole number, got {value!r}")  # nan, inf too
         try:
             number = annotation(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidInput(key, f"expected a number, got {value!r}") from None
-        if annotation is int and isinstance(value, float) and not value.is_integer():
-            raise InvalidInput(key, f"expected a whole number, got {value!r}")
         return number
     if annotation is str:
         if not isinstance(value, str | int | float):
@@ -211,6 +211,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise InvalidInput("--config", f"file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput("--config", f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise InvalidInput("--config", f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_train_config(
@@ -237,20 +239,27 @@ def load_train_config(
     return config
 
 
+# Random seeds go to numpy's RandomState, which takes 0 to 2^32 - 1. Factors: the fits hold
+# factors x factors matrices (a million factors asked numpy for 3.6 TiB); far beyond any use.
+MAX_SEED = 2**32 - 1
+MAX_FACTORS = 10_000
+
 # Ranges of the numeric settings: (lowest, whether the lowest itself is allowed, highest or
 # None). Every number must also be finite. `*` stands for any key of a table.
 _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "candidates": (1, True, None),
     "events.weights.*": (0, True, None),  # negative strengths break fold-in and the splits
     "events.half_life_days": (0, True, None),
-    "als.factors": (1, True, None),
+    "als.factors": (1, True, MAX_FACTORS),
     "als.iterations": (1, True, None),
     "als.regularization": (0, True, None),
     "als.alpha": (0, False, None),
-    "bpr.factors": (1, True, None),
+    "als.seed": (0, True, MAX_SEED),
+    "bpr.factors": (1, True, MAX_FACTORS),
     "bpr.iterations": (1, True, None),
     "bpr.learning_rate": (0, False, None),
     "bpr.regularization": (0, True, None),
+    "bpr.seed": (0, True, MAX_SEED),
     "ease.l2": (0, False, None),
     "ease.max_items": (0, True, None),
     "ease.top_n": (0, True, None),
@@ -269,6 +278,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "popularity.trending_half_life_days": (0, False, None),
     "popularity.top_n": (1, True, None),
     "segments.clusters": (1, True, None),
+    "segments.seed": (0, True, MAX_SEED),
     "blend.*": (0, True, None),
 }
 
@@ -325,10 +335,15 @@ def check_ranges(
             continue
         low, inclusive, high = limits
         if value < low or (value == low and not inclusive) or (high is not None and value > high):
-            bound = f"{'at least' if inclusive else 'above'} {low:g}"
+            bound = f"{'at least' if inclusive else 'above'} {_bound_text(low)}"
             if high is not None:
-                bound += f" and at most {high:g}"
+                bound += f" and at most {_bound_text(high)}"
             raise InvalidInput(name, f"must be {bound}, got {value!r}")
+
+
+def _bound_text(number: float) -> str:
+    """A range bound as written: 4294967295, not 4.29497e+09; 0.5 as 0.5."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

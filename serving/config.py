@@ -14,7 +14,6 @@ from typing import Any
 
 from recsvc.config import _build, check_ranges, read_toml  # one set of rules for every config
 from recsvc.errors import InvalidInput
-from recsvc.store import mask_url
 
 TOKENS_FILE_ENV = "RECSVC_TOKENS_FILE"  # the tokens file of `recsvc token` and `recsvc serve`
 
@@ -84,6 +83,8 @@ class ServeConfig:
 
     def masked(self) -> dict[str, Any]:
         """The settings, safe to print and log (store password hidden)."""
+        from recsvc.store import mask_url  # numpy, pandas: not for `recsvc --help`
+
         values = dataclasses.asdict(self)
         values["store"] = mask_url(self.store) if self.store else ""
         return values
@@ -108,6 +109,11 @@ def load_serve_config(
         if not isinstance(table, dict):  # a typo'd [serv] must not start on the defaults
             found = ", ".join(f"[{k}]" for k, v in document.items() if isinstance(v, dict)) or "none"
             raise InvalidInput("--config", f"{path} has no [serve] table (tables: {found})")
+        others = [key for key in document if key != "serve"]
+        if others:  # a setting above the [serve] line, or a typo'd table beside it, would be lost
+            raise InvalidInput(
+                others[0], f"unknown setting in {path}: the server reads only its [serve] table"
+            )
         data.update(table)
     env = os.environ if environ is None else environ
     prefix = "RECSVC_SERVE__"
@@ -127,7 +133,7 @@ def load_serve_config(
 SERVE_RANGES: dict[str, tuple[float, bool, float | None]] = {
     "port": (0, True, 65535),
     "metrics_port": (0, True, 65535),
-    "workers": (1, True, None),
+    "workers": (1, True, 1024),  # processes: a typo'd 100000 would fork until the host gives out
     "threads": (1, True, None),
     "grace_seconds": (0, True, None),
     "drain_delay_seconds": (0, True, None),

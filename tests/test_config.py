@@ -3,6 +3,7 @@ naming the setting, not after the models are fitted."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,58 @@ def test_rules_max_len_below_two_is_refused_up_front(
     # one line, before any step ran (no '  load ...' progress) and no bundle written
     assert code == 2 and err == ["recsvc train: error: rules.max_len: must be at least 2, got 1"]
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(("toml", "named"), [
+    # int(inf) raised OverflowError: a traceback instead of a line naming the key
+    ("[als]\nfactors = inf\n", "als.factors: expected a whole number, got inf"),
+    ("[als]\nfactors = nan\n", "als.factors: expected a whole number, got nan"),
+    # numpy's RandomState takes 0 to 2^32 - 1: a traceback after the log was read
+    ("[als]\nseed = -1\n", "als.seed: must be at least 0 and at most 4294967295, got -1"),
+    ("[segments]\nseed = -1\n", "segments.seed: must be at least 0"),
+    ("[bpr]\nseed = 4294967296\n", "bpr.seed: must be at least 0 and at most 4294967295"),
+    # factors x factors matrices: a million factors asked numpy for 3.6 TiB
+    ("[als]\nfactors = 1e30\n", "als.factors: must be at least 1 and at most 10000"),
+    ("[bpr]\nfactors = 1000000\n", "bpr.factors: must be at least 1 and at most 10000"),
+])
+def test_numbers_training_cannot_use_are_refused_naming_the_key(
+    toml: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    with pytest.raises(InvalidInput, match=re.escape(named)):
+        load_train_config(config, environ={})
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\nu1,i1\nu2,i1\nu1,i2\n")
+    capsys.readouterr()
+    argv = ["train", "--events", str(events), "--out", str(tmp_path / "b"), "--config", str(config)]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"recsvc train: error: {named}"), err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_bytes(b"\xff\xfe[\x00a\x00l\x00s\x00]\x00")  # UTF-16, as some editors save
+    with pytest.raises(InvalidInput, match=r"^--config: .*c\.toml: not UTF-8 text"):
+        load_train_config(config, environ={})
+
+
+def test_serve_config_refuses_what_it_would_not_read(tmp_path: Path) -> None:
+    from serving.config import load_serve_config
+
+    config = tmp_path / "serve.toml"
+    for text, named in [
+        ("max_k = 5\n[serve]\nport = 1\n", "max_k: unknown setting in"),  # above the [serve] line
+        ("[serve]\nport = 1\n[server]\nmax_k = 5\n", "server: unknown setting in"),
+        ("[serve]\nport = inf\n", "serve.port: expected a whole number, got inf"),
+        ("[serve]\nhot_users = 1e400\n", "serve.hot_users: expected a whole number, got inf"),
+        ("[serve]\nworkers = 100000\n", "serve.workers: must be at least 1 and at most 1024"),
+    ]:
+        config.write_text(text)
+        with pytest.raises(InvalidInput, match=re.escape(named)):
+            load_serve_config(str(config), environ={})
+    config.write_text("[serve]\nport = 1.0\nworkers = 2\n")
+    loaded = load_serve_config(str(config), environ={})
+    assert (loaded.port, loaded.workers) == (1, 2)
