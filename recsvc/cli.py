@@ -8,7 +8,9 @@ time; command modules keep heavy imports inside their functions.
 Errors: a RecsvcError becomes one line on stderr and its exit code; so do a usage error
 (argparse's, exit 2, without the usage block) and a file the operating system refuses (a
 directory where a file belongs, a missing parent directory, no permission, bytes that are not
-UTF-8: exit 2, naming the flag whose path it is). Nothing else is caught: a traceback is a bug.
+UTF-8: exit 2, naming the flag whose path it is). Ctrl-C is one line and exit 130, at any point;
+a reader of stdout that goes away (`recsvc ... | head -1`) ends the command quietly with 141, as
+SIGPIPE ends a shell tool. Nothing else is caught: a traceback is a bug.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -98,13 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns otherwise
+    command = None
+    try:
+        parser = build_parser()  # imports the command modules: Ctrl-C may land here too
+        args = parser.parse_args(argv)
+        command = args.command
+        if not getattr(args, "func", None):
+            print("recsvc: error: give a command (see recsvc --help)", file=sys.stderr)
+            return 2
+        code = _run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
+    except KeyboardInterrupt:
+        print(f"recsvc{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`recsvc ... | head -1`): stop quietly, as a shell tool does,
+        # and keep the interpreter's final flush of stdout from failing again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (tests)
+            pass
+        return 128 + int(signal.SIGPIPE)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; its errors become one stderr line and an exit code."""
     from recsvc.logs import setup_logging
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return 2
     try:
         setup_logging(args.log_level)
         return int(args.func(args) or 0)
@@ -114,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError,
             FileExistsError) as exc:
         return _path_error(args, exc)
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         if exc.errno not in _DISK_ERRORS:
             raise
@@ -124,9 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recsvc {args.command}: error: input is not UTF-8 text ({_one_line(str(exc))})",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"recsvc {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

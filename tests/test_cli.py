@@ -109,3 +109,65 @@ def test_an_output_that_does_not_fit_is_one_line_not_a_traceback(tmp_path: Path)
     assert done.returncode == 2, done.stderr
     assert len(err) == 1 and err[0].startswith("recsvc synth: error: --out: "), err
     assert "File too large" in err[0]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`recsvc crosssell ... | head -1`: no BrokenPipeError traceback, the SIGPIPE status."""
+    from tests.fixtures_grpc import item_id, make_bundle
+
+    bundle = make_bundle(tmp_path / "b")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `head` does once it has its line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "recsvc.cli", "crosssell", "--bundle", str(bundle), "--items",
+             item_id(1), "--k", "5"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import recsvc.cli as cli
+
+    def interrupted(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)  # Ctrl-C during the imports
+    try:
+        code = main(["synth", "--out", "x"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() (a traceback on the command line)")
+    assert code == 130
+    assert capsys.readouterr().err == "recsvc: interrupted\n"
+
+
+def test_no_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert capsys.readouterr().err == "recsvc: error: give a command (see recsvc --help)\n"
+
+
+def test_building_the_parser_loads_no_heavy_library() -> None:
+    """`recsvc --help` (and every command's start, where Ctrl-C is not yet ours) stays quick:
+    command modules import numpy, pandas and the like inside their functions."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, recsvc.cli; recsvc.cli.build_parser(); "
+         "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'scipy', 'grpc') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_buyagain_help_states_the_servers_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    from recsvc.buyagain import MIN_DUE_SCORE
+
+    with pytest.raises(SystemExit):
+        main(["buyagain", "--help"])
+    assert f"threshold, {MIN_DUE_SCORE:g};" in " ".join(capsys.readouterr().out.split())

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recsvc.buyagain import MIN_DUE_SCORE
 from recsvc.commands.exports import (
     add_store_flag,
     forgotten_customers,
@@ -34,8 +33,8 @@ def register(subparsers: Any) -> None:
     buyagain.add_argument("--k", type=int, default=10, help="items per customer (default 10)")
     buyagain.add_argument("--now", help="score as of this time, ISO-8601 (default: now)")
     buyagain.add_argument(
-        "--min-score", type=float, default=MIN_DUE_SCORE,
-        help=f"leave out items scoring below this (default {MIN_DUE_SCORE:g}, as the server; 0 keeps all)"
+        "--min-score", type=float, default=None,  # recsvc.buyagain.MIN_DUE_SCORE (numpy, scipy)
+        help="leave out items scoring below this (default: the server's threshold, 0.01; 0 keeps all)"
     )
     buyagain.add_argument("--out", help="output file for --users: .csv or .parquet")
     add_store_flag(buyagain)
@@ -93,9 +92,11 @@ def run_buyagain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from recsvc.bundle import Bundle
-    from recsvc.buyagain import BuyAgainLists, reason_text
+    from recsvc.buyagain import MIN_DUE_SCORE, BuyAgainLists, reason_text
     from recsvc.errors import InvalidInput, NotFound
 
+    if args.min_score is None:
+        args.min_score = MIN_DUE_SCORE
     if args.k <= 0:
         raise InvalidInput("--k", "must be a positive number")
     if not math.isfinite(args.min_score):

@@ -1,10 +1,16 @@
-"""Flags shared by several commands (event loading), parsed in one place."""
+"""Flags shared by several commands (event loading), parsed in one place.
+
+recsvc.events (pandas) is imported inside the functions: the CLI imports this module whenever it
+builds its parser, and `recsvc --help` should not wait for pandas.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from recsvc.events import LoadOptions, check_time_format, parse_columns, parse_max_bad_rows
+if TYPE_CHECKING:
+    from recsvc.events import LoadOptions
 
 
 def add_event_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -29,6 +35,8 @@ def add_event_flags(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 
 def load_options(args: argparse.Namespace, **extra: object) -> LoadOptions:
+    from recsvc.events import LoadOptions, check_time_format, parse_columns, parse_max_bad_rows
+
     return LoadOptions(
         fmt=args.format,
         columns=parse_columns(args.columns),
