@@ -603,3 +603,26 @@ def test_bad_rows_are_counted_with_their_reasons(tmp_path: Path) -> None:
         "catalog: malformed JSON line": 1,
         "catalog: unparsable or negative price": 1,
     }
+
+
+def test_mining_flags_with_a_bundle_are_refused_not_ignored(
+    small_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rules --bundle B --min-support 0.5` exported every rule of B, as if the flag were not
+    there; a bundle's rules were mined when it was trained."""
+    out = tmp_path / "rules.csv"
+    for flags, named in [(["--min-support", "0.5"], "--min-support"), (["--max-len", "2"], "--max-len"),
+                         (["--purchase-types", "order"], "--purchase-types"),
+                         (["--columns", "item_id=sku"], "--columns")]:
+        capsys.readouterr()
+        assert main(["rules", "--bundle", str(small_bundle), "--out", str(out), *flags]) == 2
+        assert f"error: {named}: applies to mining from --events" in _one_error_line(capsys, "rules")
+        assert not out.exists()
+    assert main(["rules", "--bundle", str(small_bundle), "--out", str(out)]) == 0
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,event_type\nu1,i1,purchase\nu1,i2,purchase\n")
+    for flags, named in [(["--window-days", "nan"], "--window-days: must be a positive number"),
+                         (["--purchase-types", ","], "--purchase-types: name at least one event type")]:
+        capsys.readouterr()
+        assert main(["rules", "--events", str(events), "--out", str(out), *flags]) == 2
+        assert named in _one_error_line(capsys, "rules")

@@ -17,6 +17,7 @@ Heavy imports stay inside the functions, as `recsvc.cli` expects of command modu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
     from recsvc.rules import RuleSet
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MINING_DEFAULTS: dict[str, Any] = {
+    "purchase_types": "purchase", "min_support": 0.001, "min_confidence": 0.5, "max_len": 3,
+    "window_days": 1.0,
+}
+# Flags that only mining from --events uses (the event flags of add_event_flags among them).
+MINING_FLAGS = ("format", "columns", "event_type", "time_format", "max_bad_rows",
+                "purchase_types", "min_support", "min_confidence", "max_len", "max_rules",
+                "window_days")
 
 
 def register(subparsers: Any) -> None:
@@ -45,20 +54,21 @@ def register(subparsers: Any) -> None:
     )
     add_event_flags(rules, required=False)
     rules.add_argument("--bundle", help="model bundle (or bundles root) to export rules from")
+    # Mining settings default to None so that one given with --bundle (whose rules were mined
+    # when it was trained) is refused rather than ignored; MINING_DEFAULTS fills them in.
     rules.add_argument(
         "--purchase-types",
-        default="purchase",
         help="event types that count as purchases, comma-separated (default: purchase)",
     )
-    rules.add_argument("--min-support", type=float, default=0.001, help="fraction of baskets")
-    rules.add_argument("--min-confidence", type=float, default=0.5)
-    rules.add_argument("--max-len", type=int, default=3, help="most items in a rule, both sides")
+    rules.add_argument("--min-support", type=float, help="fraction of baskets (default 0.001)")
+    rules.add_argument("--min-confidence", type=float, help="(default 0.5)")
+    rules.add_argument("--max-len", type=int, help="most items in a rule, both sides (default 3)")
     rules.add_argument("--max-rules", type=int, default=None, help="keep the best N rules")
     rules.add_argument(
         "--window-days",
         type=float,
-        default=1.0,
-        help="logs without order ids: a basket is a user's purchases within this window",
+        help="logs without order ids: a basket is a user's purchases within this window "
+        "(default 1)",
     )
     rules.add_argument("--out", required=True, help="rules file: .csv or .parquet")
     rules.set_defaults(func=run_rules)
@@ -148,6 +158,13 @@ def run_rules(args: argparse.Namespace) -> int:
         raise InvalidInput("--events", "give exactly one of --events (mine) or --bundle (export)")
     _output_format(args.out)  # a wrong name fails before the work
     if args.bundle:
+        given = [name for name in MINING_FLAGS if getattr(args, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise InvalidInput(
+                flag, "applies to mining from --events; a bundle's rules were mined when it was "
+                "trained (its config's [rules]): export them as they are, or mine with --events",
+            )
         source = open_bundle_rules(args.bundle)
         frame = source.rules.to_frame(source.item_ids)
         _write_frame(frame, args.out)
@@ -163,6 +180,13 @@ def _mine_from_events(args: argparse.Namespace) -> int:
     from training.baskets import baskets_from_events
     from training.rules import check_rule_settings, min_count_for, mine_rules
 
+    for name, default in MINING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if not math.isfinite(args.window_days) or args.window_days <= 0:
+        raise InvalidInput("--window-days", f"must be a positive number of days, got {args.window_days}")
+    if not _split_ids(args.purchase_types):
+        raise InvalidInput("--purchase-types", "name at least one event type")
     check_rule_settings(  # before the log is read
         args.min_support, args.min_confidence, args.max_len, args.max_rules,
         {"min_support": "--min-support", "min_confidence": "--min-confidence",
