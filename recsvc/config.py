@@ -297,6 +297,13 @@ def check_train_config(config: TrainConfig) -> None:
     """InvalidInput naming the first setting that is not a finite number in its range, or a
     default recommender that is disabled (before any data is read)."""
     check_ranges(config, _RANGES)
+    if config.events.max_bad_rows:  # a typo here named --max-bad-rows, a flag nobody gave
+        from recsvc.events import parse_max_bad_rows
+
+        try:
+            parse_max_bad_rows(config.events.max_bad_rows)
+        except InvalidInput as exc:
+            raise InvalidInput("events.max_bad_rows", exc.reason) from None
     default = config.default_recommender
     if model_disabled(config, default):
         raise InvalidInput(

@@ -626,3 +626,44 @@ def test_mining_flags_with_a_bundle_are_refused_not_ignored(
         capsys.readouterr()
         assert main(["rules", "--events", str(events), "--out", str(out), *flags]) == 2
         assert named in _one_error_line(capsys, "rules")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "tune"])
+def test_the_configs_max_bad_rows_holds_for_eval_and_tune_as_for_train(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[events] max_bad_rows` stopped `train` (exit 5) but `eval` and `tune` went on with the
+    bad rows; and a typo in it was named --max-bad-rows, a flag nobody gave."""
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\n" + "".join(f"u{u},i{(u * k) % 7}\n" for u in range(20)
+                                                    for k in range(1, 5)) + ",i1\n")
+    extra = {"train": ["--out", str(tmp_path / "b")], "eval": ["--models", "popular"],
+             "tune": ["--models", "ease", "--trials", "1", "--out", str(tmp_path / "t.toml")]}[command]
+    config = tmp_path / "c.toml"
+    config.write_text('[events]\nmax_bad_rows = "0"\n')
+    assert main([command, "--events", str(events), "--config", str(config), *extra]) == 5
+    assert "1 of 81 rows are bad" in _one_error_line(capsys, command)
+    config.write_text('[events]\nmax_bad_rows = "some"\n')
+    assert main([command, "--events", str(events), "--config", str(config), *extra]) == 2
+    assert "error: events.max_bad_rows: 'some' is not a number" in _one_error_line(capsys, command)
+
+
+def test_tune_and_eval_flags_are_checked_before_the_log_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tune's --trials, --search, --objective and --models were checked after the log was read
+    (its summary came first on stderr, after minutes on a large log); eval took --seed and
+    --seeds together and ignored --seed."""
+    missing = str(tmp_path / "missing.csv")  # not read: the flags fail first
+    out = str(tmp_path / "t.toml")
+    for argv, named in [
+        (["tune", "--trials", "0"], "--trials: must be at least 1, got 0"),
+        (["tune", "--search", "grd"], "--search: 'grd' is not one of random, grid"),
+        (["tune", "--objective", "ndgc"], "--objective: 'ndgc' is not one of"),
+        (["tune", "--models", "ease,eas"], "--models: unknown model 'eas'"),
+        (["eval", "--seed", "5", "--seeds", "1,2"], "--seed: give --seed or --seeds (1,2), not both"),
+    ]:
+        capsys.readouterr()
+        tail = ["--out", out] if argv[0] == "tune" else []
+        assert main([argv[0], "--events", missing, *argv[1:], *tail]) == 2, argv
+        assert named in _one_error_line(capsys, argv[0])

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from recsvc.commands.common import add_event_flags, load_options
+from recsvc.commands.common import add_event_flags, load_options, take_config_max_bad_rows
 
 
 def register(subparsers: Any) -> None:
@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, f"no_{name}"):
             overrides[f"{name}.enabled"] = False
     config = load_train_config(args.config, overrides)
-    if args.max_bad_rows is None and config.events.max_bad_rows:
-        args.max_bad_rows = config.events.max_bad_rows
+    take_config_max_bad_rows(args, config)
     options = load_options(args)
     if args.engine == "spark":
         try:

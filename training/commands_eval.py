@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsvc.commands.common import add_event_flags, check_output_file, load_options
+from recsvc.commands.common import (
+    add_event_flags,
+    check_output_file,
+    load_options,
+    take_config_max_bad_rows,
+)
 from recsvc.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_EVAL_MODELS = "popular,als-defaults,als,ease,itemknn"
 MAX_K = 1000  # list lengths beyond a storefront's; scores are kept per user x k
+EVAL_SEED = 42  # eval's split seed when neither --seed nor --seeds is given
 
 
 def _parse_seeds(text: str | None, fallback: int) -> list[int]:
@@ -62,9 +68,10 @@ def register(subparsers: Any) -> None:
         "coverage and fit time. Metrics follow Microsoft Recommenders' definitions.",
     )
     _add_data_arguments(evaluate)
-    evaluate.add_argument("--seed", type=int, default=42, help="split seed (42)")
+    evaluate.add_argument("--seed", type=int, default=None, help=f"split seed ({EVAL_SEED})")
     evaluate.add_argument(
-        "--seeds", default=None, help="several split seeds, e.g. 1,2,3,4,5: mean and spread"
+        "--seeds", default=None,
+        help="several split seeds, e.g. 1,2,3,4,5: mean and spread (instead of --seed)",
     )
     evaluate.add_argument(
         "--models", default=DEFAULT_EVAL_MODELS,
@@ -103,6 +110,7 @@ def _load(args: argparse.Namespace, config: TrainConfig) -> Any:
     from recsvc.events import load_events
     from training.pipeline import effective_load_options
 
+    take_config_max_bad_rows(args, config)  # as train does
     log, report = load_events(args.events, effective_load_options(load_options(args), config))
     if len(log) == 0:  # the reasons go in the one error line
         what = "tune on" if getattr(args, "command", None) == "tune" else "evaluate"
@@ -147,8 +155,24 @@ def _check_common(args: argparse.Namespace) -> None:
         raise InvalidInput("--test-ratio", f"must be between 0 and 1, got {args.test_ratio}")
     if not 1 <= args.k <= MAX_K:
         raise InvalidInput("--k", f"must be between 1 and {MAX_K}, got {args.k}")
-    if not 0 <= args.seed < 2**32:
+    if args.seed is not None and not 0 <= args.seed < 2**32:
         raise InvalidInput("--seed", f"must be between 0 and 2^32 - 1, got {args.seed}")
+
+
+def _check_search(args: argparse.Namespace, models: list[str]) -> None:
+    """tune's own flags, before the log is read (training.tune checks them again, later)."""
+    from training.evaluation.metrics import METRICS
+    from training.models import MODELS
+
+    if args.trials < 1:
+        raise InvalidInput("--trials", f"must be at least 1, got {args.trials}")
+    if args.search not in ("random", "grid"):
+        raise InvalidInput("--search", f"'{args.search}' is not one of random, grid")
+    if args.objective not in METRICS:
+        raise InvalidInput("--objective", f"'{args.objective}' is not one of {', '.join(METRICS)}")
+    for name in models:
+        if name not in MODELS:
+            raise InvalidInput("--models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -156,11 +180,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluation.evaluate import evaluate, format_table, model_specs
 
     _check_common(args)
+    if args.seed is not None and args.seeds:  # one would be ignored
+        raise InvalidInput("--seed", f"give --seed or --seeds ({args.seeds}), not both")
     check_output_file(args.out, "--out")
     config = load_train_config(args.config)
     models = _models(args.models)
     model_specs(models, config)  # unknown names fail before the log is read
-    seeds = _parse_seeds(args.seeds, args.seed)
+    seeds = _parse_seeds(args.seeds, EVAL_SEED if args.seed is None else args.seed)
     log = _load(args, config)
     _check_splits(args, log, config, seeds)
     report = evaluate(log, models, config, args.split, args.test_ratio, seeds, args.k)
@@ -194,6 +220,7 @@ def run_tune(args: argparse.Namespace) -> int:
     check_output_file(args.report, "--report")
     config = load_train_config(args.config)  # a bad config fails before the log is read
     models = _models(args.models)
+    _check_search(args, models)
     seeds = _parse_seeds(args.seeds, 1)
     log = _load(args, config)
     _check_splits(args, log, config, seeds)  # before the trials, which may take hours

@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from recsvc.config import TrainConfig
     from recsvc.events import LoadOptions
 
 
@@ -32,6 +33,12 @@ def add_event_flags(parser: argparse.ArgumentParser, required: bool = True) -> N
         "--max-bad-rows",
         help="fail when more rows than this are unusable: a fraction (0.01) or a count (500)",
     )
+
+
+def take_config_max_bad_rows(args: argparse.Namespace, config: TrainConfig) -> None:
+    """--max-bad-rows, else the config's `events.max_bad_rows` (train, eval and tune alike)."""
+    if args.max_bad_rows is None and config.events.max_bad_rows:
+        args.max_bad_rows = config.events.max_bad_rows
 
 
 def load_options(args: argparse.Namespace, **extra: object) -> LoadOptions:
