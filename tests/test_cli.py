@@ -171,3 +171,33 @@ def test_buyagain_help_states_the_servers_threshold(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["buyagain", "--help"])
     assert f"threshold, {MIN_DUE_SCORE:g};" in " ".join(capsys.readouterr().out.split())
+
+
+def test_train_out_and_spark_master_are_checked_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id\nu1,i1\nu2,i1\nu1,i2\n")
+    monkeypatch.chdir(tmp_path)
+    for argv, line in [
+        # an unset $OUT wrote the bundle and `latest` into the working directory
+        (["--out", ""], "recsvc train: error: --out: give the bundles directory (it is empty)"),
+        # --out naming the events file was reported as '--events: ...: File exists'
+        (["--out", str(events)], f"recsvc train: error: --out: {events} is a file, not a bundles directory"),
+        # Spark's launcher died with a JAVA_GATEWAY_EXITED traceback
+        (["--engine", "spark", "--spark-master", "bogus", "--out", "b"],
+         "recsvc train: error: --spark-master: 'bogus' is not a Spark master URL"),
+    ]:
+        assert main(["train", "--events", str(events), *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(line), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
+
+
+def test_synth_refuses_an_empty_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--users", "10", "--items", "50", "--out", " "]) == 2
+    assert capsys.readouterr().err == "recsvc synth: error: --out: give the output directory (it is empty)\n"
+    assert list(tmp_path.iterdir()) == []

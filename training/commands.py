@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from typing import Any
 
 from recsvc.commands.common import add_event_flags, load_options, take_config_max_bad_rows
+
+# The master URLs Spark itself accepts; anything else made Spark's launcher die with a
+# JAVA_GATEWAY_EXITED traceback.
+SPARK_MASTER = re.compile(
+    r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|(spark|mesos)://\S+|yarn|k8s://\S+"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -52,6 +60,16 @@ def run(args: argparse.Namespace) -> int:
     for name in ("als", "ease", "itemknn", "rules", "buyagain", "segments"):
         if getattr(args, f"no_{name}"):
             overrides[f"{name}.enabled"] = False
+    if not args.out.strip():  # an unset shell variable: the bundles would land in the cwd
+        raise InvalidInput("--out", "give the bundles directory (it is empty)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InvalidInput("--out", f"{args.out} is a file, not a bundles directory")
+    if args.engine == "spark" and not SPARK_MASTER.fullmatch(args.spark_master):
+        raise InvalidInput(
+            "--spark-master",
+            f"'{args.spark_master}' is not a Spark master URL (local[2], local[*], "
+            "spark://host:7077, yarn, k8s://https://host:port)",
+        )
     config = load_train_config(args.config, overrides)
     take_config_max_bad_rows(args, config)
     options = load_options(args)

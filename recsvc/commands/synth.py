@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.synth import SynthConfig, generate, parse_start, write
 
+    if not args.out.strip():  # an unset shell variable: the files would land in the cwd
+        raise InvalidInput("--out", "give the output directory (it is empty)")
     if args.chunk_rows < 1:
         raise InvalidInput("--chunk-rows", "must be at least 1")
     started = time.perf_counter()
