@@ -201,3 +201,17 @@ def test_synth_refuses_an_empty_out(
     assert main(["synth", "--users", "10", "--items", "50", "--out", " "]) == 2
     assert capsys.readouterr().err == "recsvc synth: error: --out: give the output directory (it is empty)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recommend_names_model_when_the_bundle_lacks_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fixtures_grpc import make_bundle
+
+    bundle = make_bundle(tmp_path / "b")
+    capsys.readouterr()
+    out = tmp_path / "r.csv"
+    assert main(["recommend", "--bundle", str(bundle), "--model", "eas", "--out", str(out)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("recsvc recommend: error: --model: 'eas' is not in bundle")
+    assert not out.exists()

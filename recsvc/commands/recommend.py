@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--bundle", required=True, help="bundle directory (or a bundles/ root)")
     parser.add_argument("--users", default="all", help="'all', or a file of user ids (one a line)")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--model", default=None, help="model in the bundle (default: its default)")
+    parser.add_argument(
+        "--model", default=None, help="model in the bundle, e.g. ease, als (default: its default)"
+    )
     seen = parser.add_mutually_exclusive_group()
     seen.add_argument("--exclude-seen", dest="exclude_seen", action="store_true", default=True)
     seen.add_argument("--include-seen", dest="exclude_seen", action="store_false")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recsvc.batch import ExportSummary, export_frames
     from recsvc.bundle import Bundle
-    from recsvc.errors import InvalidInput
+    from recsvc.errors import InvalidInput, NotFound
     from recsvc.progress import progress
     from recsvc.ranking import ItemFilter
 
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if suffix not in (".csv", ".parquet"):
         raise InvalidInput("--out", "must end in .csv or .parquet")
     bundle = Bundle(args.bundle)
+    if args.model is not None and args.model not in bundle.recommenders:
+        has = ", ".join(bundle.recommenders) or "none"
+        raise NotFound(f"--model: '{args.model}' is not in bundle {bundle.version} (has: {has})")
     unknown = sorted(set(args.category) - {str(c) for c in bundle.catalog.category})
     if unknown:  # a typo would export an empty file
         raise InvalidInput("--category", f"no item of the bundle has category {', '.join(unknown)}")
