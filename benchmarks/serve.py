@@ -18,6 +18,9 @@
    finished, and its time and the workers' RSS are recorded (run.warmup). `--no-watch` adds a
    run with the watch off (RECSVC_SERVE__REALTIME_WATCH=0); `--watch` one with it set on
    explicitly (the default since the warm-up; kept for older command lines).
+   After the judged run, `bench serve --rpc realtime` (no floor) measures shoppers' visits:
+   each RecordEvent followed by a Recommend for the same user, which then takes the
+   real-time path (read the new events, fold them in, re-rank); `--no-realtime` skips it.
 4. Writes benchmarks/results/serve.json (every run, the machine, versions, date, and each
    target held or missed) and serve.png.
 
@@ -225,6 +228,23 @@ def bench_once(
         if result.returncode != 0:
             sys.stderr.write(result.stderr[-3000:])
             raise SystemExit(f"serve benchmark: bench serve failed (exit {result.returncode})")
+        realtime: dict[str, Any] | None = None
+        if args.realtime:
+            # After the judged run: visits write events, which would turn some of the judged
+            # Recommend calls (users drawn from all 200k) into real-time ones.
+            realtime_out = work / f"bench-{name}-realtime.json"
+            realtime_command = recsvc(
+                "bench", "serve", "--target", target, "--rpc", "realtime", "--no-floor",
+                "--users-from", str(bundle), "--concurrency", str(args.concurrency),
+                "--duration", args.duration, "--warmup", args.warmup,
+                "--server-pid", str(server.pid), "--out", str(realtime_out))
+            print(f"$ recsvc {' '.join(realtime_command[3:])}", flush=True)
+            done = subprocess.run(realtime_command, text=True, capture_output=True, env=bench_env)
+            sys.stdout.write(done.stdout)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr[-3000:])
+                raise SystemExit(f"serve benchmark: bench serve realtime failed (exit {done.returncode})")
+            realtime = realtime_summary(json.loads(realtime_out.read_text()))
         raw = work / f"profile-recommend-{name}.txt"
         if args.profile:
             # After the measured run (the sampler costs CPU too): Recommend alone for 20 s,
@@ -251,10 +271,27 @@ def bench_once(
     run["warmup"] = warm
     run["server_settings"] = settings
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
+    if realtime is not None:
+        run["realtime"] = realtime
     if args.profile and raw.exists():
         run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
                                     **summarise_profile(raw)}
     return run
+
+
+def realtime_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What the `realtime` phase (shoppers' visits: RecordEvent, then Recommend for the same
+    user) measured: both RPCs' rates and latency, and how the Recommend calls were answered."""
+    (phase,) = result["phases"]
+    return {
+        "rps": phase["rps"],
+        "errors": phase["errors"],
+        "sources": phase["sources"],
+        "per_rpc": {name: {"rps": part["rps"], "p50_ms": part["latency_ms"]["p50"],
+                           "p99_ms": part["latency_ms"]["p99"]}
+                    for name, part in phase.get("per_rpc", {}).items()},
+        "server_cpu_us_per_request": phase.get("server", {}).get("cpu_us_per_request"),
+    }
 
 
 def wait_warm(log_path: Path, workers: int, server: subprocess.Popen[Any],
@@ -336,6 +373,9 @@ def main() -> int:
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="server processes per run, e.g. 1,2")
+    parser.add_argument("--no-realtime", dest="realtime", action="store_false",
+                        help="skip the run of shoppers' visits (RecordEvent, then Recommend: the "
+                        "real-time path) after each judged run")
     parser.add_argument("--watch", action="store_true",
                         help="also run --workers 1 with [serve] realtime_watch set on (the default)")
     parser.add_argument("--no-watch", action="store_true",
@@ -405,6 +445,13 @@ def main() -> int:
         seconds = [w.get("seconds") for w in warm.get("per_worker", [])]
         print(f"    warm-up {', '.join(f'{s} s' for s in seconds) or 'n/a'} per worker; "
               f"RSS {', '.join(f'{r:.0f}' for r in warm.get('rss_mib', []))} MiB (parent, workers)")
+        realtime = run.get("realtime")
+        if realtime:
+            parts = realtime["per_rpc"]
+            print(f"    visits (RecordEvent + Recommend, real-time path): {realtime['rps']:,.0f} calls/s; "
+                  + "; ".join(f"{name} p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms"
+                              for name, p in sorted(parts.items()))
+                  + f"; Recommend sources {realtime['sources']}; errors {realtime['errors'] or 0}")
     return 0
 
 

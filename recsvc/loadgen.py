@@ -32,6 +32,11 @@ Requests reuse a pool of prebuilt protobuf messages (random users / items drawn 
 generator spends its CPU on gRPC, not on building messages; its own CPU time over wall time is
 reported per phase, because on a 2-core machine it competes with the server.
 
+`RecordEvent` and `realtime` (a visit: each RecordEvent followed by a Recommend for the same
+user, so Recommend takes the real-time path: read the new events, fold them in, re-rank) write
+real-time events into the server's store (they expire with the store's event lists): run them
+against a test store, not a shop's live one.
+
 Valid ids: see `load_ids` (a file of ids, a bundle directory, or a feature-store URL). Without
 them, users are synthetic (unknown to the model, so Recommend measures the cold-start path,
 which the result says) and items are harvested from the server's Popular and SimilarItems.
@@ -73,8 +78,14 @@ from recsvc.ids import read_id_lines
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-RPCS = ("Recommend", "SimilarItems", "CrossSell", "BuyAgain", "Popular")
-CHOICES = (*RPCS, "mix")
+RPCS = ("Recommend", "SimilarItems", "CrossSell", "BuyAgain", "Popular", "RecordEvent")
+# A shopper's visit: each RecordEvent is followed by a Recommend for the same user, so the
+# Recommend calls take the real-time path (read the new events, fold them in, re-rank) that
+# "Recommend" alone (users without events) never measures. Writes events into the store.
+REALTIME = "realtime"
+CHOICES = (*RPCS, "mix", REALTIME)
+# Shares of event types a shop's visitors record (views dominate; purchases are rare).
+EVENT_SHARES = {pb.VIEW: 0.80, pb.CART: 0.15, pb.PURCHASE: 0.05}
 FLOOR = "Check"
 # The mix: a storefront's share of calls per RPC (product pages dominate; cart and home pages
 # follow). Used by `--rpc mix`; the result also breaks the mix down per RPC.
@@ -360,9 +371,9 @@ class CallPool:
 
 def _requests(rpc: str, ids: Ids, k: int, rng: random.Random, n: int) -> list[Any]:
     """n random requests of one RPC."""
-    if rpc in ("Recommend", "BuyAgain") and not ids.users:
+    if rpc in ("Recommend", "BuyAgain", "RecordEvent") and not ids.users:
         raise InvalidInput("--users-from", f"{rpc} needs user ids")
-    if rpc in ("SimilarItems", "CrossSell") and not ids.items:
+    if rpc in ("SimilarItems", "CrossSell", "RecordEvent") and not ids.items:
         raise InvalidInput("--users-from", f"{rpc} needs item ids")
     out: list[Any] = []
     for _ in range(n):
@@ -375,6 +386,10 @@ def _requests(rpc: str, ids: Ids, k: int, rng: random.Random, n: int) -> list[An
         elif rpc == "CrossSell":
             cart = rng.sample(ids.items, min(len(ids.items), rng.randint(1, MAX_CART)))
             out.append(pb.CrossSellRequest(item_ids=cart, k=k))
+        elif rpc == "RecordEvent":  # no timestamp_ms: the server's clock, a new event each call
+            kind = rng.choices(list(EVENT_SHARES), weights=list(EVENT_SHARES.values()))[0]
+            out.append(pb.RecordEventRequest(
+                user_id=rng.choice(ids.users), item_id=rng.choice(ids.items), event_type=kind))
         elif rpc == "Popular":
             # half global / trending lists, half one category's list when categories are known
             category = rng.choice(ids.categories) if ids.categories and rng.random() < 0.5 else ""
@@ -382,6 +397,22 @@ def _requests(rpc: str, ids: Ids, k: int, rng: random.Random, n: int) -> list[An
         else:
             raise InvalidInput("--rpc", f"unknown RPC '{rpc}' (one of {', '.join(CHOICES)})")
     return out
+
+
+def _visits(ids: Ids, k: int, rng: random.Random, size: int) -> tuple[list[str], list[Any]]:
+    """`size` calls of shoppers' visits: RecordEvent then Recommend for one user, repeated.
+
+    The users are a sample of at most size / 8 (so each comes back several times in a pool,
+    as a shopper browses on), their events name random known items."""
+    events = _requests("RecordEvent", ids, k, rng, size // 2)
+    shoppers = rng.sample(list(ids.users), min(len(ids.users), max(1, size // 8)))
+    names: list[str] = []
+    requests: list[Any] = []
+    for event in events:
+        event.user_id = rng.choice(shoppers)
+        names += ["RecordEvent", "Recommend"]
+        requests += [event, pb.RecommendRequest(user_id=event.user_id, k=k)]
+    return names, requests
 
 
 def build_pool(
@@ -406,17 +437,21 @@ def build_pool(
         return CallPool([FLOOR] * len(calls), calls)
     if ids is None:
         raise InvalidInput("--users-from", "no ids to build requests from")
-    if rpc == "mix":
-        names = rng.choices(list(MIX_WEIGHTS), weights=list(MIX_WEIGHTS.values()), k=size)
-    elif rpc in RPCS:
-        names = [rpc] * size
+    if rpc == REALTIME:
+        names, requests = _visits(ids, k, rng, size)
+        by_rpc = {"": iter(requests)}
+    elif rpc == "mix" or rpc in RPCS:
+        names = (rng.choices(list(MIX_WEIGHTS), weights=list(MIX_WEIGHTS.values()), k=size)
+                 if rpc == "mix" else [rpc] * size)
+        # sorted: the same seed draws the same requests whatever the set's order
+        by_rpc = {name: iter(_requests(name, ids, k, rng, names.count(name)))
+                  for name in sorted(set(names))}
     else:
         raise InvalidInput("--rpc", f"unknown RPC '{rpc}' (one of {', '.join(CHOICES)})")
-    by_rpc = {name: iter(_requests(name, ids, k, rng, names.count(name))) for name in set(names)}
     calls = []
     for i, name in enumerate(names):
         method = getattr(stubs[i % len(stubs)], name)
-        request = next(by_rpc[name])
+        request = next(by_rpc["" if rpc == REALTIME else name])
         if metadata:
             calls.append(partial(method, request, timeout=timeout, metadata=metadata))
         else:
@@ -1002,8 +1037,10 @@ async def _complete_ids(
     ids: Ids | None, stub: pb_grpc.RecommenderStub, info: pb.GetModelInfoResponse, config: LoadConfig
 ) -> Ids | None:
     """Fill what the requests need and `ids` lacks: items from the server, synthetic users."""
-    needs_users = any(r in ("Recommend", "BuyAgain", "mix") for r in config.rpcs)
-    needs_items = any(r in ("SimilarItems", "CrossSell", "mix") for r in config.rpcs)
+    needs_users = any(r in ("Recommend", "BuyAgain", "RecordEvent", "mix", REALTIME)
+                      for r in config.rpcs)
+    needs_items = any(r in ("SimilarItems", "CrossSell", "RecordEvent", "mix", REALTIME)
+                      for r in config.rpcs)
     if not needs_users and not needs_items and "Popular" not in config.rpcs:
         return ids
     users = ids.users if ids else ()

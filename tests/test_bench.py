@@ -237,6 +237,38 @@ def test_bench_serve_against_a_real_server(memory_server: Any, bundle_dir: Path,
     assert plot.read_bytes().startswith(PNG)
 
 
+def test_bench_serve_realtime_measures_recommend_after_events(
+    memory_server: Any, bundle_dir: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """`--rpc realtime`: shoppers' visits (RecordEvent, then Recommend for the same user), so
+    the Recommend calls take the real-time path; per RPC in the result, sources say so."""
+    out = tmp_path / "realtime.json"
+    code = main([
+        "bench", "serve", "--target", memory_server.target, "--rpc", "realtime,RecordEvent",
+        "--users-from", str(bundle_dir), "--concurrency", "4", "--duration", "1s",
+        "--warmup", "200ms", "--no-floor", "--out", str(out),
+    ])
+    assert code == 0
+    phases = {p["name"]: p for p in json.loads(out.read_text())["phases"]}
+    realtime = phases["realtime"]
+    assert realtime["errors"] == {} and set(realtime["per_rpc"]) == {"RecordEvent", "Recommend"}
+    counts = {name: part["requests_ok"] for name, part in realtime["per_rpc"].items()}
+    assert abs(counts["RecordEvent"] - counts["Recommend"]) <= 8, counts  # one of each a visit
+    # every Recommend of a visit follows an event of its user: answered from the real-time path
+    assert realtime["sources"].get("REALTIME", 0) >= 0.9 * counts["Recommend"], realtime["sources"]
+    assert phases["RecordEvent"]["errors"] == {} and phases["RecordEvent"]["requests_ok"] > 0
+    from types import SimpleNamespace
+
+    stub = SimpleNamespace(RecordEvent=print, Recommend=print)
+    pool = loadgen.build_pool(
+        "realtime", [stub], [], loadgen.load_ids(str(bundle_dir)), 5, 1.0, seed=1, size=40)
+    assert pool.names == ["RecordEvent", "Recommend"] * 20
+    requests = [call.args[0] for call in pool.calls]  # type: ignore[attr-defined]
+    assert all(event.user_id == recommend.user_id
+               for event, recommend in zip(requests[::2], requests[1::2], strict=True))
+    assert len({r.user_id for r in requests}) <= 5  # a few shoppers, each back several times
+
+
 def test_bench_serve_open_loop_without_ids(memory_server: Any) -> None:  # noqa: F811
     # No --users-from: items are harvested from the server, users are synthetic (cold start),
     # and the result says so.

@@ -1,7 +1,7 @@
 """`recsvc bench serve` and `recsvc bench train`: benchmarks an engineer can run and trust.
 
     recsvc bench serve --target HOST:PORT [--rpc Recommend|SimilarItems|CrossSell|BuyAgain|
-        Popular|mix[,...]] [--users-from STORE_URL|BUNDLE|FILE] [--concurrency 16 | --rate R]
+        Popular|RecordEvent|mix|realtime[,...]] [--users-from STORE_URL|BUNDLE|FILE] [--concurrency 16 | --rate R]
         [--duration 30s] [--warmup 5s] [--out results.json] [--plot latency.png]
         [--token TOKEN] [--tls-ca ca.pem [--tls-cert c.pem --tls-key c.key]] [--retries]
     recsvc bench train [--sizes 0.1M,1M,5M,20M] [--items 100000] [--spark]
@@ -62,7 +62,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--target", required=True, help="HOST:PORT of a recsvc server")
     serve.add_argument(
         "--rpc", default="Recommend",
-        help="comma-separated: Recommend, SimilarItems, CrossSell, BuyAgain, Popular, mix",
+        help="comma-separated: Recommend, SimilarItems, CrossSell, BuyAgain, Popular, mix; "
+        "RecordEvent and realtime (RecordEvent then Recommend per shopper: the real-time path) "
+        "write events into the server's store",
     )
     serve.add_argument(
         "--users-from", default=None,
