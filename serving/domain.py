@@ -305,7 +305,8 @@ class RecommendationService:
                 head,
                 self.config.realtime_similar_items,
             )
-            source = Source.REALTIME
+            # nothing of its own (a visitor whose events all weigh 0): the top-ups answer
+            source = Source.REALTIME if primary else Source.POPULAR
         elif features is not None and features.known:
             primary = _scored((features.candidates, features.scores), PERSONAL, limit, allowed)
             source = Source.PERSONALIZED

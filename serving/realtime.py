@@ -107,8 +107,10 @@ def user_vector(scorer: FactorScorer, features: UserFeatures, new: dict[int, flo
     zero over the history at strength 1 plus the events is `FactorScorer.fold_in`'s.
 
     Only the rows of the items involved are converted to float64: converting the whole item
-    matrix costs ~13 ms per call at 100k items x 64 factors.
+    matrix costs ~13 ms per call at 100k items x 64 factors. Items of weight 0 (event types
+    weighted 0) are left out, as training drops zero strengths.
     """
+    new = {item: weight for item, weight in new.items() if weight > 0}
     seen = np.asarray(features.seen, dtype=np.int64)
     trained = features.factors
     n_factors = scorer.item_factors.shape[1]
@@ -168,9 +170,18 @@ def rescore(
 
     neighbours: item index -> (similar item indexes, scores), e.g. a cached store read.
     topup: the popularity list that would top this user's answer up.
-    Seen and recently interacted items are left in; the caller excludes them.
+    Seen and recently interacted items are left in; the caller excludes them. Events of types
+    weighted 0 change nothing (training drops them): with only those, the answer is the trained
+    candidates as they are (none for a visitor, whom the caller's top-ups answer).
     """
-    sources = list(dict.fromkeys(e.item for e in session.new_events))[:max_sources]
+    new = {item: weight for item, weight in event_strengths(model, session.new_events).items()
+           if weight > 0}
+    if not new:
+        return [ScoredItem(int(item), float(score), "realtime") for item, score in zip(
+            np.asarray(features.candidates).tolist(), np.asarray(features.scores).tolist(),
+            strict=False)]
+    sources = [item for item in dict.fromkeys(e.item for e in session.new_events) if item in new]
+    sources = sources[:max_sources]
     similar = {item: neighbours(item) for item in sources}
     pool_parts = [np.asarray(features.candidates, dtype=np.int64), topup[0][:POOL_POPULAR]]
     pool_parts += [np.asarray(items, dtype=np.int64) for items, _ in similar.values()]
@@ -178,7 +189,6 @@ def rescore(
     pool = pool[(pool >= 0) & (pool < model.n_items)]
     if len(pool) == 0:
         return []
-    new = event_strengths(model, session.new_events)
     if model.fold_in is not None:
         vector = user_vector(model.fold_in, features, new)
         scores = model.fold_in.item_factors[pool] @ vector
@@ -186,7 +196,7 @@ def rescore(
         scores = np.zeros(len(pool), dtype=np.float64)
         position = {int(item): p for p, item in enumerate(pool.tolist())}
         for source, (items, values) in similar.items():
-            weight = new.get(source, 1.0)
+            weight = new[source]
             for item, value in zip(np.asarray(items).tolist(), np.asarray(values).tolist(), strict=False):
                 p = position.get(int(item))
                 if p is not None:

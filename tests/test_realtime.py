@@ -193,3 +193,56 @@ def test_a_visitor_the_model_does_not_know_counts_every_event_as_new(served: Ser
     known = store.user_features(model.version, known_user, recent=50)
     assert known is not None and known.known
     assert session_of(model, known.recent, known=known.known).new_events == ()
+
+
+def test_events_of_a_type_weighted_zero_change_nothing(served: Served) -> None:
+    """Training drops zero strengths (`events.weights.view = 0`: learn from carts and orders
+    only), so such an event must not move a customer's vector, and a visitor with only such
+    events has nothing to be personalised by: the popular list, not the pool in index order."""
+    from dataclasses import replace
+
+    model = replace(served.model, event_weights={**served.model.event_weights, "view": 0.0})
+    scorer = model.fold_in
+    assert scorer is not None
+    user_id = served.bundle.users.id_of(3)
+    features = served.store.user_features(model.version, user_id)
+    assert features is not None and features.factors is not None
+    unseen = next(i for i in range(model.n_items) if i not in set(features.seen.tolist()))
+    assert np.allclose(user_vector(scorer, features, {unseen: 0.0}), features.factors, atol=1e-6)
+    visitor = UserFeatures("zero-visitor", np.zeros(0, np.int32), np.zeros(0, np.float32),
+                           np.zeros(0, np.int32), known=False)
+    assert not np.any(user_vector(scorer, visitor, {unseen: 0.0}))
+    recent = (RecentEvent(model.catalog.item_id(unseen), "view", model.trained_until + 60),)
+    visitor = replace(visitor, recent=recent)
+    popular = model.popular("global")
+    session = session_of(model, recent, known=False)
+    answer = rescore(model, visitor, session, no_neighbours, popular)
+    # nothing to rank by: no answer of its own, the caller tops up with the popular list
+    assert answer == []
+    answer = rescore(model, features, session_of(model, recent), no_neighbours, popular)
+    trained = [int(i) for i in features.candidates[:10]]
+    assert [s.item for s in answer[:10]] == trained
+
+
+def test_a_visitor_whose_events_all_weigh_zero_gets_the_popular_list(served: Served) -> None:
+    """Through the service: the answer is the global popular list, labelled POPULAR, not the
+    re-scored pool in item-index order labelled REALTIME."""
+    from dataclasses import replace
+
+    from serving.config import ServeConfig
+    from serving.domain import RecommendationService, RecommendQuery, Source
+
+    service = RecommendationService(served.store, ServeConfig(warm_users=False, realtime_watch=False))
+    service.start()
+    try:
+        model = service.tracker.require()
+        service.tracker.model = replace(model, event_weights={**model.event_weights, "view": 0.0})
+        popular = model.popular("global")[0].tolist()
+        viewed = popular[-1]
+        served.store.record_event("zero-view-visitor", model.catalog.item_id(viewed), "view",
+                                  model.trained_until + 60)
+        result = service.recommend(RecommendQuery("zero-view-visitor", 5))
+        assert result.source == Source.POPULAR
+        assert [model.catalog.index_of(i) for i, _, _ in result.items] == popular[:5]
+    finally:
+        service.stop()
