@@ -162,9 +162,10 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
                     stub.SimilarItems(pb.SimilarItemsRequest(item_id=product, k=5), timeout=TIMEOUT))
 
     pairs: list[list[str]] = truth.get("pairs") or []
-    carts = [[pairs[0][0]], [pairs[1][0], pairs[0][0]]] if len(pairs) > 1 else (
-        [[product]] if product else [])
-    for cart in carts:  # one item (product page), then a cart of two
+    carts = [[pairs[0][0]]] if pairs else ([[product]] if product else [])  # a product page
+    if len(pairs) > 1:
+        carts.append([pairs[1][0], pairs[0][0]])  # then a cart of two
+    for cart in carts:
         page.title(f"Cart holding {', '.join(cart)}")
         reply = stub.CrossSell(pb.CrossSellRequest(item_ids=cart, k=5), timeout=TIMEOUT)
         page.answer("CrossSell(k=5)", reply)

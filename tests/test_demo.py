@@ -32,3 +32,17 @@ def test_demo_reads_a_synthetic_stores_catalogue_beside_its_ground_truth(tmp_pat
     )
     assert _load_info(truth)["catalog"] == {
         "i1": ("frozen", 14.99, True), "i2": ("baby", 30.0, False)}
+
+
+def test_demo_checks_the_planted_partner_of_a_store_with_one_pair(
+    memory_server: RunningServer, tmp_path: Path  # noqa: F811
+) -> None:
+    """A store with a single planted pair (a small catalogue) still gets its cart and its
+    partner check; the two-item cart needs a second pair."""
+    from serving.demo_client import run_storefront_demo
+
+    truth = tmp_path / "ground_truth.json"
+    truth.write_text('{"pairs": [["sku-00", "sku-25"]]}', encoding="utf-8")
+    text = run_storefront_demo(memory_server.target, truth)
+    assert "Cart holding sku-00\n" in text, text
+    assert "planted partner of sku-00, sku-25, is in the answer" in text, text
