@@ -235,35 +235,72 @@ def test_a_buyagain_export_with_no_row_keeps_its_column_types(
     assert full["user_id"] == full["item_id"] == full["reason"] == "large_string"
 
 
+def _running_export(target: Path, pid: int | None = None) -> subprocess.Popen[str]:
+    """An export to `target` in another process, stopped half-way until a line on its stdin;
+    `pid`: the process id it names its partial file by (as one in another PID namespace, a
+    container sharing the volume, whose id means nothing here)."""
+    code = (
+        "import os, sys\n"
+        "from recsvc.commands.exports import replaced_when_complete\n"
+        + (f"os.getpid = lambda: {pid}\n" if pid is not None else "")
+        + f"with replaced_when_complete({str(target)!r}) as partial:\n"
+        "    partial.write_text('user_id,item_id\\nu1,7\\n')\n"
+        "    print(partial.name, flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+
+
 def test_a_killed_exports_partial_file_is_removed_by_the_next_export(tmp_path: Path) -> None:
     """A SIGKILLed export leaves its partial file (no `finally` runs); it holds customers' rows,
     perhaps of customers forgotten since, so the next export to that target removes it. A
-    partial of a process that still runs (a concurrent export) and other files are kept."""
+    partial of an export that still runs (a concurrent export) and other files are kept."""
     from recsvc.commands.exports import write_frame
 
     out = tmp_path / "recs[1].csv"  # glob characters in the name
-    writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os, sys, time\n"
-         f"open({str(tmp_path)!r} + f'/.recs[1].csv.{{os.getpid()}}.partial', 'w').write('u1,7')\n"
-         "print('ready', flush=True)\n"
-         "time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    killed, running = _running_export(out), _running_export(out)
     try:
-        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
-        writer.kill()
-        writer.wait()
-        dead = tmp_path / f".{out.name}.{writer.pid}.partial"
-        assert dead.exists()
-        alive = tmp_path / f".{out.name}.{os.getppid()}.partial"  # our parent runs
-        alive.write_text("being written")
+        assert killed.stdout is not None and running.stdout is not None
+        dead = tmp_path / killed.stdout.readline().strip()
+        alive = tmp_path / running.stdout.readline().strip()
+        killed.kill()
+        killed.wait()
+        assert dead.exists() and alive.exists() and dead != alive
         other = tmp_path / ".other.csv.1.partial"
         other.write_text("another target's")
         write_frame(pd.DataFrame({"user_id": ["u2"], "item_id": ["9"]}), out)
         assert not dead.exists()
         assert alive.exists() and other.exists()
         assert out.read_text().splitlines() == ["user_id,item_id", "u2,9"]
+        running.communicate("go\n", timeout=60)
+        assert running.returncode == 0 and not alive.exists()
+        assert out.read_text().splitlines() == ["user_id,item_id", "u1,7"]
     finally:
-        if writer.poll() is None:
-            writer.kill()
+        for process in (killed, running):
+            if process.poll() is None:
+                process.kill()
+
+
+def test_a_running_export_whose_process_id_is_not_ours_to_see_keeps_its_file(tmp_path: Path) -> None:
+    """An export in another container (PID namespace) or on another host writing to the same
+    volume names its partial file by a process id that is no process here: the next export
+    here took it for a killed one's and deleted it, and the running export then failed
+    ('No such file or directory') instead of completing."""
+    from recsvc.commands.exports import write_frame
+
+    out = tmp_path / "recs.csv"
+    unseen = 4_194_304  # Linux's PID_MAX_LIMIT: every process id here is below it
+    elsewhere = _running_export(out, pid=unseen)
+    try:
+        assert elsewhere.stdout is not None
+        partial = tmp_path / elsewhere.stdout.readline().strip()
+        assert partial.name == f".recs.csv.{unseen}.partial" and partial.exists()
+        write_frame(pd.DataFrame({"user_id": ["u2"], "item_id": ["9"]}), out)
+        assert partial.exists()
+        _, errors = elsewhere.communicate("go\n", timeout=60)
+        assert elsewhere.returncode == 0, errors
+        assert out.read_text().splitlines() == ["user_id,item_id", "u1,7"]
+    finally:
+        if elsewhere.poll() is None:
+            elsewhere.kill()

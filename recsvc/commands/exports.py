@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import glob
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +51,7 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
     # the process id keeps two exports to one target from writing into each other's file
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     _remove_orphan_partials(target)
+    held = _hold(partial)
     try:
         yield partial
         partial.replace(target)
@@ -59,24 +62,71 @@ def replaced_when_complete(target: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # none was created
             partial.unlink()
+        if held is not None:
+            os.close(held)
+
+
+def _hold(partial: Path) -> int | None:
+    """Create `partial` and hold an exclusive lock on it for the export (the descriptor; None
+    where the file system has no locks). The lock, which dies with its process, is what tells
+    other exports that the file is being written: a writer in another PID namespace (a
+    container sharing the volume) or on another host has a process id this one cannot see."""
+    for _ in range(100):
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another export testing whether it is an orphan: a moment
+            os.close(fd)
+            time.sleep(0.01)
+            continue
+        except OSError:
+            os.close(fd)
+            return None
+        try:  # that export may have removed the file between its creation and the lock
+            if os.stat(partial).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    return None
 
 
 def _remove_orphan_partials(target: Path) -> None:
     """Delete the partial files of `target` left by exports that were killed (SIGKILL, power
     loss: no `finally` ran). They hold customers' recommendations, possibly of customers
-    forgotten since, so they must not linger. A file whose process still runs is kept."""
+    forgotten since, so they must not linger. A file whose writer still holds its lock
+    (`_hold`) is kept; where the file system has no locks, one whose process still runs."""
     prefix = f".{target.name}."
     for path in target.parent.glob(f"{glob.escape(prefix)}*.partial"):  # a name may hold [ * ?
         pid_text = path.name[len(prefix):-len(".partial")]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
         try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:  # its writer is gone
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while its writer holds it
+            except BlockingIOError:
+                continue
+            except OSError:  # no locks on this file system: the process id must do
+                if _process_runs(int(pid_text)):
+                    continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        except (PermissionError, OverflowError):  # alive under another user; or no pid at all
-            continue
+        finally:
+            os.close(fd)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # alive under another user; or no pid at all
+        return True
+    return True
 
 
 def write_frame(frame: pd.DataFrame, target: str | Path) -> None:
