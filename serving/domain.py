@@ -43,7 +43,7 @@ from serving.config import ServeConfig
 from serving.fallback import LruCache, StoreGuard
 from serving.filters import NO_FILTER, FilterSpec
 from serving.model import LoadedModel, ModelTracker
-from serving.realtime import NO_SESSION, rescore, session_of
+from serving.realtime import NO_SESSION, rescored, session_of
 from serving.warmup import UserWarmer
 
 # Time kept to build and send the answer after a store call gives up: a tenth of what is left,
@@ -297,7 +297,7 @@ class RecommendationService:
         if features is not None and session.changed and not view.fallback:
             segment_lists = self._segment_lists(model, features, query.segment)
             head = segment_lists[0][0] if segment_lists else model.popular("global", ALL)
-            primary = rescore(
+            ranked = rescored(
                 model,
                 features,
                 session,
@@ -305,8 +305,9 @@ class RecommendationService:
                 head,
                 self.config.realtime_similar_items,
             )
+            primary = _scored(ranked, "realtime", limit, allowed)
             # nothing of its own (a visitor whose events all weigh 0): the top-ups answer
-            source = Source.REALTIME if primary else Source.POPULAR
+            source = Source.REALTIME if len(ranked[0]) else Source.POPULAR
         elif features is not None and features.known:
             primary = _scored((features.candidates, features.scores), PERSONAL, limit, allowed)
             source = Source.PERSONALIZED
