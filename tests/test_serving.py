@@ -796,8 +796,9 @@ def test_cli_serve_bundle_and_sigterm_drain(bundle_dir: Path, workers: int) -> N
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(target, process)
-        if workers > 1:
-            time.sleep(1.0)  # let every worker load its model
+        if workers > 1:  # every worker loaded its model: fresh connections land on any of them
+            for _ in range(12):
+                _wait_serving(target, process)
         before = _scrape(metrics_port)
         for _ in range(4):  # separate channels: SO_REUSEPORT spreads them over the workers
             channel, client = stub_for(target)
