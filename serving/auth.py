@@ -207,8 +207,18 @@ def remove_token(path: str | Path, name: str) -> bool:
     if not path.exists():
         return False
     lines = read_tokens_file(path).splitlines(keepends=True)
-    kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [name]]
-    if len(kept) == len(lines):
+    kept: list[str] = []
+    for line in lines:
+        body, hash_mark, comment = line.partition("#")
+        entries = body.split(";")  # a line may hold several entries, as $RECSVC_TOKENS does
+        others = [e for e in entries if e.split()[:1] != [name]]
+        if len(others) == len(entries):
+            kept.append(line)
+        elif any(e.strip() for e in others):  # the line's other clients stay
+            end = "" if hash_mark else line[len(line.rstrip("\r\n")):]
+            kept.append("; ".join(e.strip() for e in others if e.strip())
+                        + (f" {hash_mark}{comment}" if hash_mark else end))
+    if kept == lines:
         return False
     before = path.stat()
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600

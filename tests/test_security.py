@@ -900,3 +900,20 @@ def test_background_errors_log_their_type_and_place_but_not_their_message(
     assert all("test_security.py" in getattr(r, "at", "") for r in failures)
     assert all(r.exc_info is None for r in failures)
     assert "customer-4711" not in caplog.text
+
+
+def test_a_revoke_handles_several_clients_on_one_line(tmp_path: Path) -> None:
+    """Entries may share a line (`;`, as in $RECSVC_TOKENS): a revoke drops its client's entry
+    only, and finds a client that is not first on its line."""
+    path = tmp_path / "tokens.txt"
+    a, b, c = (add_token(tmp_path / f"{n}.txt", n) for n in "abc")
+    hashes = {n: hash_token(t) for n, t in zip("abc", (a, b, c), strict=True)}
+    path.write_text(f"a client {hashes['a']}; b client {hashes['b']}  # shop\n"
+                    f"c admin {hashes['c']}\n", encoding="utf-8")
+    assert remove_token(path, "b")
+    registry = TokenRegistry(str(path), environ={})
+    assert registry.authenticate(b) is None
+    assert registry.authenticate(a) is not None and registry.authenticate(c) is not None
+    assert path.read_text().splitlines()[0] == f"a client {hashes['a']} # shop"
+    assert remove_token(path, "a") and not remove_token(path, "a")
+    assert [x.name for x in parse_tokens(path.read_text(), str(path))] == ["c"]
