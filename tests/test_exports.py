@@ -88,6 +88,26 @@ def test_recommend_exports_every_batch_when_the_first_comes_out_empty(
         assert parquet_types(out) == RECOMMEND_SCHEMA
 
 
+def test_recommend_exports_within_a_price_range(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--min-price / --max-price restrict the export as the server's filter does (prices are
+    5 + the item's index in the planted catalogue); a bad range names its flag."""
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--bundle", str(planted), "--k", "3", "--min-price", "10",
+                 "--max-price", "20", "--out", str(out)]) == 0
+    recs = read_export(out)
+    prices = recs["item_id"].map(lambda item: 5 + int(item.rsplit("-", 1)[1]))
+    assert len(recs) > 0 and prices.between(10, 20).all()
+    assert recs.groupby("user_id").size().eq(3).all()  # k in the range for every customer
+    capsys.readouterr()
+    for flags, message in ((["--min-price", "30", "--max-price", "20"], "--min-price: 30 is above"),
+                           (["--max-price", "nan"], "--max-price: must be a price")):
+        assert main(["recommend", "--bundle", str(planted), *flags, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"recsvc recommend: error: {message}") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_recommend_with_every_customer_left_out_writes_an_empty_file_with_its_columns(
     planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def register(subparsers: Any) -> None:
     seen.add_argument("--include-seen", dest="exclude_seen", action="store_false")
     parser.add_argument("--in-stock-only", action="store_true")
     parser.add_argument("--category", action="append", default=[], help="restrict to a category")
+    parser.add_argument("--min-price", type=float, default=None, help="only items at this price or above")
+    parser.add_argument("--max-price", type=float, default=None, help="only items at this price or below")
     parser.add_argument("--out", required=True, help="output file: .csv or .parquet")
     add_store_flag(parser)
     parser.set_defaults(func=run)
@@ -59,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InvalidInput("--out", "must end in .csv or .parquet")
+    for flag, value in (("--min-price", args.min_price), ("--max-price", args.max_price)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidInput(flag, f"must be a price of 0 or more, got {value}")
+    if args.min_price is not None and args.max_price is not None and args.min_price > args.max_price:
+        raise InvalidInput("--min-price", f"{args.min_price:g} is above --max-price {args.max_price:g}")
     bundle = Bundle(args.bundle)
     if args.model is not None and args.model not in bundle.recommenders:
         has = ", ".join(bundle.recommenders) or "none"
@@ -76,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     flt = ItemFilter(
         categories=frozenset(args.category),
         in_stock_only=args.in_stock_only,
+        min_price=args.min_price,
+        max_price=args.max_price,
         exclude_seen=args.exclude_seen,
     )
     # Fixed before the first batch, which may hold no row (every list in it empty) or be the
