@@ -175,7 +175,8 @@ class LoadReport:
             worst = ", ".join(f"{r}: {c}" for r, c in self.bad_rows.most_common(3))
             raise TooManyBadRows(
                 f"{source}: {self.rows_bad} of {self.rows_read} rows are bad, more than "
-                f"--max-bad-rows {limit} allows ({worst})"
+                f"the bad-row limit {limit} (--max-bad-rows, or events.max_bad_rows of the "
+                f"config) allows ({worst})"
             )
 
 

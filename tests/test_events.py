@@ -69,7 +69,7 @@ def test_csv_counts_bad_rows_per_reason_and_keeps_good_ones(tmp_path: Path) -> N
 def test_max_bad_rows_fraction_and_count(tmp_path: Path) -> None:
     path = write(tmp_path, "events.csv", GOOD_AND_BAD)
     opts = dict(known_event_types=["view", "cart", "purchase"])
-    with pytest.raises(TooManyBadRows, match="7 of 11 rows are bad"):
+    with pytest.raises(TooManyBadRows, match=r"7 of 11 rows are bad, more than the bad-row limit 0.5 \(--max-bad-rows, or events.max_bad_rows"):
         load_events(path, LoadOptions(max_bad_rows=0.5, **opts))
     with pytest.raises(TooManyBadRows):
         load_events(path, LoadOptions(max_bad_rows=6, **opts))
