@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
             "rate_burst": "--rate-burst",
         },
     )
+    if config.bundle:  # a wrong path is one line, before the settings and banners
+        from recsvc.bundle import Bundle
+
+        Bundle(config.bundle)
     check_security(config)  # before opening the store: bad tokens or TLS files fail at once
     settings = " ".join(f"{k}={v}" for k, v in config.masked().items())
     print(f"recsvc serve: {settings}", file=sys.stderr, flush=True)

@@ -667,3 +667,15 @@ def test_tune_and_eval_flags_are_checked_before_the_log_is_read(
         tail = ["--out", out] if argv[0] == "tune" else []
         assert main([argv[0], "--events", missing, *argv[1:], *tail]) == 2, argv
         assert named in _one_error_line(capsys, argv[0])
+
+
+def test_serve_with_a_missing_bundle_is_one_line(tmp_path: Path) -> None:
+    """Checked before the settings line and the no-auth banner, which buried the error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", "serve", "--bundle", str(tmp_path / "missing"),
+         "--port", "0", "--insecure-no-auth"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 4
+    assert done.stderr.splitlines() == [
+        f"recsvc serve: error: {tmp_path / 'missing'}: not a model bundle (no manifest.json)"]
