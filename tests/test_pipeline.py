@@ -40,6 +40,10 @@ def test_forgotten_customers_are_not_trained_on(store_data: Path, tmp_path: Path
     # a list that is not there is an error, not "nobody asked to be forgotten"
     with pytest.raises(InvalidInput, match="--forget-list: file not found"):
         train(store_data / "events.csv", tmp_path / "c", config, forget_list=tmp_path / "nope.txt")
+    with pytest.raises(InvalidInput, match="--forget-list: is a directory"):
+        train(store_data / "events.csv", tmp_path / "c", config, forget_list=tmp_path)
+    with pytest.raises(InvalidInput, match="--forget-list: unknown store scheme"):  # not --store
+        train(store_data / "events.csv", tmp_path / "c", config, forget_list="bogus://x")
 
 
 def test_bad_rows_reach_the_manifest(store_data: Path, tmp_path: Path) -> None:

@@ -75,14 +75,18 @@ def _read_forget_entries(path: str | Path | None) -> set[str]:
     if "://" in str(path):
         from recsvc.store import open_store
 
-        store = open_store(str(path))
+        try:
+            store = open_store(str(path))
+        except InvalidInput as exc:  # the URL came as --forget-list, not --store
+            raise InvalidInput("--forget-list", exc.reason) from None
         try:
             return set(store.forgotten_users())
         finally:
             store.close()
     path = Path(path)
     if not path.is_file():  # a privacy list that is not there must not mean "nobody"
-        raise InvalidInput("--forget-list", f"file not found: {path}")
+        what = "is a directory, not a file" if path.is_dir() else "file not found"
+        raise InvalidInput("--forget-list", f"{what}: {path}")
     # every non-blank line is an id: one read as a comment (or glued to a BOM) would be a
     # customer kept in the model
     lines = path.read_text(encoding="utf-8-sig").splitlines()
