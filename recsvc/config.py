@@ -286,6 +286,9 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
 # Models fitted unless `enabled = false` (--no-als ...). BPR is the other way round: `enabled`
 # (--bpr) fits it beside the others; named as the default or in the blend, it is fitted anyway.
 OPT_OUT_MODELS = ("als", "ease", "itemknn")
+# What default_recommender may name (training.models.MODELS builds them); blend parts are the
+# others.
+RECOMMENDERS = ("als", "bpr", "ease", "itemknn", "popular", "blend")
 
 
 def model_disabled(config: TrainConfig, name: str) -> bool:
@@ -305,6 +308,13 @@ def check_train_config(config: TrainConfig) -> None:
         except InvalidInput as exc:
             raise InvalidInput("events.max_bad_rows", exc.reason) from None
     default = config.default_recommender
+    if default not in RECOMMENDERS:
+        raise InvalidInput("default_recommender (--model)",
+                           f"unknown model '{default}' (one of {', '.join(RECOMMENDERS)})")
+    for part in config.blend:
+        if part not in RECOMMENDERS or part == "blend":
+            raise InvalidInput(f"blend.{part}", "not a model to blend (one of "
+                               f"{', '.join(r for r in RECOMMENDERS if r != 'blend')})")
     if model_disabled(config, default):
         raise InvalidInput(
             f"{default}.enabled",

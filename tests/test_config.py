@@ -46,6 +46,11 @@ def test_rules_max_len_below_two_is_refused_up_front(
     # factors x factors matrices: a million factors asked numpy for 3.6 TiB
     ("[als]\nfactors = 1e30\n", "als.factors: must be at least 1 and at most 10000"),
     ("[bpr]\nfactors = 1000000\n", "bpr.factors: must be at least 1 and at most 10000"),
+    # named after the log was read, as 'model: unknown model'
+    ("default_recommender = 5\n", "default_recommender (--model): unknown model '5'"),
+    ("default_recommender = \"eas\"\n", "default_recommender (--model): unknown model 'eas'"),
+    ("[blend]\nfoo = 1.0\n", "blend.foo: not a model to blend"),
+    ("[blend]\nblend = 1.0\n", "blend.blend: not a model to blend"),
 ])
 def test_numbers_training_cannot_use_are_refused_naming_the_key(
     toml: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -88,3 +93,10 @@ def test_serve_config_refuses_what_it_would_not_read(tmp_path: Path) -> None:
     config.write_text("[serve]\nport = 1.0\nworkers = 2\n")
     loaded = load_serve_config(str(config), environ={})
     assert (loaded.port, loaded.workers) == (1, 2)
+
+
+def test_the_config_accepts_the_models_training_builds() -> None:
+    from recsvc.config import RECOMMENDERS
+    from training.models import MODELS
+
+    assert tuple(MODELS) == RECOMMENDERS

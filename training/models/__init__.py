@@ -12,7 +12,8 @@ from recsvc.config import TrainConfig
 from recsvc.errors import InvalidInput
 from training.models.base import Recommender
 
-# name -> (module, class)
+# name -> (module, class); the same names as recsvc.config.RECOMMENDERS (which the config
+# check accepts; tests/test_config.py holds them equal)
 MODELS: dict[str, tuple[str, str]] = {
     "als": ("training.models.als", "ALSModel"),
     "bpr": ("training.models.als", "BPRModel"),
