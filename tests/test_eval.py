@@ -91,6 +91,17 @@ def test_eval_cli_rejects_an_unknown_model(tmp_path: Path) -> None:
         args.func(args)
 
 
+def test_tune_trials_read_the_environment_as_train_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RECSVC_TRAIN__* settings apply to tune's trials as to train and to tune's own log
+    loading (the trials read the config with an empty environment)."""
+    log, _ = load_events(taste_store(tmp_path / "events.csv"), LoadOptions())
+    monkeypatch.setenv("RECSVC_TRAIN__ITEMKNN__NEIGHBOURS", "0")
+    with pytest.raises(InvalidInput, match="itemknn.neighbours"):
+        tune(log, ["itemknn"], trials=1, seeds=(1,), k=5, seed=3)
+
+
 def test_tuner_writes_a_config_that_train_accepts(tmp_path: Path) -> None:
     log, _ = load_events(taste_store(tmp_path / "events.csv"), LoadOptions())
     result = tune(log, ["ease", "itemknn"], trials=3, seeds=(1,), k=5, seed=3)

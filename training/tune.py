@@ -266,7 +266,7 @@ def tune(
             raise InvalidInput("--models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
 
     def base(params: dict[str, Any]) -> TrainConfig:
-        return load_train_config(config_path, overrides=params, environ={})
+        return load_train_config(config_path, overrides=params)  # RECSVC_TRAIN__* too, as train
 
     start_config = base({})
     tuner = Tuner(log_, base, split, ratio, seeds, k, objective)
