@@ -1,15 +1,18 @@
 """Real-time re-scoring: what a shopper did since the model was trained changes the answer.
 
 Recommend reads the shopper's recent events with their features (same round trip). Events
-newer than the model (`LoadedModel.trained_until`) trigger a re-score of a candidate pool:
+newer than the model (`LoadedModel.trained_until`; for a shopper the model does not know,
+every event) trigger a re-score of a candidate pool:
 
 - pool: the trained candidates, the neighbours (similar items) of the newest event items, and
   the head of the popularity list that would top the answer up;
 - with a factor model: the new events, weighted by type as in training (the bundle's
   `events.weights`), move the user's trained vector as they would move the ALS normal
   equations (`user_vector`; for BPR factors they add their items' scaled vectors, as the
-  publisher records in the manifest's `served_factors`); a visitor without a trained vector
-  is folded in from the events alone (as `FactorScorer.fold_in`); pool items are scored u . v_i;
+  publisher records in the manifest's `served_factors`); a shopper without a trained vector
+  (a visitor) is folded in from their stored history plus the events (as
+  `FactorScorer.fold_in`); events of a type weighted 0 change nothing; pool items are scored
+  u . v_i;
 - without one: item-item re-scoring, each pool item scoring the weighted sum of its
   similarities to the new event items, plus its trained candidate score scaled to at most 1.
 

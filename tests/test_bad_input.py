@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -679,3 +680,17 @@ def test_serve_with_a_missing_bundle_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 4
     assert done.stderr.splitlines() == [
         f"recsvc serve: error: {tmp_path / 'missing'}: not a model bundle (no manifest.json)"]
+
+
+def test_a_failing_store_command_on_an_embedded_store_is_one_line(
+    small_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The note that memory:// lives only in the process comes after a command that worked,
+    not before an error (two lines)."""
+    url = f"memory://one-line-{time.monotonic_ns()}"
+    capsys.readouterr()
+    assert main(["rollback", "--store", url]) == 3
+    _one_error_line(capsys, "rollback")
+    assert main(["publish", "--bundle", str(small_bundle), "--store", url]) == 0
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"recsvc publish: note: {url} lives only in this process")

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 STORE_ENV = "RECSVC_STORE"
@@ -43,23 +44,23 @@ def register(subparsers: Any) -> None:
     publish.add_argument("--bundle", required=True, help="bundle directory (or a bundles/ root)")
     _store_flags(publish)
     publish.add_argument("--keep", type=int, default=3, help="complete versions to keep (default 3)")
-    publish.set_defaults(func=run_publish)
+    publish.set_defaults(func=_noting_memory(run_publish))
 
     rollback = subparsers.add_parser("rollback", help="point the store back at an older version")
     _store_flags(rollback)
     rollback.add_argument("--to", default=None, help="version id (default: the one before current)")
-    rollback.set_defaults(func=run_rollback)
+    rollback.set_defaults(func=_noting_memory(run_rollback))
 
     store = subparsers.add_parser("store", help="inspect the feature store")
     store_commands = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
     status = store_commands.add_parser("status", help="stored versions and which one is current")
     _store_flags(status)
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    status.set_defaults(func=run_status)
+    status.set_defaults(func=_noting_memory(run_status))
     forgotten = store_commands.add_parser("forgotten", help="ids on the forget list, one a line")
     _store_flags(forgotten)
     forgotten.add_argument("--out", default=None, help="write to this file instead of stdout")
-    forgotten.set_defaults(func=run_forgotten)
+    forgotten.set_defaults(func=_noting_memory(run_forgotten))
     store.set_defaults(func=lambda args: _usage(store))
 
     forget = subparsers.add_parser(
@@ -70,7 +71,7 @@ def register(subparsers: Any) -> None:
     forget.add_argument(
         "--forget-file", default=None, help="also append the id to this file (one id a line)"
     )
-    forget.set_defaults(func=run_forget)
+    forget.set_defaults(func=_noting_memory(run_forget))
 
     items = subparsers.add_parser("items", help="item metadata in the feature store")
     items_commands = items.add_subparsers(dest="items_command", metavar="SUBCOMMAND")
@@ -80,7 +81,7 @@ def register(subparsers: Any) -> None:
     _store_flags(update)
     update.add_argument("--items", required=True, help="CSV, JSON Lines or Parquet with item_id")
     update.add_argument("--format", choices=["csv", "jsonl", "parquet"], help="override the extension")
-    update.set_defaults(func=run_items_update)
+    update.set_defaults(func=_noting_memory(run_items_update))
     items.set_defaults(func=lambda args: _usage(items))
 
 
@@ -93,14 +94,21 @@ def _open(args: argparse.Namespace) -> Any:
     from recsvc.store import open_store
 
     options: dict[str, Any] = {"cluster": True} if args.cluster else {}
-    store = open_store(args.store, **options)
-    if args.store.lower().startswith("memory://"):
-        print(
-            f"recsvc {args.command}: note: {store.url} lives only in this process; "
-            "its contents are gone when the command exits",
-            file=sys.stderr,
-        )
-    return store
+    return open_store(args.store, **options)
+
+
+def _noting_memory(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`run`, followed on success by a note that an embedded store (memory://) it worked on
+    lives only in this process. After, not before: a command that fails says one line."""
+
+    def noted(args: argparse.Namespace) -> int:
+        code = run(args)
+        if code == 0 and str(args.store or "").lower().startswith("memory://"):
+            print(f"recsvc {args.command}: note: {args.store} lives only in this process; "
+                  "its contents are gone when the command exits", file=sys.stderr)
+        return code
+
+    return noted
 
 
 def run_publish(args: argparse.Namespace) -> int:
