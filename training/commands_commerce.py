@@ -195,20 +195,22 @@ def run_segments(args: argparse.Namespace) -> int:
     out = output_path(args.out) if args.out else None
     bundle = Bundle(args.bundle)
     segments = Segments.read(bundle)
+    frame = segments.to_frame()
+    frame.insert(0, "user_id", pd.array(bundle.users.to_array()[frame["user_index"]],
+                                       dtype="string"))
+    forgotten: set[str] = set()
+    if args.store:  # left out of the file and of the counts below
+        forgotten = forgotten_customers(args.store, list(bundle.users.ids))
+        frame = frame[~frame["user_id"].isin(forgotten)]
     if out is not None:
-        frame = segments.to_frame()
-        frame.insert(0, "user_id", pd.array(bundle.users.to_array()[frame["user_index"]],
-                                           dtype="string"))
-        forgotten: set[str] = set()
-        if args.store:
-            forgotten = forgotten_customers(args.store, list(bundle.users.ids))
-            frame = frame[~frame["user_id"].isin(forgotten)]
         columns = ["user_id", "segment", "cluster", "r", "f", "m", "recency_days", "frequency",
                    "monetary"]
         write_frame(frame[columns], out)
         print(f"wrote {len(frame)} customers to {out} "
               f"({forgotten_note(args.store, len(forgotten))})", file=sys.stderr)
-    counts = segments.counts()
+    sizes = frame["segment"].value_counts()
+    counts = {str(name): int(sizes[name])
+              for name in sorted(sizes.index, key=lambda n: (-int(sizes[n]), str(n)))}
     width = max((len(name) for name in counts), default=7)
     print(f"{'segment':<{width}}  customers")
     for name, size in counts.items():
