@@ -446,5 +446,8 @@ def test_rules_benchmark_groceries_part_matches_mlxtend(groceries_path: Path) ->
     assert result is not None
     assert result["same_rules"] is True
     assert result["ours_rules"] == result["mlxtend_rules_single_consequent"] > 5000
-    assert result["speedup"] == pytest.approx(result["mlxtend_seconds"] / result["ours_seconds"], abs=0.1)
+    # the JSON's seconds are rounded to 0.1 ms (ours take ~16 ms: up to 0.3% off) and the
+    # speed-up to one decimal: agree within those roundings
+    assert result["speedup"] == pytest.approx(
+        result["mlxtend_seconds"] / result["ours_seconds"], rel=0.01, abs=0.06)
     assert result["ours_max_len_3_rules"] < result["ours_rules"]
