@@ -222,12 +222,7 @@ def bench_once(
                          "--rounds", str(args.rounds),
                          "--server-pid", str(server.pid), "--out", str(out))
         bench_env = {**env(), "RECSVC_TOKEN": token_value}  # not on the command line
-        print(f"$ recsvc {' '.join(command[3:])}", flush=True)
-        result = subprocess.run(command, text=True, capture_output=True, env=bench_env)
-        sys.stdout.write(result.stdout)
-        if result.returncode != 0:
-            sys.stderr.write(result.stderr[-3000:])
-            raise SystemExit(f"serve benchmark: bench serve failed (exit {result.returncode})")
+        run_bench(command, bench_env)
         realtime: dict[str, Any] | None = None
         if args.realtime:
             # After the judged run: visits write events, which would turn some of the judged
@@ -238,12 +233,7 @@ def bench_once(
                 "--users-from", str(bundle), "--concurrency", str(args.concurrency),
                 "--duration", args.duration, "--warmup", args.warmup,
                 "--server-pid", str(server.pid), "--out", str(realtime_out))
-            print(f"$ recsvc {' '.join(realtime_command[3:])}", flush=True)
-            done = subprocess.run(realtime_command, text=True, capture_output=True, env=bench_env)
-            sys.stdout.write(done.stdout)
-            if done.returncode != 0:
-                sys.stderr.write(done.stderr[-3000:])
-                raise SystemExit(f"serve benchmark: bench serve realtime failed (exit {done.returncode})")
+            run_bench(realtime_command, bench_env)
             realtime = realtime_summary(json.loads(realtime_out.read_text()))
         raw = work / f"profile-recommend-{name}.txt"
         if args.profile:
@@ -277,6 +267,17 @@ def bench_once(
         run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
                                     **summarise_profile(raw)}
     return run
+
+
+def run_bench(command: list[str], bench_env: dict[str, str]) -> None:
+    """Run one `recsvc bench serve` to completion, echoing it and its output; exit on failure."""
+    print(f"$ recsvc {' '.join(command[3:])}", flush=True)
+    done = subprocess.run(command, text=True, capture_output=True, env=bench_env)
+    sys.stdout.write(done.stdout)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        rpc = command[command.index("--rpc") + 1] if "--rpc" in command else "?"
+        raise SystemExit(f"serve benchmark: bench serve --rpc {rpc} failed (exit {done.returncode})")
 
 
 def realtime_summary(result: dict[str, Any]) -> dict[str, Any]:
