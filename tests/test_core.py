@@ -268,3 +268,24 @@ def test_load_options_required_event_type(tmp_path: Path) -> None:
     path.write_text("user_id,item_id\nu,i\n")
     log, _ = load_events(path, LoadOptions(event_type="purchase"))
     assert log.event_types == ["purchase"]
+
+
+def test_progress_setting_values(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """RECSVC_PROGRESS: off values turn bars off; an unknown value is said once (a typo is not
+    silently ignored) and leaves the default (a terminal only)."""
+    from recsvc import progress as p
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(p, "_warned", set())
+    for off in ("0", "false", "No", "OFF"):
+        monkeypatch.setenv("RECSVC_PROGRESS", off)
+        assert p.progress_enabled() is False
+    monkeypatch.setenv("RECSVC_PROGRESS", "1")
+    with caplog.at_level("WARNING", logger="recsvc.progress"):
+        p.progress_enabled()
+        assert caplog.records == []
+        monkeypatch.setenv("RECSVC_PROGRESS", "maybe")
+        p.progress_enabled()
+        p.progress_enabled()
+    assert [r.getMessage() for r in caplog.records] == [
+        "RECSVC_PROGRESS: unknown value; progress bars show on a terminal only"]
