@@ -4,6 +4,7 @@ valid file even with no rows, whole or not at all, and leave forgotten customers
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -157,10 +158,14 @@ def test_an_export_that_fails_half_way_keeps_the_previous_file_whole(
         [sys.executable, "-m", "recsvc.cli", *args], capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit_file_size,
     )
-    # one line naming the output (recsvc.cli), and the previous file untouched
+    # one line naming the output (recsvc.cli), and the previous file untouched. A native
+    # library's own log line (gRPC core's "E1207 12:00:00.0 ... ev_epoll1_linux.cc:373] ...",
+    # seen once in CI under the file-size limit) is not ours and is left out.
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"recsvc {command}: error: --out: {out}: ")
-    assert "File too large" in done.stderr and done.stderr.count("\n") == 1
+    ours = "".join(line for line in done.stderr.splitlines(keepends=True)
+                   if not re.match(r"[EWID]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\] ", line))
+    assert ours.startswith(f"recsvc {command}: error: --out: {out}: ")
+    assert "File too large" in ours and ours.count("\n") == 1
     assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left
 
