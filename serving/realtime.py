@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from recsvc.ranking import ScoredItem, scored
 from recsvc.scorers import FactorScorer
 from recsvc.store import RecentEvent, UserFeatures
 from serving.model import LoadedModel
@@ -106,8 +105,8 @@ def user_vector(scorer: FactorScorer, features: UserFeatures, new: dict[int, flo
     add dA and db to the normal equations, so the new solution is exactly
     u0 + (A0 + dA)^-1 (db - dA u0), where only the step's matrix A0 is approximated (strength
     1 per seen item). For BPR factors the fold-in is a scaled sum of item vectors, so the
-    events add their items' share. Without a trained vector (a new visitor) the same step from
-    zero over the history at strength 1 plus the events is `FactorScorer.fold_in`'s.
+    events add their items' share. Without a trained vector (a new visitor) it is
+    `FactorScorer.fold_in` from zero over the history at strength 1 plus the events.
 
     Only the rows of the items involved are converted to float64: converting the whole item
     matrix costs ~13 ms per call at 100k items x 64 factors. Items of weight 0 (event types
@@ -116,22 +115,20 @@ def user_vector(scorer: FactorScorer, features: UserFeatures, new: dict[int, flo
     new = {item: weight for item, weight in new.items() if weight > 0}
     seen = np.asarray(features.seen, dtype=np.int64)
     trained = features.factors
-    n_factors = scorer.item_factors.shape[1]
-    if trained is not None and len(trained) == n_factors and np.all(np.isfinite(trained)):
-        anchor = np.asarray(trained, dtype=np.float64)
-    else:  # no trained vector: fold in from zero, the history counting as events
+    if trained is None or len(trained) != scorer.item_factors.shape[1] or not np.all(
+        np.isfinite(trained)
+    ):  # no trained vector: the scorer's fold-in from zero, the history counting as events
         history = dict.fromkeys(seen.tolist(), 1.0)
         for item, weight in new.items():
             history[item] = history.get(item, 0.0) + weight
-        new, seen = history, np.zeros(0, dtype=np.int64)
-        anchor = np.zeros(n_factors, dtype=np.float64)
-        if scorer.bias_column:
-            anchor[-1] = 1.0
+        return scorer.fold_in(np.fromiter(history, dtype=np.int64, count=len(history)),
+                              np.fromiter(history.values(), dtype=np.float64, count=len(history)))
+    anchor = np.asarray(trained, dtype=np.float64)
     items = np.fromiter(new, dtype=np.int64, count=len(new))
     weights = np.fromiter(new.values(), dtype=np.float64, count=len(new))
     unseen = ~held(seen, items)
     if scorer.bias_column:
-        added = items[unseen & (weights > 0)]
+        added = items[unseen]  # every weight is above 0 here
         vector = anchor.copy()
         if len(added):
             rows = np.asarray(scorer.item_factors[added, :-1], dtype=np.float64)
@@ -159,19 +156,6 @@ def held(seen: np.ndarray, items: np.ndarray) -> np.ndarray:
         seen = np.sort(seen)
     position = np.minimum(np.searchsorted(seen, items), len(seen) - 1)
     return np.asarray(seen[position] == items)
-
-
-def rescore(
-    model: LoadedModel,
-    features: UserFeatures,
-    session: Session,
-    neighbours: Callable[[int], tuple[np.ndarray, np.ndarray]],
-    topup: tuple[np.ndarray, np.ndarray],
-    max_sources: int = 3,
-) -> list[ScoredItem]:
-    """`rescored` as a list of ScoredItem (reason "realtime"), best first."""
-    items, scores = rescored(model, features, session, neighbours, topup, max_sources)
-    return list(scored(items, scores, "realtime"))
 
 
 def rescored(

@@ -16,11 +16,12 @@ import pytest
 
 from recsvc.bundle import Bundle
 from recsvc.config import load_train_config
+from recsvc.ranking import ScoredItem, scored
 from recsvc.scorers import FactorScorer
 from recsvc.store import FeatureStore, RecentEvent, UserFeatures, open_store
 from recsvc.synth import SynthConfig, generate, write
 from serving.model import LoadedModel, load_model
-from serving.realtime import rescore, session_of, user_vector
+from serving.realtime import rescored, session_of, user_vector
 from training.pipeline import train
 
 FAST = {"bpr.enabled": False, "itemknn.enabled": False, "rules.enabled": False}
@@ -45,6 +46,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     version = store.publish(bundle, progress=False).version
     truth = json.loads((directory / "ground_truth.json").read_text())
     return Served(bundle, store, load_model(store, version), truth)
+
+
+def rescore(*args: Any) -> list[ScoredItem]:
+    """`rescored`'s ranked pool as items, best first, as Recommend reads it."""
+    return list(scored(*rescored(*args), "realtime"))
 
 
 def no_neighbours(item: int) -> tuple[np.ndarray, np.ndarray]:
