@@ -159,22 +159,6 @@ def _check_common(args: argparse.Namespace) -> None:
         raise InvalidInput("--seed", f"must be between 0 and 2^32 - 1, got {args.seed}")
 
 
-def _check_search(args: argparse.Namespace, models: list[str]) -> None:
-    """tune's own flags, before the log is read (training.tune checks them again, later)."""
-    from training.evaluation.metrics import METRICS
-    from training.models import MODELS
-
-    if args.trials < 1:
-        raise InvalidInput("--trials", f"must be at least 1, got {args.trials}")
-    if args.search not in ("random", "grid"):
-        raise InvalidInput("--search", f"'{args.search}' is not one of random, grid")
-    if args.objective not in METRICS:
-        raise InvalidInput("--objective", f"'{args.objective}' is not one of {', '.join(METRICS)}")
-    for name in models:
-        if name not in MODELS:
-            raise InvalidInput("--models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from recsvc.config import load_train_config
     from training.evaluation.evaluate import evaluate, format_table, model_specs
@@ -213,14 +197,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from recsvc.config import load_train_config
-    from training.tune import Trial, tune, write_tuned
+    from training.tune import Trial, check_search, tune, write_tuned
 
     _check_common(args)
     check_output_file(args.out, "--out")  # before the search, which may take hours
     check_output_file(args.report, "--report")
     config = load_train_config(args.config)  # a bad config fails before the log is read
     models = _models(args.models)
-    _check_search(args, models)
+    check_search(models, args.trials, args.search, args.objective)  # before the log is read
     seeds = _parse_seeds(args.seeds, 1)
     log = _load(args, config)
     _check_splits(args, log, config, seeds)  # before the trials, which may take hours

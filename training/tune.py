@@ -153,9 +153,7 @@ class Tuner:
         seeds: Sequence[int] = (1,),
         k: int = 10,
         objective: str = "ndcg",
-    ) -> None:
-        if objective not in METRICS:
-            raise InvalidInput("--objective", f"'{objective}' is not one of {', '.join(METRICS)}")
+    ) -> None:  # `objective` is checked by check_search, which tune runs first
         if not seeds:
             raise InvalidInput("--seeds", "give at least one validation seed")
         self.log = log_
@@ -241,6 +239,20 @@ def _candidates(
     return out
 
 
+def check_search(models: Sequence[str], trials: int, search: str, objective: str) -> None:
+    """InvalidInput naming the flag of the first search setting `tune` cannot use (the command
+    calls it before reading the log)."""
+    if trials < 1:
+        raise InvalidInput("--trials", f"must be at least 1, got {trials}")
+    if search not in ("random", "grid"):
+        raise InvalidInput("--search", f"'{search}' is not one of random, grid")
+    if objective not in METRICS:
+        raise InvalidInput("--objective", f"'{objective}' is not one of {', '.join(METRICS)}")
+    for name in models:
+        if name not in MODELS:
+            raise InvalidInput("--models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
+
+
 def tune(
     log_: EventLog,
     models: Sequence[str],
@@ -257,13 +269,7 @@ def tune(
     progress: Callable[[Trial], None] | None = None,
 ) -> TuneResult:
     """Search each model's space (the blend last); the best trial per model by `objective`."""
-    if trials < 1:
-        raise InvalidInput("--trials", f"must be at least 1, got {trials}")
-    if search not in ("random", "grid"):
-        raise InvalidInput("--search", f"'{search}' is not one of random, grid")
-    for name in models:
-        if name not in MODELS:
-            raise InvalidInput("--models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
+    check_search(models, trials, search, objective)
 
     def base(params: dict[str, Any]) -> TrainConfig:
         return load_train_config(config_path, overrides=params)  # RECSVC_TRAIN__* too, as train
