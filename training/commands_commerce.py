@@ -187,6 +187,7 @@ def run_buyagain(args: argparse.Namespace) -> int:
 
 
 def run_segments(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     from recsvc.bundle import Bundle
@@ -199,18 +200,18 @@ def run_segments(args: argparse.Namespace) -> int:
     frame.insert(0, "user_id", pd.array(bundle.users.to_array()[frame["user_index"]],
                                        dtype="string"))
     forgotten: set[str] = set()
+    kept = np.ones(len(frame), dtype=bool)
     if args.store:  # left out of the file and of the counts below
         forgotten = forgotten_customers(args.store, list(bundle.users.ids))
-        frame = frame[~frame["user_id"].isin(forgotten)]
+        kept = ~frame["user_id"].isin(forgotten).to_numpy()
+        frame = frame[kept]
     if out is not None:
         columns = ["user_id", "segment", "cluster", "r", "f", "m", "recency_days", "frequency",
                    "monetary"]
         write_frame(frame[columns], out)
         print(f"wrote {len(frame)} customers to {out} "
               f"({forgotten_note(args.store, len(forgotten))})", file=sys.stderr)
-    sizes = frame["segment"].value_counts()
-    counts = {str(name): int(sizes[name])
-              for name in sorted(sizes.index, key=lambda n: (-int(sizes[n]), str(n)))}
+    counts = segments.counts(kept)
     width = max((len(name) for name in counts), default=7)
     print(f"{'segment':<{width}}  customers")
     for name, size in counts.items():

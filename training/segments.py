@@ -95,9 +95,11 @@ class Segments:
     def user_index(self) -> np.ndarray:
         return np.arange(len(self), dtype=np.int32)
 
-    def counts(self) -> dict[str, int]:
-        """Users per segment, largest first."""
-        values, sizes = np.unique(self.segment.astype(str), return_counts=True)
+    def counts(self, keep: np.ndarray | None = None) -> dict[str, int]:
+        """Users per segment, largest first (then by name); `keep`: a mask of the users to
+        count (e.g. not forgotten), all by default."""
+        segment = self.segment if keep is None else self.segment[np.asarray(keep, dtype=bool)]
+        values, sizes = np.unique(segment.astype(str), return_counts=True)
         order = np.lexsort((values, -sizes))
         return {str(values[i]): int(sizes[i]) for i in order}
 
