@@ -6,8 +6,10 @@ chunks of a log can be mapped one after another.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -108,3 +110,18 @@ def read_id_lines(path: str | Path, flag: str, header: str = "user_id") -> list[
     if not ids:
         raise InvalidInput(flag, f"{path} holds no ids")
     return list(dict.fromkeys(ids))
+
+
+def line_to_append(handle: IO[bytes], line: str) -> bytes:
+    """The bytes that append `line` as a line of its own to the file open in `handle` (binary,
+    appending; readable, unless it is a pipe, which has no last line to look at).
+
+    A file whose last line has no line break (edited by hand or written by another tool) gets
+    one first: appending straight after it would glue two ids or entries into one.
+    """
+    end = handle.seek(0, os.SEEK_END) if handle.readable() else 0
+    if end:
+        handle.seek(end - 1)
+        if handle.read(1) not in (b"\n", b"\r"):
+            return f"\n{line}\n".encode()
+    return f"{line}\n".encode()

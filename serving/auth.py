@@ -172,6 +172,8 @@ def add_token(path: str | Path, name: str, role: str = "client", rate: float | N
         raise InvalidInput("--name", f"must not start with {TOKEN_PREFIX}, as tokens do")
     if rate is not None and not rate >= 0:
         raise InvalidInput("--rate", f"must be 0 or more, got {rate}")
+    from recsvc.ids import line_to_append  # pandas: not when the CLI builds its parser
+
     path = Path(path)
     existing = parse_tokens(read_tokens_file(path), str(path)) if path.exists() else []
     if any(c.name == name for c in existing):
@@ -179,21 +181,12 @@ def add_token(path: str | Path, name: str, role: str = "client", rate: float | N
     token = new_token()
     line = f"{name} {role} {hash_token(token)}" + (f" rate={rate:g}" if rate is not None else "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if not existing and size == 0:
-            handle.write("# recsvc tokens: name role sha256:<hash of the token> [rate=RPS]\n")
-        elif size and not _ends_with_newline(path):  # a hand-edited last line without one
-            handle.write("\n")
-        handle.write(line + "\n")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab+") as handle:
+        if not existing and os.fstat(fd).st_size == 0:
+            handle.write(b"# recsvc tokens: name role sha256:<hash of the token> [rate=RPS]\n")
+        handle.write(line_to_append(handle, line))  # after a hand-edited last line, a break
     return token
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) in (b"\n", b"\r")
 
 
 def remove_token(path: str | Path, name: str) -> bool:

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 STORE_ENV = "RECSVC_STORE"
 
@@ -194,23 +194,10 @@ def run_forgotten(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forget_line(handle: IO[bytes], user: str) -> bytes:
-    """The bytes that append `user` as a line of its own to the open forget file `handle`.
-
-    A file whose last line has no line break (written by hand or another tool) gets one first:
-    appending straight after it would glue two ids into one that matches neither customer.
-    """
-    end = handle.seek(0, os.SEEK_END) if handle.readable() else 0  # a pipe has no last line
-    if end:
-        handle.seek(end - 1)
-        if handle.read(1) not in (b"\n", b"\r"):
-            return f"\n{user}\n".encode()
-    return f"{user}\n".encode()
-
-
 def run_forget(args: argparse.Namespace) -> int:
     from recsvc.errors import InvalidInput
     from recsvc.events import MAX_ID_LENGTH
+    from recsvc.ids import line_to_append
 
     user = args.user.strip()
     if not user or not user.isprintable() or len(user) > MAX_ID_LENGTH:
@@ -228,7 +215,7 @@ def run_forget(args: argparse.Namespace) -> int:
         finally:
             store.close()
         if handle is not None:
-            handle.write(_forget_line(handle, user))
+            handle.write(line_to_append(handle, user))
     where = f" and {args.forget_file}" if args.forget_file else ""
     print(
         f"forgot the user: data removed from {held} stored version(s) and real-time state; "
