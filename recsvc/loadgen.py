@@ -439,19 +439,18 @@ def build_pool(
         raise InvalidInput("--users-from", "no ids to build requests from")
     if rpc == REALTIME:
         names, requests = _visits(ids, k, rng, size)
-        by_rpc = {"": iter(requests)}
     elif rpc == "mix" or rpc in RPCS:
         names = (rng.choices(list(MIX_WEIGHTS), weights=list(MIX_WEIGHTS.values()), k=size)
                  if rpc == "mix" else [rpc] * size)
         # sorted: the same seed draws the same requests whatever the set's order
         by_rpc = {name: iter(_requests(name, ids, k, rng, names.count(name)))
                   for name in sorted(set(names))}
+        requests = [next(by_rpc[name]) for name in names]
     else:
         raise InvalidInput("--rpc", f"unknown RPC '{rpc}' (one of {', '.join(CHOICES)})")
     calls = []
-    for i, name in enumerate(names):
+    for i, (name, request) in enumerate(zip(names, requests, strict=True)):
         method = getattr(stubs[i % len(stubs)], name)
-        request = next(by_rpc["" if rpc == REALTIME else name])
         if metadata:
             calls.append(partial(method, request, timeout=timeout, metadata=metadata))
         else:
