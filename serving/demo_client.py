@@ -237,8 +237,8 @@ def _walk(stub: pb_grpc.RecommenderStub, truth: dict[str, Any], page: _Page) -> 
                     else f"price {price:.2f}" if price > 20.0 else "")
 
         for item in plain.items:
-            if refused(item.item_id):
-                page.say(f"{item.item_id} of the unfiltered answer left: {refused(item.item_id)}")
+            if why := refused(item.item_id):
+                page.say(f"{item.item_id} of the unfiltered answer left: {why}")
         broken = [i.item_id for i in filtered.items if refused(i.item_id)]
         page.say("every item in stock, at most 20.00, not excluded" if not broken
                  else f"FILTER BROKEN by {', '.join(broken)}")
