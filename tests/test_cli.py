@@ -95,15 +95,11 @@ def test_recommend_export_honours_the_forget_list_and_never_leaves_half_a_file(
 
 
 def test_an_output_that_does_not_fit_is_one_line_not_a_traceback(tmp_path: Path) -> None:
-    import resource
+    from tests.fixtures_limits import run_with_file_size_limit
 
-    def small_files() -> None:  # as a full disk or `ulimit -f` would
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-
-    done = subprocess.run(
+    done = run_with_file_size_limit(  # files may grow to 20,000 bytes
         [sys.executable, "-m", "recsvc.cli", "synth", "--users", "300", "--items", "50",
-         "--out", str(tmp_path / "data")],
-        capture_output=True, text=True, preexec_fn=small_files, timeout=120,
+         "--out", str(tmp_path / "data")], 20_000, timeout=120,
     )
     err = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
