@@ -125,12 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + int(signal.SIGPIPE)
 
 
+def _warn_unknown_environment() -> None:
+    """A RECSVC_* variable nothing reads (a typo) is said on stderr, once per command."""
+    import logging
+
+    from recsvc.config import unknown_environment
+
+    for message in unknown_environment():
+        logging.getLogger("recsvc.config").warning(message)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command; its errors become one stderr line and an exit code."""
     from recsvc.logs import setup_logging
 
     try:
         setup_logging(args.log_level)
+        _warn_unknown_environment()
         return int(args.func(args) or 0)
     except RecsvcError as exc:
         print(f"recsvc {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)

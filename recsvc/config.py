@@ -8,6 +8,7 @@ Unknown keys and wrong types raise InvalidInput naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import tomllib
@@ -213,6 +214,31 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise InvalidInput("--config", f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
         raise InvalidInput("--config", f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+# Every RECSVC_* variable the project reads, and the two prefixes of settings. A name outside
+# them is a typo (RECSVC_TRAIN_ALS__FACTORS, one underscore) that would otherwise do nothing.
+ENV_VARIABLES = (
+    "RECSVC_STORE", "RECSVC_REDIS_PASSWORD", "RECSVC_ID_SECRET", "RECSVC_ID_SECRET_FILE",
+    "RECSVC_TOKENS", "RECSVC_TOKENS_FILE", "RECSVC_TOKEN", "RECSVC_LOG_LEVEL", "RECSVC_PROGRESS",
+)
+ENV_PREFIXES = ("RECSVC_TRAIN__", "RECSVC_SERVE__")
+ENV_FORMS = ("RECSVC_TRAIN__SECTION__KEY", "RECSVC_SERVE__KEY")  # two underscores between parts
+
+
+def unknown_environment(environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """One message per RECSVC_* variable that nothing reads, with the likely intended name."""
+    env = os.environ if environ is None else environ
+    messages = []
+    for name in sorted(env):
+        if not name.startswith("RECSVC_") or name in ENV_VARIABLES or name.startswith(ENV_PREFIXES):
+            continue
+        forms = [f for f in ENV_FORMS if name.startswith(f.split("__")[0] + "_")]
+        close = difflib.get_close_matches(name, ENV_VARIABLES, n=1, cutoff=0.8)
+        hint = (f" (settings are ${forms[0]}, two underscores between parts)" if forms
+                else f" (did you mean ${close[0]}?)" if close else "")
+        messages.append(f"${name} is not a recsvc variable; it is ignored{hint}")
+    return messages
 
 
 def load_train_config(

@@ -100,3 +100,24 @@ def test_the_config_accepts_the_models_training_builds() -> None:
     from training.models import MODELS
 
     assert tuple(MODELS) == RECOMMENDERS
+
+
+def test_a_recsvc_variable_nothing_reads_is_said_with_the_likely_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RECSVC_TRAIN_ALS__FACTORS (one underscore after TRAIN) used to change nothing, silently
+    for name in ("RECSVC_TRAIN_ALS__FACTORS", "RECSVC_SERVE_MAX_K", "RECSVC_TOKNE", "RECSVC_XYZ"):
+        monkeypatch.setenv(name, "3")
+    monkeypatch.setenv("RECSVC_TRAIN__ALS__FACTORS", "3")  # known forms are not named
+    monkeypatch.setenv("RECSVC_LOG_LEVEL", "WARNING")
+    capsys.readouterr()
+    code = main(["synth", "--users", "20", "--items", "40", "--out", str(tmp_path / "s")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 0 and (tmp_path / "s").exists()  # a warning, not a refusal
+    named = {line.split("$")[1].split(" ")[0]: line for line in err if "not a recsvc variable" in line}
+    assert sorted(named) == ["RECSVC_SERVE_MAX_K", "RECSVC_TOKNE", "RECSVC_TRAIN_ALS__FACTORS",
+                             "RECSVC_XYZ"], err
+    assert "$RECSVC_TRAIN__SECTION__KEY" in named["RECSVC_TRAIN_ALS__FACTORS"]
+    assert "$RECSVC_SERVE__KEY" in named["RECSVC_SERVE_MAX_K"]
+    assert "did you mean $RECSVC_TOKEN?" in named["RECSVC_TOKNE"]
+    assert "(" not in named["RECSVC_XYZ"]
