@@ -13,6 +13,7 @@ through these functions, so offline numbers are online behaviour:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -20,7 +21,24 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.errors import InvalidInput
 from recsvc.events import Catalog
+
+# A price bound above any real price is a caller's bug; finite and bounded also because
+# catalogue prices are float32, which overflows past ~3.4e38.
+MAX_PRICE = 1e15
+
+
+def check_price_range(
+    min_price: float | None, max_price: float | None, names: tuple[str, str]
+) -> None:
+    """InvalidInput naming the bound (names: what the caller calls min and max) that is not a
+    price from 0 to MAX_PRICE, or a minimum above the maximum: one rule for CLI and server."""
+    for name, value in zip(names, (min_price, max_price), strict=True):
+        if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_PRICE):
+            raise InvalidInput(name, f"must be a price from 0 to {MAX_PRICE:g}, got {value}")
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise InvalidInput(names[0], f"{min_price:g} is above {names[1]} {max_price:g}")
 
 
 class ScoredItem(NamedTuple):  # a tuple: built for every item of every answer, cheaply

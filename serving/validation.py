@@ -7,12 +7,12 @@ wrong and why, e.g. `k: must be between 1 and 100, got 0`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from recsvc.errors import InvalidInput
+from recsvc.ranking import check_price_range
 from recsvc.v1 import recommender_pb2 as pb
 from serving.config import ServeConfig
 from serving.domain import (
@@ -27,7 +27,6 @@ from serving.filters import NO_FILTER, FilterSpec
 
 EVENT_TYPES = {pb.VIEW: "view", pb.CART: "cart", pb.PURCHASE: "purchase"}
 MAX_CLOCK_SKEW_S = 60.0
-MAX_PRICE = 1e15  # a price bound above any real price is a client bug
 
 
 class Validator:
@@ -64,12 +63,9 @@ class Validator:
         if not has_filter:
             return NO_FILTER
         limit = self.config.max_filter_values
-        min_price = self._price(message, "min_price", field)
-        max_price = self._price(message, "max_price", field)
-        if min_price is not None and max_price is not None and min_price > max_price:
-            raise InvalidInput(
-                f"{field}.min_price", f"{min_price:g} is above {field}.max_price {max_price:g}"
-            )
+        min_price = float(message.min_price) if message.HasField("min_price") else None
+        max_price = float(message.max_price) if message.HasField("max_price") else None
+        check_price_range(min_price, max_price, (f"{field}.min_price", f"{field}.max_price"))
         return FilterSpec(
             categories=frozenset(self.ids(message.categories, f"{field}.categories", limit)),
             in_stock_only=bool(message.in_stock_only),
@@ -80,18 +76,6 @@ class Validator:
             ),
             exclude_purchased=bool(message.exclude_purchased),
         )
-
-    @staticmethod
-    def _price(message: Any, name: str, field: str) -> float | None:
-        if not message.HasField(name):
-            return None
-        value = float(getattr(message, name))
-        # Finite and bounded: catalogue prices are float32, which overflows past ~3.4e38.
-        if not (math.isfinite(value) and 0 <= value <= MAX_PRICE):
-            raise InvalidInput(
-                f"{field}.{name}", f"must be a number from 0 to {MAX_PRICE:g}, got {value}"
-            )
-        return value
 
     # -- requests ---------------------------------------------------------------------------
     def recommend(self, request: pb.RecommendRequest) -> RecommendQuery:

@@ -102,7 +102,9 @@ def test_recommend_exports_within_a_price_range(
     assert recs.groupby("user_id").size().eq(3).all()  # k in the range for every customer
     capsys.readouterr()
     for flags, message in ((["--min-price", "30", "--max-price", "20"], "--min-price: 30 is above"),
-                           (["--max-price", "nan"], "--max-price: must be a price")):
+                           (["--max-price", "nan"], "--max-price: must be a price"),
+                           # the server's bound too (one rule), not only 0 or more
+                           (["--max-price", "1e16"], "--max-price: must be a price from 0 to 1e+15")):
         assert main(["recommend", "--bundle", str(planted), *flags, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"recsvc recommend: error: {message}") and err.count("\n") == 1, err

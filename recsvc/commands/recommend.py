@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from recsvc.bundle import Bundle
     from recsvc.errors import InvalidInput, NotFound
     from recsvc.progress import progress
-    from recsvc.ranking import ItemFilter
+    from recsvc.ranking import ItemFilter, check_price_range
 
     if args.k <= 0:
         raise InvalidInput("--k", "must be a positive number")
@@ -62,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InvalidInput("--out", "must end in .csv or .parquet")
-    for flag, value in (("--min-price", args.min_price), ("--max-price", args.max_price)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InvalidInput(flag, f"must be a price of 0 or more, got {value}")
-    if args.min_price is not None and args.max_price is not None and args.min_price > args.max_price:
-        raise InvalidInput("--min-price", f"{args.min_price:g} is above --max-price {args.max_price:g}")
+    check_price_range(args.min_price, args.max_price, ("--min-price", "--max-price"))
     bundle = Bundle(args.bundle)
     if args.model is not None and args.model not in bundle.recommenders:
         has = ", ".join(bundle.recommenders) or "none"
