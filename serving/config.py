@@ -18,6 +18,9 @@ from recsvc.errors import InvalidInput
 TOKENS_FILE_ENV = "RECSVC_TOKENS_FILE"  # the tokens file of `recsvc token` and `recsvc serve`
 
 
+RANKINGS = ("factors", "anchored")  # values of realtime_ranking (serving.realtime)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     store: str = ""  # feature store URL (memory://name, redis://host:port/db ...)
@@ -43,6 +46,12 @@ class ServeConfig:
     # Real time.
     recent_events: int = 20  # newest real-time events read per Recommend (plus older purchases)
     realtime_similar_items: int = 3  # newest event items whose neighbours join the pool
+    # How a shopper with new events is re-ranked (RANKINGS): "factors" scores
+    # the pool with the folded-in factor vector alone; "anchored" keeps the trained answer's
+    # scores (the default recommender's, e.g. the blend) and adds what the events changed.
+    # (benchmarks/realtime.py: anchored beat the answer without the events on every data set,
+    # factors lost to it for visitors of a grocery store).
+    realtime_ranking: str = "anchored"
     # Follow the store's real-time event channel (Redis, single node) so that Recommend for a
     # cached user with no real-time events makes no store round trip at all. Trade-off: when
     # Redis hangs (not when it goes down) such answers keep source PERSONALIZED rather than
@@ -124,6 +133,9 @@ def load_serve_config(
     if not data.get("tokens_file") and env.get(TOKENS_FILE_ENV):  # as `recsvc token` reads it
         data["tokens_file"] = env[TOKENS_FILE_ENV]
     config: ServeConfig = _build(ServeConfig, data, "serve")
+    if config.realtime_ranking not in RANKINGS:
+        raise InvalidInput("serve.realtime_ranking",
+                           f"'{config.realtime_ranking}' is not one of {', '.join(RANKINGS)}")
     given = {k for k, v in (overrides or {}).items() if v is not None}
     check_ranges(config, SERVE_RANGES, "serve", {k: f for k, f in (flags or {}).items() if k in given})
     return config

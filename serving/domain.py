@@ -304,6 +304,7 @@ class RecommendationService:
                 lambda item: self._similar_or_empty(model, item, deadline, failed),
                 head,
                 self.config.realtime_similar_items,
+                self.config.realtime_ranking,
             )
             primary = _scored(ranked, "realtime", limit, allowed)
             # nothing of its own (a visitor whose events all weigh 0): the top-ups answer

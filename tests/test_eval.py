@@ -283,3 +283,35 @@ def test_quality_benchmark_cli_path_scores_the_exported_recommendations(tmp_path
         assert run[metric] == pytest.approx(harness.summary[default][metric], abs=0.05), metric
         assert run[metric] > 3 * harness.summary["popular"][metric], metric
     assert result["summary"]["precision"] == pytest.approx(run["precision"])
+
+
+# -- the real-time quality benchmark (benchmarks/realtime.py), small ----------------------------
+def test_realtime_benchmark_smoke_compares_rankings_with_the_static_answer(tmp_path: Path) -> None:
+    import benchmarks.realtime as bench
+
+    out, png = tmp_path / "realtime.json", tmp_path / "realtime.png"
+    argv = ["--datasets", "synthetic", "--synth-users", "600", "--synth-items", "200",
+            "--max-visits", "200", "--out", str(out), "--plot", str(png)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["rankings"] == ["anchored", "factors"] and result["machine"]["cpus"] >= 1
+    case = result["datasets"]["synthetic store"]
+    assert 0 < case["visits"] <= 200 and case["train_rows"] > 0
+    assert set(case["groups"]) == {"known shoppers", "visitors"}
+    for group in case["groups"].values():
+        assert group["visits"] >= bench.MIN_GROUP
+        assert set(group) == {"visits", "static", "anchored", "factors"}
+        for ranking in ("anchored", "factors"):
+            versus = group[ranking]["ndcg_vs_static"]
+            low, high = versus["ci95"]
+            assert low <= versus["mean"] <= high
+            assert versus["better"] + versus["worse"] <= group["visits"]
+            assert versus["mean"] == pytest.approx(group[ranking]["ndcg"] - group["static"]["ndcg"],
+                                                   abs=1e-5)
+        for figures in (group["static"], group["anchored"], group["factors"]):
+            assert all(0.0 <= figures[m] <= 1.0 for m in bench.METRICS)
+            assert "ndcg_per_visit" not in figures
+    # a visitor's answer without events is the popular list; with them it is personal
+    visitors = case["groups"]["visitors"]
+    assert visitors["anchored"]["ndcg"] > visitors["static"]["ndcg"]
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -48,9 +48,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     return Served(bundle, store, load_model(store, version), truth)
 
 
-def rescore(*args: Any) -> list[ScoredItem]:
+def rescore(*args: Any, ranking: str = "anchored") -> list[ScoredItem]:
     """`rescored`'s ranked pool as items, best first, as Recommend reads it."""
-    return list(scored(*rescored(*args), "realtime"))
+    return list(scored(*rescored(*args, ranking=ranking), "realtime"))
 
 
 def no_neighbours(item: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def test_a_new_event_moves_the_trained_vector_as_a_retrain_would(served: Served)
         kind = str(rng.choice(["view", "cart", "purchase"]))
         recent = (RecentEvent(model.catalog.item_id(item), kind, after),)
         answer = rescore(model, features, session_of(model, recent), no_neighbours,
-                         model.popular("global"))
+                         model.popular("global"), ranking="factors")
         pool = np.array([s.item for s in answer], dtype=np.int64)
         expected = scorer.item_factors[pool] @ reference_vector(
             served, user, {item: model.event_weights[kind]})
@@ -97,15 +97,64 @@ def test_a_new_event_moves_the_trained_vector_as_a_retrain_would(served: Served)
     assert float(np.mean(overlaps)) >= 0.9
 
 
-def test_a_new_visitor_gets_their_taste_after_three_views(served: Served) -> None:
-    """Three views of one planted taste cluster's items turn the popular answer into that
-    cluster's items."""
+def test_anchored_ranking_keeps_the_trained_answer_and_raises_what_the_event_raised(
+    served: Served,
+) -> None:
+    """The trained candidates are the blend's (EASE and ALS here): after one view, the anchored
+    answer keeps more of the trained top 10 than ranking by the folded-in ALS vector alone
+    (which drops the blend's EASE part), and the candidate whose factor score the view raised
+    most does not fall."""
+    model = served.model
+    scorer = model.fold_in
+    assert scorer is not None and served.bundle.default_recommender == "blend"
+    rng = np.random.default_rng(5)
+    kept: dict[str, list[float]] = {"anchored": [], "factors": []}
+    for user in range(0, len(served.bundle.users), 25):
+        features = served.store.user_features(model.version, served.bundle.users.id_of(user))
+        assert features is not None and features.factors is not None
+        seen = set(features.seen.tolist())
+        item = int(rng.choice([i for i in range(model.n_items) if i not in seen]))
+        recent = (RecentEvent(model.catalog.item_id(item), "view", model.trained_until + 60),)
+        trained = [int(i) for i in features.candidates if int(i) not in seen and i != item]
+        answers = {}
+        for ranking in kept:
+            answer = [s.item for s in rescore(model, features, session_of(model, recent),
+                                              no_neighbours, model.popular("global"),
+                                              ranking=ranking) if s.item not in seen | {item}]
+            answers[ranking] = answer
+            kept[ranking].append(len(set(answer[:10]) & set(trained[:10])) / 10)
+        vector = user_vector(scorer, features, {item: model.event_weights["view"]})
+        change = scorer.item_factors[trained] @ (vector - features.factors)
+        raised = trained[int(np.argmax(change))]
+        assert answers["anchored"].index(raised) <= trained.index(raised)
+    assert len(kept["anchored"]) >= 50
+    assert np.mean(kept["anchored"]) > np.mean(kept["factors"]) + 0.05, {
+        r: float(np.mean(v)) for r, v in kept.items()}
+
+
+def test_an_unknown_realtime_ranking_is_refused_naming_the_setting() -> None:
+    from recsvc.errors import InvalidInput
+    from serving.config import load_serve_config
+
+    with pytest.raises(InvalidInput, match=r"^serve\.realtime_ranking: 'factor' is not one of "
+                       r"factors, anchored$"):
+        load_serve_config(None, {"realtime_ranking": "factor"}, environ={})
+    assert load_serve_config(None, None, environ={}).realtime_ranking == "anchored"
+
+
+@pytest.mark.parametrize("ranking", ["anchored", "factors"])
+def test_a_new_visitor_gets_their_taste_after_three_views(served: Served, ranking: str) -> None:
+    """Three views of one planted taste cluster's most popular items bring that cluster's items
+    into the answer, which was the popular list: by the folded-in factors alone, most of it;
+    anchored to the popular list (popularity and the events' change weigh the same), a share
+    of it for every cluster."""
     model, store = served.model, served.store
     item_cluster = {model.catalog.index_of(i): c for i, c in served.truth["item_cluster"].items()}
     popular = model.popular("global")[0].tolist()
+    gained = []
     for cluster in range(served.truth["clusters"]):
         viewed = [i for i in popular if item_cluster.get(i) == cluster][:3]
-        visitor = f"visitor-{cluster}"
+        visitor = f"visitor-{ranking}-{cluster}"
         for n, item in enumerate(viewed):
             store.record_event(visitor, model.catalog.item_id(item), "view",
                                model.trained_until + 60 + n)
@@ -115,10 +164,16 @@ def test_a_new_visitor_gets_their_taste_after_three_views(served: Served) -> Non
         answer = [s.item for s in rescore(
             model, features, session,
             lambda item: store.similar_items(model.version, item), model.popular("global"),
+            ranking=ranking,
         ) if s.item not in session.interacted][:10]
         in_cluster = sum(item_cluster.get(i) == cluster for i in answer)
-        before = sum(item_cluster.get(i) == cluster for i in popular[:10])
-        assert len(answer) == 10 and in_cluster >= 6 and in_cluster >= before + 3, (cluster, in_cluster)
+        shown = [i for i in popular if i not in session.interacted][:10]  # without the views
+        before = sum(item_cluster.get(i) == cluster for i in shown)
+        gained.append(in_cluster - before)
+        assert len(answer) == 10 and in_cluster >= before + 2, (cluster, before, in_cluster)
+        if ranking == "factors":
+            assert in_cluster >= 6 and in_cluster >= before + 3, (cluster, before, in_cluster)
+    assert len(gained) == served.truth["clusters"] and np.mean(gained) >= 3, gained
 
 
 def test_bpr_events_add_their_items_to_the_trained_vector() -> None:
