@@ -206,14 +206,16 @@ def rescored(
         vector = user_vector(model.fold_in, features, new)
         factors = model.fold_in.item_factors[pool]
         scores = factors @ vector
-        trained = features.factors
         if ranking == "anchored":
-            if len(features.candidates) and trained is not None and len(trained) == len(vector):
-                scores = anchored(pool, (features.candidates, features.scores),
-                                  factors @ np.asarray(trained), scores)
-            elif trained is None:  # a visitor: the popularity answer they would have had
-                head = (topup[0][:POOL_POPULAR], topup[1][:POOL_POPULAR])
-                scores = anchored(pool, head, np.zeros(len(pool)), scores)
+            trained = features.factors
+            usable = trained is not None and len(trained) == len(vector) and bool(
+                np.all(np.isfinite(trained)))  # as user_vector: else folded in from zero
+            before = factors @ np.asarray(trained) if usable else np.zeros(len(pool))
+            # the answer without the events: the trained candidates, else (a visitor) the
+            # popularity list that tops the answer up
+            answer = ((features.candidates, features.scores) if len(features.candidates)
+                      else (topup[0][:POOL_POPULAR], topup[1][:POOL_POPULAR]))
+            scores = anchored(pool, answer, before, scores)
     else:
         scores = np.zeros(len(pool), dtype=np.float64)
         position = {int(item): p for p, item in enumerate(pool.tolist())}
