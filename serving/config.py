@@ -29,11 +29,14 @@ class ServeConfig:
     port: int = 50051
     metrics_port: int = 0  # 0: no metrics endpoint
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
-    # gRPC handler threads per worker. Store waits release the GIL, so a few threads overlap
-    # round trips; more threads than that only add GIL hand-offs once the user cache is warm
-    # and the event watch is on (measured on 2 cores, 1 worker, c=16: Recommend 3.4k/s with 8,
-    # 4.1k/s with 4, 5.1k/s with 2; the storefront mix 2.1k, 3.4k, 3.8k/s).
-    threads: int = 4
+    # gRPC handler threads per worker. Store waits release the GIL, so a thread or two more
+    # than cores overlap round trips; more threads than that only add GIL hand-offs once the
+    # user cache is warm and the event watch is on. Measured on 2 cores, c=16, 200k users:
+    # 1 worker, Recommend 3.4k/s with 8, 4.1k/s with 4, 5.1k/s with 2 (2026-11-25); 2 workers
+    # (2026-12-07, benchmarks/serve.py), Recommend 3,637/s p99 9.9 ms and 348 us of server CPU
+    # per call with 2 threads, 3,188/s 11.9 ms 392 us with 3, 2,837/s 13.0 ms 453 us with 4;
+    # shoppers' visits (a store round trip per call) 1,289 / 1,427 / 1,334 calls/s.
+    threads: int = 2
     grace_seconds: float = 5.0  # SIGTERM: how long in-flight calls may take to finish
     drain_delay_seconds: float = 1.0  # SIGTERM: NOT_SERVING but still answering this long first
 

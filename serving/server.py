@@ -1,7 +1,7 @@
 """The server process: gRPC server, health, reflection, metrics, workers and signals.
 
 Threading model: the synchronous `grpc.server` with a small ThreadPoolExecutor
-(`ServeConfig.threads`, 4 by default); `--workers N` runs N such processes on one port
+(`ServeConfig.threads`, 2 by default); `--workers N` runs N such processes on one port
 (SO_REUSEPORT) so both cores serve Python code. The store client is synchronous; its socket
 waits release the GIL, so a few threads overlap store round trips. Measured against it on 2
 cores (200k users x 100k items, real Redis, auth on, c=16, same session): a `grpc.aio` server
@@ -55,6 +55,7 @@ from recsvc.errors import InvalidInput, RecsvcError, StoreUnavailable
 from recsvc.store import FeatureStore, open_store
 from recsvc.store.memory import MemoryStore
 from recsvc.v1 import recommender_pb2 as pb
+from serving.auth import OPEN_PREFIXES, denial
 from serving.config import ServeConfig
 from serving.domain import RecommendationService
 from serving.fallback import STORE_RETRIES
@@ -115,8 +116,6 @@ class DrainInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        from serving.auth import OPEN_PREFIXES, denial
-
         handler = continuation(handler_call_details)
         if not self.refusing.is_set() or handler is None:
             return handler
