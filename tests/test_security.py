@@ -563,6 +563,25 @@ def test_a_forget_with_hashing_on_removes_events_recorded_before_it_was_turned_o
     assert b"alice" not in _everything_stored(plain)
 
 
+def test_a_forget_with_hashing_off_removes_events_recorded_while_it_was_on(
+    hashed_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing turned off again (the secret still set): events recorded while it was on sit
+    under the hashed key for up to a week, and a forget must delete them too."""
+    plain = open_store(hashed_url.replace("hash_ids=1", "hash_ids=0"))
+    hashed = open_store(hashed_url)
+    hashed.record_event("bob", "i1", "purchase")
+    plain.record_event("bob", "i2", "view")
+    assert [e.item_id for e in hashed.recent_events("bob")] == ["i1"]
+    plain.forget_user("bob")
+    assert plain.recent_events("bob") == [] and hashed.recent_events("bob") == []
+    # without the secret the hashed key cannot be found: the plain events still go
+    monkeypatch.delenv("RECSVC_ID_SECRET")
+    plain.record_event("carol", "i2", "view")
+    plain.forget_user("carol")
+    assert plain.recent_events("carol") == []
+
+
 def test_a_forget_list_written_plain_is_honoured_by_a_hashing_publisher(
     bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

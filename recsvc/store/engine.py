@@ -562,6 +562,8 @@ class StoreEngine(ABC):
         self.delete_events(key)
         if key != user_id:  # events recorded before hashing was turned on (kept up to a week)
             self.delete_events(user_id)
+        elif (earlier := _env_hasher()) is not None:  # ... or while it was on, before turned off
+            self.delete_events(earlier.user_key(user_id))
         log.info("forgot a user", extra={"versions": held})
         return held
 
@@ -689,3 +691,14 @@ def with_kept(newest: list[bytes], kept: Sequence[bytes]) -> list[bytes]:
 def _events(raw: Sequence[bytes]) -> list[RecentEvent]:
     """Decoded events, newest first; records of the earlier index-based format are skipped."""
     return [event for event in map(codec.decode_event, raw) if event is not None]
+
+
+def _env_hasher() -> Any:
+    """The IdHasher of the environment's id secret, or None when none is set (a store opened
+    without hash_ids still finds a customer's events filed under their hashed key by it)."""
+    from recsvc.privacy import hasher_from_env
+
+    try:
+        return hasher_from_env()
+    except InvalidInput:
+        return None
