@@ -15,8 +15,8 @@ from answers and from the targets, as Recommend excludes them):
   recorded, the answer is scored against the other half (basket completion, as quality.py).
 
 Each answer is scored twice: before the events are recorded (static: the trained candidates;
-popularity for a visitor) and after (real time), for each re-ranking under test
-(`[serve] realtime_ranking`).
+popularity for a visitor; the visit's items excluded by the request's filter, as they are from
+the targets) and after (real time), for each re-ranking under test (`[serve] realtime_ranking`).
 
 Writes benchmarks/results/realtime.json and realtime.png. Run: `python benchmarks/realtime.py`.
 """
@@ -24,10 +24,8 @@ Writes benchmarks/results/realtime.json and realtime.png. Run: `python benchmark
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,10 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsvc.bundle import Bundle  # noqa: E402
+from recsvc.commands.bench import environment  # noqa: E402
 from recsvc.config import load_train_config  # noqa: E402
 from recsvc.store import open_store  # noqa: E402
 from serving.config import load_serve_config  # noqa: E402
 from serving.domain import EventQuery, RecommendationService, RecommendQuery  # noqa: E402
+from serving.filters import FilterSpec  # noqa: E402
 from training.evaluation.metrics import all_metrics, ndcg_at_k  # noqa: E402
 from training.pipeline import train  # noqa: E402
 
@@ -153,13 +153,19 @@ def groceries_case(max_visits: int, seed: int) -> Case:
 
 def scored_answers(service: RecommendationService, visits: list[Visit], k: int,
                    record: bool) -> list[list[str]]:
-    """Recommend for each visit (after recording its events when `record`)."""
+    """Recommend for each visit: after recording its events when `record`, else with the
+    visit's items excluded by the request's filter, as a storefront would hide what is in the
+    cart (the targets never hold them: a static answer must not waste slots on them)."""
     answers = []
     for visit in visits:
+        query = RecommendQuery(visit.user_id, k)
         if record:
             for item, event_type, ts in visit.events:
                 service.record_event(EventQuery(visit.user_id, item, event_type, ts))
-        result = service.recommend(RecommendQuery(visit.user_id, k))
+        else:
+            shown = frozenset(item for item, _, _ in visit.events)
+            query = RecommendQuery(visit.user_id, k, FilterSpec(exclude_item_ids=shown))
+        result = service.recommend(query)
         answers.append([entry.item_id for entry in result.items])
     return answers
 
@@ -291,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     rankings = [r.strip() for r in args.rankings.split(",") if r.strip()]
     wanted = {d.strip() for d in args.datasets.split(",")}
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **environment(),  # date, machine (cores, memory, load average), versions, commit
         "rankings": rankings,
         "protocol": __doc__.split("Protocol")[1].split("Writes")[0].strip(),
         "session_events": args.session, "k": args.k, "seed": args.seed, "datasets": {},

@@ -180,10 +180,12 @@ def rescored(
     neighbours: item index -> (similar item indexes, scores), e.g. a cached store read.
     topup: the popularity list that would top this user's answer up.
     ranking: "factors" scores the pool u' . v_i with the folded-in vector u' alone;
-    "anchored" (a shopper with a trained vector and candidates) keeps the trained candidates'
-    scores, the default recommender's, scaled to at most 1 (items outside them at the lowest),
-    and adds the change the events made to the factor score, (u' - u) . v_i, scaled by the
-    largest trained factor score of the pool: a blend's other parts still count.
+    "anchored" keeps the scores of the answer the shopper would have had without the events
+    (the trained candidates, the default recommender's; without any, the popularity head),
+    scaled to at most 1 (other pool items at the lowest), and adds the change the events made
+    to the factor score, (u' - u) . v_i, over the largest |u . v_i| of the pool; u is the
+    trained vector when usable, else zero (a visitor: the change is u' . v_i over its largest,
+    without BPR's item bias, which popularity already carries). A blend's other parts count.
     Seen and recently interacted items are left in; the caller excludes them. Events of types
     weighted 0 change nothing (training drops them): with only those, the answer is the trained
     candidates as they are (none for a visitor, whom the caller's top-ups answer).
@@ -210,7 +212,12 @@ def rescored(
             trained = features.factors
             usable = trained is not None and len(trained) == len(vector) and bool(
                 np.all(np.isfinite(trained)))  # as user_vector: else folded in from zero
-            before = factors @ np.asarray(trained) if usable else np.zeros(len(pool))
+            if usable:
+                before = factors @ np.asarray(trained)
+            elif model.fold_in.bias_column:  # the item bias is no taste of this shopper's
+                before = np.asarray(factors[:, -1], dtype=np.float64) * float(vector[-1])
+            else:
+                before = np.zeros(len(pool))
             # the answer without the events: the trained candidates, else (a visitor) the
             # popularity list that tops the answer up
             answer = ((features.candidates, features.scores) if len(features.candidates)
@@ -232,23 +239,36 @@ def rescored(
                 p = position.get(int(item))
                 if p is not None:
                     scores[p] += value
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)  # a NaN factor row: never an item of the answer
+    pool, scores = pool[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
-    return pool[order], np.asarray(scores, dtype=np.float64)[order]
+    return pool[order], scores[order]
 
 
 def anchored(pool: np.ndarray, answer: tuple[np.ndarray, np.ndarray], before: np.ndarray,
              after: np.ndarray) -> np.ndarray:
     """Pool scores: the scores of the answer without the events (item indexes, scores) scaled
     to at most 1 (the lowest of them for the other pool items), plus the factor scores' change
-    (after - before) over the size of the largest of them."""
+    (after - before) over the largest |before| (if all zero, |after|). Only finite numbers set
+    the scales: an item whose score is not finite (the caller drops it) moves no other one.
+    """
     items = np.asarray(answer[0], dtype=np.int64)
     values = np.asarray(answer[1], dtype=np.float64)
-    top = float(np.abs(values).max()) if len(values) else 1.0
+    finite = values[np.isfinite(values)]
+    top = float(np.abs(finite).max()) if len(finite) else 0.0
     top = top or 1.0
-    base = np.full(len(pool), float(values.min()) / top if len(values) else 0.0)
+    base = np.full(len(pool), float(finite.min()) / top if len(finite) else 0.0)
     position = np.searchsorted(pool, items)  # pool is sorted (np.unique)
     inside = position < len(pool)
     inside[inside] = pool[position[inside]] == items[inside]
     base[position[inside]] = values[inside] / top
-    size = float(np.abs(before).max()) or float(np.abs(after).max()) or 1.0
-    return base + (np.asarray(after, dtype=np.float64) - before) / size
+    before = np.asarray(before, dtype=np.float64)
+    after = np.asarray(after, dtype=np.float64)
+    size = _largest(before) or _largest(after) or 1.0
+    return base + (after - before) / size
+
+
+def _largest(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if len(finite) else 0.0

@@ -294,7 +294,7 @@ def test_realtime_benchmark_smoke_compares_rankings_with_the_static_answer(tmp_p
             "--max-visits", "200", "--out", str(out), "--plot", str(png)]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["rankings"] == ["anchored", "factors"] and result["machine"]["cpus"] >= 1
+    assert result["rankings"] == ["anchored", "factors"] and result["machine"]["cores"] >= 1
     case = result["datasets"]["synthetic store"]
     assert 0 < case["visits"] <= 200 and case["train_rows"] > 0
     assert set(case["groups"]) == {"known shoppers", "visitors"}

@@ -132,6 +132,67 @@ def test_anchored_ranking_keeps_the_trained_answer_and_raises_what_the_event_rai
         r: float(np.mean(v)) for r, v in kept.items()}
 
 
+def test_a_non_finite_score_neither_answers_nor_rescales_the_others(served: Served) -> None:
+    """One NaN (a corrupt factor row) used to make every anchored score NaN, so the answer came
+    back in pool index order: now that item is left out and the rest rank as without it."""
+    from dataclasses import replace
+
+    from serving.realtime import anchored
+
+    pool = np.array([1, 3, 5, 7])
+    answer = (np.array([3, 5]), np.array([-2.0, -1.0]))
+    clean = anchored(pool, answer, np.array([1.0, 0.0, 3.0, 4.0]), np.array([1.0, 0.0, 3.0, 5.0]))
+    dirty = anchored(pool, answer, np.array([1.0, np.nan, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 5.0]))
+    assert np.isnan(dirty[1]) and np.allclose(np.delete(dirty, 1), np.delete(clean, 1))
+    assert np.all(np.isfinite(anchored(pool, (answer[0], np.array([np.nan, -1.0])),
+                                       np.zeros(4), np.array([1.0, 2.0, 3.0, 5.0]))[[0, 2, 3]]))
+
+    model = served.model
+    scorer = model.fold_in
+    assert scorer is not None
+    features = served.store.user_features(model.version, served.bundle.users.id_of(7))
+    assert features is not None
+    recent = (RecentEvent(model.catalog.item_id(int(features.candidates[-1])), "view",
+                          model.trained_until + 60),)
+    before = rescore(model, features, session_of(model, recent), no_neighbours,
+                     model.popular("global"))
+    broken = int(before[0].item)
+    factors = scorer.item_factors.copy()
+    factors[broken] = np.nan
+    corrupt = replace(model, fold_in=replace(scorer, item_factors=factors))
+    for ranking in ("anchored", "factors"):
+        after = rescore(corrupt, features, session_of(corrupt, recent), no_neighbours,
+                        corrupt.popular("global"), ranking=ranking)
+        assert len(after) == len(before) - 1 and broken not in {s.item for s in after}
+        assert all(np.isfinite(s.score) for s in after)
+    after = rescore(corrupt, features, session_of(corrupt, recent), no_neighbours,
+                    corrupt.popular("global"))
+    assert [s.item for s in after[:10]] == [s.item for s in before[1:11]]
+
+
+def test_a_bpr_visitors_change_leaves_out_the_item_bias(served: Served) -> None:
+    """BPR's fold-in sets a visitor's bias element to 1, so u' . v_i includes each item's bias,
+    which the popularity base already carries: a big-bias item that matches nothing the visitor
+    did must not outrank one that matches their view."""
+    from dataclasses import replace
+
+    model = served.model
+    items = np.zeros((model.n_items, 3), dtype=np.float32)
+    items[:, 0] = 0.01
+    items[1] = [0.0, 1.0, 0.0]  # the taste of ...
+    items[2] = [0.0, 1.0, 0.0]  # ... the viewed item
+    items[0, -1] = 50.0  # a large item bias, no taste in common
+    bpr = replace(model, fold_in=FactorScorer(np.zeros((0, 3), np.float32), items,
+                                              bias_column=True, fold_in_scale=1.0))
+    visitor = UserFeatures("bpr-visitor", np.zeros(0, np.int32), np.zeros(0, np.float32),
+                           np.zeros(0, np.int32), known=False)
+    recent = (RecentEvent(model.catalog.item_id(2), "view", model.trained_until + 60),)
+    popular = (np.array([0, 1, 3, 4]), np.array([10.0, 10.0, 9.0, 8.0]))
+    answer = [s.item for s in rescore(bpr, visitor, session_of(bpr, recent, known=False),
+                                      no_neighbours, popular) if s.item != 2]
+    assert answer[0] == 1, answer[:5]
+
+
 def test_an_unknown_realtime_ranking_is_refused_naming_the_setting() -> None:
     from recsvc.errors import InvalidInput
     from serving.config import load_serve_config
