@@ -33,9 +33,12 @@ class ServeConfig:
     # than cores overlap round trips; more threads than that only add GIL hand-offs once the
     # user cache is warm and the event watch is on. Measured on 2 cores, c=16, 200k users:
     # 1 worker, Recommend 3.4k/s with 8, 4.1k/s with 4, 5.1k/s with 2 (2026-11-25); 2 workers
-    # (2026-12-07, benchmarks/serve.py), Recommend 3,637/s p99 9.9 ms and 348 us of server CPU
-    # per call with 2 threads, 3,188/s 11.9 ms 392 us with 3, 2,837/s 13.0 ms 453 us with 4;
-    # shoppers' visits (a store round trip per call) 1,289 / 1,427 / 1,334 calls/s.
+    # (2026-12-07, benchmarks/serve.py short probes, 2 rounds of 15 s), Recommend 3,637/s p99
+    # 9.9 ms and 348 us of server CPU per call with 2 threads, 3,188/s 11.9 ms 392 us with 3,
+    # 2,837/s 13.0 ms 453 us with 4; shoppers' visits (a store round trip per call) 1,289 /
+    # 1,427 / 1,334 calls/s; full runs 3,447/s p99 10.8 ms (2) and 2,768/s 14.1 ms (4). The
+    # store guard's bounded pool has one thread per handler thread: the chaos benchmark with 2
+    # met every target (Redis killed, paused, slow: 0 failed Recommend calls).
     threads: int = 2
     grace_seconds: float = 5.0  # SIGTERM: how long in-flight calls may take to finish
     drain_delay_seconds: float = 1.0  # SIGTERM: NOT_SERVING but still answering this long first
@@ -52,8 +55,8 @@ class ServeConfig:
     # How a shopper with new events is re-ranked (RANKINGS): "factors" scores
     # the pool with the folded-in factor vector alone; "anchored" keeps the trained answer's
     # scores (the default recommender's, e.g. the blend) and adds what the events changed.
-    # (benchmarks/realtime.py: anchored beat the answer without the events on every data set,
-    # factors lost to it for visitors of a grocery store).
+    # (benchmarks/realtime.py: anchored was never measurably worse than the answer without
+    # the events and better for MovieLens visitors; factors lost to it on Groceries).
     realtime_ranking: str = "anchored"
     # Follow the store's real-time event channel (Redis, single node) so that Recommend for a
     # cached user with no real-time events makes no store round trip at all. Trade-off: when
