@@ -564,7 +564,8 @@ def test_a_forget_with_hashing_on_removes_events_recorded_before_it_was_turned_o
 
 
 def test_a_forget_with_hashing_off_removes_events_recorded_while_it_was_on(
-    hashed_url: str, monkeypatch: pytest.MonkeyPatch
+    hashed_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Hashing turned off again (the secret still set): events recorded while it was on sit
     under the hashed key for up to a week, and a forget must delete them too."""
@@ -575,11 +576,25 @@ def test_a_forget_with_hashing_off_removes_events_recorded_while_it_was_on(
     assert [e.item_id for e in hashed.recent_events("bob")] == ["i1"]
     plain.forget_user("bob")
     assert plain.recent_events("bob") == [] and hashed.recent_events("bob") == []
-    # without the secret the hashed key cannot be found: the plain events still go
+    # the secret in the URL's id_secret_file, none in the environment: found the same way
+    hashed.record_event("dave", "i1", "view")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
     monkeypatch.delenv("RECSVC_ID_SECRET")
+    by_file = open_store(hashed_url.replace("hash_ids=1", f"hash_ids=0&id_secret_file={secret_file}"))
+    by_file.forget_user("dave")
+    assert hashed.recent_events("dave") == []
+    # without a secret the hashed key cannot be found: the plain events still go
     plain.record_event("carol", "i2", "view")
     plain.forget_user("carol")
     assert plain.recent_events("carol") == []
+    # a secret set but unusable is said, not raised: the plain-id part of the forget is done
+    monkeypatch.setenv("RECSVC_ID_SECRET", "short")
+    plain.record_event("erin", "i2", "view")
+    with caplog.at_level(logging.WARNING, logger="recsvc.store.engine"):
+        plain.forget_user("erin")
+    assert plain.recent_events("erin") == []
+    assert any("id secret is set but unusable" in r.getMessage() for r in caplog.records)
 
 
 def test_a_forget_list_written_plain_is_honoured_by_a_hashing_publisher(

@@ -130,6 +130,7 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     check_userinfo(url)  # first: later errors would quote what a misread password leaves
     scheme = url.split("://", 1)[0].lower()
     _check_query(url, scheme)
+    secret_file = options.get("id_secret_file") or _query_value(url, "id_secret_file")
     hasher = _id_hasher(url, options)
     store: FeatureStore
     if scheme == "memory":
@@ -146,7 +147,17 @@ def open_store(url: str, **options: Any) -> FeatureStore:
         )
     if hasher is not None:
         store.enable_id_hashing(hasher)
+    elif secret_file:
+        store.id_secret_file = str(secret_file)
     return store
+
+
+def _query_value(url: str, name: str) -> str | None:
+    try:
+        values = parse_qs(urlsplit(url).query).get(name)
+    except ValueError:
+        return None
+    return values[-1] if values else None
 
 
 _COMMON_QUERY = ("hash_ids", "id_secret_file")

@@ -92,6 +92,9 @@ class StoreEngine(ABC):
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.id_hasher: IdHasher | None = None
+        # ?id_secret_file= of a store opened without hash_ids: where a forget finds the secret
+        # of events filed under hashed keys while hashing was on (else the environment's)
+        self.id_secret_file: str | None = None
 
     # == customer ids ============================================================================
 
@@ -562,7 +565,7 @@ class StoreEngine(ABC):
         self.delete_events(key)
         if key != user_id:  # events recorded before hashing was turned on (kept up to a week)
             self.delete_events(user_id)
-        elif (earlier := _env_hasher()) is not None:  # ... or while it was on, before turned off
+        elif (earlier := _earlier_hasher(self.id_secret_file)) is not None:  # ... or while on
             self.delete_events(earlier.user_key(user_id))
         log.info("forgot a user", extra={"versions": held})
         return held
@@ -693,12 +696,21 @@ def _events(raw: Sequence[bytes]) -> list[RecentEvent]:
     return [event for event in map(codec.decode_event, raw) if event is not None]
 
 
-def _env_hasher() -> Any:
-    """The IdHasher of the environment's id secret, or None when none is set (a store opened
-    without hash_ids still finds a customer's events filed under their hashed key by it)."""
-    from recsvc.privacy import hasher_from_env
+def _earlier_hasher(secret_file: str | None) -> Any:
+    """The IdHasher of the configured id secret (`secret_file`, else the environment's), or
+    None when none is configured: a store opened without hash_ids still finds the events it
+    filed under hashed keys. A secret configured but unusable is logged, not raised: the
+    plain-id data is already deleted, and the hashed lists expire with the events' TTL."""
+    import os
 
+    from recsvc.privacy import SECRET_ENV, SECRET_FILE_ENV, hasher_from_env
+
+    if not (secret_file or os.environ.get(SECRET_FILE_ENV) or os.environ.get(SECRET_ENV)):
+        return None
     try:
-        return hasher_from_env()
-    except InvalidInput:
+        return hasher_from_env(secret_file)
+    except InvalidInput as exc:
+        log.warning("forget: the id secret is set but unusable, so real-time events filed "
+                    "under the customer's hashed key (if any) were not deleted",
+                    extra={"setting": exc.field, "reason": exc.reason})
         return None
