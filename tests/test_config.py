@@ -121,3 +121,17 @@ def test_a_recsvc_variable_nothing_reads_is_said_with_the_likely_name(
     assert "$RECSVC_SERVE__KEY" in named["RECSVC_SERVE_MAX_K"]
     assert "did you mean $RECSVC_TOKEN?" in named["RECSVC_TOKNE"]
     assert "(" not in named["RECSVC_XYZ"]
+
+
+def test_every_recsvc_variable_the_code_reads_is_known_to_the_typo_check() -> None:
+    """unknown_environment's list must not drift from the code: a variable read somewhere but
+    missing from ENV_VARIABLES would be reported as a typo on every command."""
+    from recsvc.config import ENV_PREFIXES, ENV_VARIABLES
+
+    root = Path(__file__).resolve().parents[1]
+    named: set[str] = set()
+    for package in ("recsvc", "serving", "training"):
+        for path in (root / package).rglob("*.py"):
+            named.update(re.findall(r"[\"'](RECSVC_[A-Z0-9_]+)[\"']", path.read_text("utf-8")))
+    read = {n for n in named if not n.startswith(ENV_PREFIXES) and not n.endswith("_")}
+    assert read and read <= set(ENV_VARIABLES), sorted(read - set(ENV_VARIABLES))
