@@ -183,9 +183,9 @@ def rescored(
     "anchored" keeps the scores of the answer the shopper would have had without the events
     (the trained candidates, the default recommender's; without any, the popularity head),
     scaled to at most 1 (other pool items at the lowest), and adds the change the events made
-    to the factor score, (u' - u) . v_i, over the largest |u . v_i| of the pool; u is the
-    trained vector when usable, else zero (a visitor: the change is u' . v_i over its largest,
-    without BPR's item bias, which popularity already carries). A blend's other parts count.
+    to the factor score, (u' - u) . v_i, over the largest |u . v_i| of the pool, u being the
+    trained vector when usable; else (a visitor) u' . v_i without BPR's item bias, which
+    popularity already carries, over its own largest. A blend's other parts still count.
     Seen and recently interacted items are left in; the caller excludes them. Events of types
     weighted 0 change nothing (training drops them): with only those, the answer is the trained
     candidates as they are (none for a visitor, whom the caller's top-ups answer).
@@ -212,17 +212,18 @@ def rescored(
             trained = features.factors
             usable = trained is not None and len(trained) == len(vector) and bool(
                 np.all(np.isfinite(trained)))  # as user_vector: else folded in from zero
-            if usable:
-                before = factors @ np.asarray(trained)
-            elif model.fold_in.bias_column:  # the item bias is no taste of this shopper's
-                before = np.asarray(factors[:, -1], dtype=np.float64) * float(vector[-1])
-            else:
-                before = np.zeros(len(pool))
+            if usable:  # the change is measured against the user's trained score scale
+                before = np.asarray(factors @ np.asarray(trained), dtype=np.float64)
+                scale = _largest(before)
+            else:  # folded in from zero; for BPR the item bias is no taste of this shopper's
+                before = (np.asarray(factors[:, -1], dtype=np.float64) * float(vector[-1])
+                          if model.fold_in.bias_column else np.zeros(len(pool)))
+                scale = 0.0  # the change's own largest
             # the answer without the events: the trained candidates, else (a visitor) the
             # popularity list that tops the answer up
             answer = ((features.candidates, features.scores) if len(features.candidates)
                       else (topup[0][:POOL_POPULAR], topup[1][:POOL_POPULAR]))
-            scores = anchored(pool, answer, before, scores)
+            scores = anchored(pool, answer, np.asarray(scores, dtype=np.float64) - before, scale)
     else:
         scores = np.zeros(len(pool), dtype=np.float64)
         position = {int(item): p for p, item in enumerate(pool.tolist())}
@@ -246,27 +247,23 @@ def rescored(
     return pool[order], scores[order]
 
 
-def anchored(pool: np.ndarray, answer: tuple[np.ndarray, np.ndarray], before: np.ndarray,
-             after: np.ndarray) -> np.ndarray:
+def anchored(pool: np.ndarray, answer: tuple[np.ndarray, np.ndarray], change: np.ndarray,
+             scale: float) -> np.ndarray:
     """Pool scores: the scores of the answer without the events (item indexes, scores) scaled
     to at most 1 (the lowest of them for the other pool items), plus the factor scores' change
-    (after - before) over the largest |before| (if all zero, |after|). Only finite numbers set
-    the scales: an item whose score is not finite (the caller drops it) moves no other one.
-    """
+    over `scale` (0: the change's own largest). Only finite numbers set the scales: an item
+    whose score is not finite (the caller drops it) moves no other one."""
     items = np.asarray(answer[0], dtype=np.int64)
     values = np.asarray(answer[1], dtype=np.float64)
+    top = _largest(values) or 1.0
     finite = values[np.isfinite(values)]
-    top = float(np.abs(finite).max()) if len(finite) else 0.0
-    top = top or 1.0
     base = np.full(len(pool), float(finite.min()) / top if len(finite) else 0.0)
     position = np.searchsorted(pool, items)  # pool is sorted (np.unique)
     inside = position < len(pool)
     inside[inside] = pool[position[inside]] == items[inside]
     base[position[inside]] = values[inside] / top
-    before = np.asarray(before, dtype=np.float64)
-    after = np.asarray(after, dtype=np.float64)
-    size = _largest(before) or _largest(after) or 1.0
-    return base + (after - before) / size
+    change = np.asarray(change, dtype=np.float64)
+    return base + change / (scale or _largest(change) or 1.0)
 
 
 def _largest(values: np.ndarray) -> float:

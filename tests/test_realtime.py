@@ -141,11 +141,11 @@ def test_a_non_finite_score_neither_answers_nor_rescales_the_others(served: Serv
 
     pool = np.array([1, 3, 5, 7])
     answer = (np.array([3, 5]), np.array([-2.0, -1.0]))
-    clean = anchored(pool, answer, np.array([1.0, 0.0, 3.0, 4.0]), np.array([1.0, 0.0, 3.0, 5.0]))
-    dirty = anchored(pool, answer, np.array([1.0, np.nan, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 5.0]))
+    clean = anchored(pool, answer, np.array([0.0, 0.0, 0.0, 1.0]), 0.0)
+    dirty = anchored(pool, answer, np.array([0.0, np.nan, 0.0, 1.0]), 0.0)
     assert np.isnan(dirty[1]) and np.allclose(np.delete(dirty, 1), np.delete(clean, 1))
     assert np.all(np.isfinite(anchored(pool, (answer[0], np.array([np.nan, -1.0])),
-                                       np.zeros(4), np.array([1.0, 2.0, 3.0, 5.0]))[[0, 2, 3]]))
+                                       np.array([1.0, 2.0, 3.0, 5.0]), 0.0)[[0, 2, 3]]))
 
     model = served.model
     scorer = model.fold_in
@@ -172,8 +172,9 @@ def test_a_non_finite_score_neither_answers_nor_rescales_the_others(served: Serv
 
 def test_a_bpr_visitors_change_leaves_out_the_item_bias(served: Served) -> None:
     """BPR's fold-in sets a visitor's bias element to 1, so u' . v_i includes each item's bias,
-    which the popularity base already carries: a big-bias item that matches nothing the visitor
-    did must not outrank one that matches their view."""
+    which the popularity base already carries: neither as the change nor as its scale may the
+    bias let a big-bias item that matches nothing the visitor did outrank one that matches
+    their view."""
     from dataclasses import replace
 
     model = served.model
@@ -187,7 +188,9 @@ def test_a_bpr_visitors_change_leaves_out_the_item_bias(served: Served) -> None:
     visitor = UserFeatures("bpr-visitor", np.zeros(0, np.int32), np.zeros(0, np.float32),
                            np.zeros(0, np.int32), known=False)
     recent = (RecentEvent(model.catalog.item_id(2), "view", model.trained_until + 60),)
-    popular = (np.array([0, 1, 3, 4]), np.array([10.0, 10.0, 9.0, 8.0]))
+    # item 1 far down the popular list: only a change measured on the taste scale (not on
+    # the bias of 50) lifts it over the popular head
+    popular = (np.array([0, 3, 4, 1]), np.array([10.0, 9.0, 8.0, 2.0]))
     answer = [s.item for s in rescore(bpr, visitor, session_of(bpr, recent, known=False),
                                       no_neighbours, popular) if s.item != 2]
     assert answer[0] == 1, answer[:5]
