@@ -80,8 +80,9 @@ class Case:
 
 def temporal_case(name: str, frame: pd.DataFrame, session: int, quantile: float,
                   max_visits: int, seed: int, items: Path | None = None) -> Case:
-    """Rows up to the time quantile train; each shopper with more than `session` later rows
-    records the first `session` of them and is scored on the items of the rest."""
+    """Rows up to the time quantile train, except those of a random VISITOR_SHARE of shoppers
+    (new visitors at the cut); each shopper with more than `session` later rows records the
+    first `session` of them and is scored on the items of the rest."""
     cut = float(np.quantile(frame["ts"], quantile))
     rng = np.random.default_rng(seed)
     users = frame["user_id"].drop_duplicates().to_numpy()
