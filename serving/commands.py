@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from serving.config import TOKENS_FILE_ENV
+from serving.config import TOKENS_FILE_ENV, ServeConfig
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +34,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="processes sharing the port (default 1)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="handler threads per worker")
-    parser.add_argument("--max-k", type=int, default=None, help="largest k a request may ask for")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"handler threads per worker (default {ServeConfig.threads})")
+    parser.add_argument("--max-k", type=int, default=None,
+                        help=f"largest k a request may ask for (default {ServeConfig.max_k})")
     parser.add_argument(
         "--grace", type=float, default=None, dest="grace_seconds",
         help="seconds in-flight calls get to finish after SIGTERM (default 5)",
