@@ -235,21 +235,23 @@ def bench_once(
                 "--server-pid", str(server.pid), "--out", str(realtime_out))
             run_bench(realtime_command, bench_env)
             realtime = realtime_summary(json.loads(realtime_out.read_text()))
-        raw = work / f"profile-recommend-{name}.txt"
+        profiles = {"recommend": "Recommend", **({"realtime": "realtime"} if args.realtime else {})}
+        raws = {phase: work / f"profile-{phase}-{name}.txt" for phase in profiles}
         if args.profile:
-            # After the measured run (the sampler costs CPU too): Recommend alone for 20 s,
-            # sampled for 14 s once warm.
-            raw.unlink(missing_ok=True)
-            profiled = subprocess.Popen(
-                recsvc("bench", "serve", "--target", target, "--rpc", "Recommend", "--no-floor",
-                       "--users-from", str(bundle), "--concurrency", str(args.concurrency),
-                       "--duration", "20s", "--warmup", "2s"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_env,
-            )
-            profiler = profile_later(server.pid, 5.0, 14.0, raw)
-            profiled.wait()
-            if profiler is not None:
-                profiler.wait()
+            # After the measured runs (the sampler costs CPU too): each profiled RPC alone for
+            # 20 s, sampled for 14 s once warm.
+            for phase, rpc in profiles.items():
+                raws[phase].unlink(missing_ok=True)
+                profiled = subprocess.Popen(
+                    recsvc("bench", "serve", "--target", target, "--rpc", rpc, "--no-floor",
+                           "--users-from", str(bundle), "--concurrency", str(args.concurrency),
+                           "--duration", "20s", "--warmup", "2s"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_env,
+                )
+                profiler = profile_later(server.pid, 5.0, 14.0, raws[phase])
+                profiled.wait()
+                if profiler is not None:
+                    profiler.wait()
     finally:
         stop(server)
         log.close()
@@ -263,9 +265,10 @@ def bench_once(
     run["command"] = "recsvc " + " ".join(command[3:]).replace(str(bundle), "BUNDLE")
     if realtime is not None:
         run["realtime"] = realtime
-    if args.profile and raw.exists():
-        run["profile_recommend"] = {"tool": "py-spy record --gil --subprocesses (server)",
-                                    **summarise_profile(raw)}
+    for phase, raw in raws.items():
+        if args.profile and raw.exists():
+            run[f"profile_{phase}"] = {"tool": "py-spy record --gil --subprocesses (server)",
+                                       **summarise_profile(raw)}
     return run
 
 
@@ -384,7 +387,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternate Check / Recommend / mix this many times (default 5)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy the server during the Recommend phase (top frames in the JSON)")
+                        help="py-spy the server during a Recommend run and, unless --no-realtime, a "
+                        "run of shoppers' visits (top frames in the JSON)")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     parser.add_argument("--plot", default=str(RESULTS / "serve.png"))
     args = parser.parse_args()
