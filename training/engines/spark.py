@@ -114,7 +114,16 @@ SESSION_CONF = {
 # Defaults for a session the engine starts itself (a caller's `conf` overrides them). No console
 # progress bars: `recsvc train` reports its own steps, and CI logs stay readable. The SparkContext
 # reads this once, at start, so it cannot go in SESSION_CONF (set on any session at run time).
-LAUNCH_CONF = {"spark.ui.showConsoleProgress": "false"}
+# The driver keeps the status of past jobs, stages and SQL executions (1,000 of each by default,
+# UI or not): a long-lived session that trains again and again grows its heap with them until
+# it runs out (seen after ~1,900 stages in the test suite's shared 2 GB session); 100 is plenty
+# for following one training.
+LAUNCH_CONF = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.ui.retainedJobs": "100",
+    "spark.ui.retainedStages": "100",
+    "spark.sql.ui.retainedExecutions": "100",
+}
 
 
 def spark_session(
