@@ -130,8 +130,7 @@ def open_store(url: str, **options: Any) -> FeatureStore:
     check_userinfo(url)  # first: later errors would quote what a misread password leaves
     scheme = url.split("://", 1)[0].lower()
     _check_query(url, scheme)
-    secret_file = options.get("id_secret_file") or _query_value(url, "id_secret_file")
-    hasher = _id_hasher(url, options)
+    hasher, secret_file = _id_hasher(url, options)
     store: FeatureStore
     if scheme == "memory":
         from recsvc.store.memory import MemoryStore
@@ -147,17 +146,9 @@ def open_store(url: str, **options: Any) -> FeatureStore:
         )
     if hasher is not None:
         store.enable_id_hashing(hasher)
-    elif secret_file:
+    elif secret_file:  # where a forget finds the secret of events hashed while it was on
         store.id_secret_file = str(secret_file)
     return store
-
-
-def _query_value(url: str, name: str) -> str | None:
-    try:
-        values = parse_qs(urlsplit(url).query).get(name)
-    except ValueError:
-        return None
-    return values[-1] if values else None
 
 
 _COMMON_QUERY = ("hash_ids", "id_secret_file")
@@ -181,8 +172,9 @@ def _check_query(url: str, scheme: str) -> None:
             )
 
 
-def _id_hasher(url: str, options: dict[str, Any]) -> Any:
-    """The IdHasher asked for by `hash_ids` (option or URL query), else None; pops the options."""
+def _id_hasher(url: str, options: dict[str, Any]) -> tuple[Any, str | None]:
+    """The IdHasher asked for by `hash_ids` (option or URL query), else None, and the
+    `id_secret_file` given (option or URL query) either way; pops the options."""
     try:
         query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     except ValueError:
@@ -192,7 +184,7 @@ def _id_hasher(url: str, options: dict[str, Any]) -> Any:
     if str(flag).lower() not in ("1", "true", "yes", "on"):
         if str(flag).lower() not in ("", "0", "false", "no", "off", "none"):
             raise InvalidInput("hash_ids", f"'{flag}' is not 1 or 0")
-        return None
+        return None, secret_file
     from recsvc.privacy import hasher_from_env
 
-    return hasher_from_env(secret_file)
+    return hasher_from_env(secret_file), secret_file
